@@ -1,0 +1,172 @@
+"""Typed run config: short YAML files over these defaults, plus dotted command-line overrides.
+
+OmegaConf validates keys and types against the dataclasses below. Sections that name a registry
+entry (`data`, `teacher.model`, `student.model`, `source`) hold `{name: ..., **args}`; the args are
+validated against the entry's signature (see kdx.registry). When a later layer (the YAML file, then
+the command line) changes an entry's `name`, the earlier layer's args for it are dropped, because
+they belong to the other entry.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from kdx.errors import KdxError
+
+SPEC_SECTIONS = ("data", "teacher.model", "student.model", "source")
+
+
+@dataclasses.dataclass
+class TrainRecipe:
+    """How a teacher is trained: the same loop, one-hot loss, on the train source."""
+
+    epochs: float = 4.0
+    batch_size: int = 256
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    augment: str = "flip_crop"
+    label_smoothing: float = 0.0
+
+
+@dataclasses.dataclass
+class TeacherConfig:
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "cnn"})
+    train: TrainRecipe = field(default_factory=TrainRecipe)
+    checkpoint: Optional[str] = None  # a user's own trained teacher (state dict of the same model)
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class StudentConfig:
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "cnn", "channels": [16, 32, 64],
+                                                          "convs_per_block": 1, "hidden": 64})
+
+
+@dataclasses.dataclass
+class DistillConfig:
+    samples: int = 600_000  # budget in samples seen, equal across sources by default
+    batch_size: int = 256
+    loss: str = "kl"
+    temperature: float = 4.0
+    alpha: float = 0.0  # weight of one-hot cross-entropy, where the source has labels
+    switch_at: Optional[float] = None  # fraction of training before which the loss is one-hot
+    switch_order: str = "onehot_first"  # or distill_first: the reverse switch
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | onecycle
+    warmup: float = 0.02  # fraction of steps with linear warm-up (cosine)
+    checkpoint_every: int = 500
+    log_every: int = 50
+    device: str = "auto"  # auto | cpu | cuda
+    compile: bool = False
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    distributions: list[str] = field(default_factory=lambda: ["default"])  # "default": the dataset's list
+    n: int = 2000  # inputs per held-out distribution (test and train_subset use min(n_test, this x5))
+    batch_size: int = 1024
+    bootstrap: int = 1000
+    seed: int = 1234
+
+
+@dataclasses.dataclass
+class RunConfig:
+    data: dict[str, Any] = field(default_factory=lambda: {"name": "fashion_mnist"})
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    source: dict[str, Any] = field(default_factory=lambda: {"name": "train"})
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    cache_dir: Optional[str] = None  # teacher cache; default $KDX_CACHE or ~/.cache/kdx
+
+
+def _get(d: dict, dotted: str):
+    for k in dotted.split("."):
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
+
+
+def _drop_stale_spec_args(lower: dict, upper: dict) -> None:
+    """Where `upper` renames a registry entry, forget `lower`'s args for the old entry."""
+    for sec in SPEC_SECTIONS:
+        new = _get(upper, sec)
+        if isinstance(new, dict) and "name" in new and new["name"] != (_get(lower, sec) or {}).get("name"):
+            parent = lower
+            *path, last = sec.split(".")
+            for k in path:
+                parent = parent.setdefault(k, {})
+            parent[last] = {"name": new["name"]}
+
+
+def _layer_dict(cfg) -> dict:
+    return OmegaConf.to_container(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), schema=RunConfig):
+    """Defaults <- YAML file <- `a.b=value` overrides, validated; then registry args are checked."""
+    where = str(path) if path else "defaults"
+    base = _layer_dict(OmegaConf.structured(schema))
+    layers = []
+    try:
+        if path is not None:
+            p = Path(path)
+            if not p.exists():
+                raise KdxError(f"config file {p} does not exist")
+            file_cfg = OmegaConf.load(p)
+            layers.append((str(p), _layer_dict(file_cfg) if file_cfg is not None else {}))
+        if overrides:
+            bad = [o for o in overrides if "=" not in o]
+            if bad:
+                raise KdxError(f"override {bad[0]!r} is not of the form key=value (e.g. source.name=noise)")
+            layers.append(("command line", _layer_dict(OmegaConf.from_dotlist(list(overrides)))))
+    except OmegaConfBaseException as e:
+        raise KdxError(f"{where}: cannot parse: {e}") from None
+    merged = OmegaConf.structured(schema)
+    acc = base
+    for name, layer in layers:
+        _drop_stale_spec_args(acc, layer)
+        try:
+            merged = OmegaConf.merge(OmegaConf.structured(schema), acc, layer)
+        except OmegaConfBaseException as e:
+            raise KdxError(_explain(e, name, schema)) from None
+        acc = _layer_dict(merged)
+    cfg = OmegaConf.to_object(merged) if layers else OmegaConf.to_object(OmegaConf.structured(schema))
+    return cfg
+
+
+def _explain(e: OmegaConfBaseException, where: str, schema) -> str:
+    key = getattr(e, "full_key", None) or ""
+    msg = str(getattr(e, "msg", e)).splitlines()[0]
+    valid = ""
+    parent_key = key.rsplit(".", 1)[0] if "." in key else ""
+    node = schema
+    for part in parent_key.split(".") if parent_key else []:
+        f = {f.name: f for f in dataclasses.fields(node)}.get(part)
+        node = f.type if f is not None else None
+        if isinstance(node, str):
+            node = globals().get(node)
+        if node is None or not dataclasses.is_dataclass(node):
+            node = None
+            break
+    if node is not None and dataclasses.is_dataclass(node):
+        valid = f"; valid keys{' in ' + parent_key if parent_key else ''}: {', '.join(f.name for f in dataclasses.fields(node))}"
+    return f"{where}: bad config key '{key}': {msg}{valid}"
+
+
+def to_yaml(cfg) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg))

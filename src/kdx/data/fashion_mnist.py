@@ -1,0 +1,70 @@
+"""Fashion-MNIST and two downstream sets built from it (a domain shift and a class subset)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from kdx.data.base import Dataset, as_float, data_root
+from kdx.data.idx import find_idx_split, read_idx
+from kdx.data.transforms import gaussian_blur, rotate
+from kdx.errors import KdxError
+from kdx.registry import DATASETS
+
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+UPPER_BODY = [0, 2, 4, 6]  # T-shirt, Pullover, Coat, Shirt: the classes teachers confuse most
+CORRUPTIONS = [f"{c}-{s}" for c in ("gaussian_noise", "blur", "contrast", "rotation", "translation", "inversion") for s in (1, 2, 3)]
+
+
+def _load_fashion_mnist(root: str | None, download: bool) -> tuple[torch.Tensor, ...]:
+    dirs = []
+    for base in data_root(root, "fashion-mnist"):
+        dirs += [base, base / "FashionMNIST" / "raw"]
+    dirs.append(DEBIAN_DIR)
+    train, test = find_idx_split(dirs, "train"), find_idx_split(dirs, "t10k")
+    if (train is None or test is None) and download:
+        from torchvision.datasets import FashionMNIST
+
+        target = Path(root) if root else data_root(None)[-1] / "fashion-mnist"
+        FashionMNIST(str(target), train=True, download=True)
+        return _load_fashion_mnist(str(target), download=False)
+    if train is None or test is None:
+        raise KdxError(
+            "Fashion-MNIST not found (looked in: " + ", ".join(str(d) for d in dirs) + "). Get it with "
+            "`sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or let torchvision download it "
+            "with `data.download=true` when online, or point `data.root=DIR` (or $KDX_DATA) at a folder "
+            "holding the four IDX files (train-images-idx3-ubyte.gz, ...)."
+        )
+    return tuple(read_idx(p) for p in (*train, *test))
+
+
+@DATASETS.register()
+def fashion_mnist(root: str | None = None, download: bool = False) -> Dataset:
+    """Fashion-MNIST 28x28 grey clothes, 60k/10k (Debian package, a torchvision root, or download)."""
+    xtr, ytr, xte, yte = _load_fashion_mnist(root, download)
+    return Dataset("fashion_mnist", xtr.unsqueeze(1), ytr, xte.unsqueeze(1), yte, CLASSES,
+                   default_heldout=["test", "train_subset", *CORRUPTIONS, "downstream:fashion_mnist_shifted",
+                                    "downstream:fashion_mnist_upper", "uniform_noise"])
+
+
+@DATASETS.register()
+def fashion_mnist_shifted(root: str | None = None, max_degrees: float = 30.0, blur_sigma: float = 1.0, seed: int = 0) -> Dataset:
+    """Downstream domain shift: Fashion-MNIST rotated up to +-max_degrees and Gaussian-blurred."""
+    base = fashion_mnist(root)
+    gen = torch.Generator().manual_seed(seed)
+
+    def shift(x):
+        y = gaussian_blur(rotate(as_float(x), max_degrees, gen), blur_sigma)
+        return (y.clamp(0, 1) * 255).round().to(torch.uint8)
+
+    return Dataset("fashion_mnist_shifted", shift(base.x_train), base.y_train, shift(base.x_test), base.y_test, CLASSES)
+
+
+@DATASETS.register()
+def fashion_mnist_upper(root: str | None = None) -> Dataset:
+    """Downstream class subset: only the four upper-body garments (T-shirt, Pullover, Coat, Shirt), 10-way labels kept."""
+    base = fashion_mnist(root)
+    tr = torch.isin(base.y_train, torch.tensor(UPPER_BODY))
+    te = torch.isin(base.y_test, torch.tensor(UPPER_BODY))
+    return Dataset("fashion_mnist_upper", base.x_train[tr], base.y_train[tr], base.x_test[te], base.y_test[te], CLASSES)

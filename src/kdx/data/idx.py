@@ -1,0 +1,45 @@
+"""IDX files (MNIST, Fashion-MNIST), gzipped or not, read without torchvision's download checks."""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdx.errors import KdxError
+
+_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
+        raise KdxError(f"{path} is not an IDX file (bad magic number); re-fetch the dataset")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, ">i4", count=ndim, offset=4)
+    data = np.frombuffer(raw, _DTYPES[raw[2]], offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise KdxError(f"{path}: header says {tuple(dims)} but holds {data.size} values; the file is truncated")
+    return torch.from_numpy(data.reshape(tuple(int(d) for d in dims)).astype(data.dtype.newbyteorder("=")))
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write an IDX file (gzipped if the name ends in .gz); used to build test fixtures in the real format."""
+    code = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09}[array.dtype]
+    header = bytes([0, 0, code, array.ndim]) + np.array(array.shape, ">i4").tobytes()
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+def find_idx_split(dirs: list[Path], prefix: str) -> tuple[Path, Path] | None:
+    """Find `{prefix}-images-idx3-ubyte[.gz]` and its labels in the first directory that has both."""
+    for d in dirs:
+        for suffix in (".gz", ""):
+            img, lab = d / f"{prefix}-images-idx3-ubyte{suffix}", d / f"{prefix}-labels-idx1-ubyte{suffix}"
+            if img.exists() and lab.exists():
+                return img, lab
+    return None

@@ -1,0 +1,153 @@
+"""The one training loop, for every source, every loss, and for teachers too (loss `onehot`).
+
+Read top to bottom: set up device and models, draw a batch from the source, get the teacher's
+logits (cached by the source for fixed inputs, else computed on this exact view), pick the loss
+for this point of training (late distillation switches from one-hot to distillation at
+`switch_at`), step, log every `log_every` steps (the only host syncs), checkpoint atomically.
+A killed run resumes from its checkpoint to the same result as an uninterrupted one: the
+source's cursor is checkpointed and every random draw is a function of (seed, step).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from kdx.config import DistillConfig
+from kdx.distill.losses import NEEDS_LABELS
+from kdx.distill.schedules import build_optimizer, build_schedule
+from kdx.errors import KdxError
+from kdx.io import save_torch
+from kdx.registry import LOSSES
+from kdx.sampling.base import Source
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise KdxError("distill.device=cuda but CUDA is not available; use distill.device=auto or cpu")
+    return torch.device(name)
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device, image: bool) -> torch.nn.Module:
+    """Move to the device; channels_last for image models (1.2-2x faster on CPU here, and on GPU)."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if image else model
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; full precision on CPU (where bf16 was not faster)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def loss_for_step(cfg: DistillConfig, step: int, steps: int) -> str:
+    """The late-distillation protocol: one-hot before switch_at (fraction of steps), cfg.loss after."""
+    if cfg.switch_at is None:
+        return cfg.loss
+    before = step < cfg.switch_at * steps
+    first, second = ("onehot", cfg.loss) if cfg.switch_order == "onehot_first" else (cfg.loss, "onehot")
+    return first if before else second
+
+
+def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, seed: int,
+            teacher: torch.nn.Module | None = None, teacher_logits_fn=None, run_dir: Path | None = None,
+            resume: bool = False, desc: str = "distill") -> dict:
+    device = resolve_device(cfg.device)
+    image = source.data.is_image
+    steps = max(1, math.ceil(cfg.samples / cfg.batch_size))
+    losses_used = {loss_for_step(cfg, s, steps) for s in (0, steps - 1)}
+    for name in losses_used:
+        LOSSES.get(name)
+    if NEEDS_LABELS & losses_used and not source.has_labels:
+        raise KdxError("the loss is one-hot for part of training (distill.loss=onehot or switch_at), "
+                       "but this source has no labels; use source.name=train or drop switch_at")
+    if cfg.alpha > 0 and not source.has_labels:
+        raise KdxError(f"distill.alpha={cfg.alpha} mixes in one-hot loss but this source has no labels; set alpha=0")
+    if losses_used - NEEDS_LABELS and teacher is None:
+        raise KdxError(f"loss {sorted(losses_used - NEEDS_LABELS)} needs a teacher")
+
+    # Models: the teacher in eval mode (BatchNorm statistics frozen), never with gradients.
+    student = prepare_model(student, device, image).train()
+    if teacher is not None:
+        teacher = prepare_model(teacher, device, image).eval().requires_grad_(False)
+    forward = torch.compile(student) if cfg.compile else student
+    source.setup(device, teacher_logits_fn)
+    opt = build_optimizer(student.parameters(), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+    sched = build_schedule(opt, cfg.schedule, steps, cfg.warmup)
+
+    start = 0
+    ckpt_path = run_dir / CHECKPOINT if run_dir else None
+    if resume and ckpt_path and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        student.load_state_dict(state["student"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["schedule"])
+        source.load_state_dict(state["source"])
+        start = state["step"]
+
+    def save_checkpoint(step: int):
+        if ckpt_path:
+            save_torch(ckpt_path, {"student": student.state_dict(), "optimizer": opt.state_dict(),
+                                   "schedule": sched.state_dict(), "source": source.state_dict(), "step": step})
+
+    log = open(run_dir / "log.jsonl", "a") if run_dir else None
+    bar = tqdm(total=steps, initial=start, desc=desc, disable=not sys.stderr.isatty(), leave=False)
+    t_start = t_last = time.perf_counter()
+    last_logged, loss = start, None
+    for step in range(start, steps):
+        batch = source.batch(step, cfg.batch_size)
+        x = batch.x.contiguous(memory_format=torch.channels_last) if image else batch.x
+        loss_name = loss_for_step(cfg, step, steps)
+        with autocast(device):
+            t_logits = batch.teacher_logits
+            if t_logits is None and loss_name not in NEEDS_LABELS:
+                with torch.no_grad():
+                    t_logits = teacher(x)
+            s_logits = forward(x)
+            loss = LOSSES.get(loss_name).fn(s_logits.float(), None if t_logits is None else t_logits.float(),
+                                            batch.y, cfg.temperature)
+            if cfg.alpha > 0 and loss_name not in NEEDS_LABELS:
+                loss = (1 - cfg.alpha) * loss + cfg.alpha * LOSSES.get("onehot").fn(s_logits.float(), None, batch.y, 1.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.update(1)
+
+        done = step + 1
+        if done % cfg.log_every == 0 or done == steps or done % cfg.checkpoint_every == 0:
+            value = loss.item()  # the only host sync: every log_every steps
+            if not math.isfinite(value):
+                raise KdxError(f"{desc}: loss is {value} at step {done}; the last good checkpoint "
+                               f"{'is kept in ' + str(ckpt_path) if ckpt_path and ckpt_path.exists() else 'was never written'}. "
+                               "Lower distill.lr, or check the source's inputs.")
+            now = time.perf_counter()
+            rate = (done - last_logged) * cfg.batch_size / max(now - t_last, 1e-9)
+            t_last, last_logged = now, done
+            bar.set_postfix(loss=f"{value:.4f}", rate=f"{rate:,.0f}/s")
+            if log:
+                epoch = done * cfg.batch_size / source.epoch_size if source.epoch_size else None
+                log.write(json.dumps({"step": done, "epoch": epoch, "loss": value, "loss_name": loss_name,
+                                      "lr": sched.get_last_lr()[0], "samples_per_s": rate}) + "\n")
+                log.flush()
+            if done % cfg.checkpoint_every == 0 and done < steps:
+                save_checkpoint(done)
+    bar.close()
+    if log:
+        log.close()
+    seconds = time.perf_counter() - t_start
+    trained = (steps - start) * cfg.batch_size
+    return {"steps": steps, "samples": steps * cfg.batch_size, "seconds": seconds,
+            "samples_per_s": trained / max(seconds, 1e-9), "resumed_from_step": start,
+            "final_loss": None if loss is None else float(loss.item())}

@@ -1,0 +1,131 @@
+"""Teachers: trained with the same loop (one-hot loss), cached by a hash of everything that defines
+them; and the teacher-output cache, keyed by the exact bytes of the inputs (never by index)."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from kdx.config import DistillConfig, RunConfig
+from kdx.data.base import Dataset, as_float
+from kdx.distill.loop import autocast, distill, prepare_model, resolve_device
+from kdx.errors import KdxError
+from kdx.io import save_torch, write_json
+from kdx.models.base import Classifier
+from kdx.registry import MODELS, SOURCES
+
+TEACHER_FORMAT = 1  # bump when the teacher recipe's meaning changes, to invalidate caches
+
+
+def cache_root(cfg: RunConfig) -> Path:
+    return Path(cfg.cache_dir or os.environ.get("KDX_CACHE") or Path.home() / ".cache" / "kdx")
+
+
+def build_model(spec: dict, data: Dataset, where: str, seed: int) -> Classifier:
+    torch.manual_seed(seed)  # the init is a function of the seed alone
+    return MODELS.build(spec, where, data=data)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, x_stored: torch.Tensor, batch_size: int = 1024, features: bool = False):
+    """Logits (and penultimate features) of a model in eval mode, in large batches, on the model's device."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    logits, feats = [], []
+    for i in range(0, len(x_stored), batch_size):
+        x = as_float(x_stored[i:i + batch_size].to(device))
+        if x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device):
+            out = model(x, return_features=features)
+        lg, ft = out if features else (out, None)
+        logits.append(lg.float())
+        if features:
+            feats.append(ft.float())
+    model.train(was_training)
+    return (torch.cat(logits), torch.cat(feats)) if features else torch.cat(logits)
+
+
+class TeacherOutputs:
+    """Teacher logits for stored inputs, cached on disk by a hash of the inputs' exact bytes."""
+
+    def __init__(self, teacher: torch.nn.Module, cache_dir: Path | None, batch_size: int = 1024):
+        self.teacher, self.cache_dir, self.batch_size = teacher, cache_dir, batch_size
+
+    def __call__(self, x_stored: torch.Tensor) -> torch.Tensor:
+        device = next(self.teacher.parameters()).device
+        key = hashlib.blake2b(x_stored.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest()
+        key += f"-{tuple(x_stored.shape)}".replace(" ", "")
+        path = self.cache_dir / f"logits-{key}.pt" if self.cache_dir else None
+        if path and path.exists():
+            return torch.load(path, map_location=device)
+        logits = predict(self.teacher, x_stored, self.batch_size)
+        if path:
+            save_torch(path, logits.cpu())
+        return logits
+
+
+@dataclasses.dataclass
+class Teacher:
+    model: Classifier
+    checkpoint: Path
+    test_acc: float
+    outputs: TeacherOutputs
+
+
+def teacher_key(cfg: RunConfig) -> str:
+    ident = {"data": cfg.data, "model": cfg.teacher.model, "train": dataclasses.asdict(cfg.teacher.train),
+             "seed": cfg.teacher.seed, "format": TEACHER_FORMAT}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def get_teacher(cfg: RunConfig, data: Dataset, progress_desc: str = "teacher") -> Teacher:
+    """Load the user's checkpoint, or the cached teacher, or train it (resuming a killed training)."""
+    device = resolve_device(cfg.distill.device)
+    model = build_model(cfg.teacher.model, data, "teacher.model", cfg.teacher.seed)
+    if cfg.teacher.checkpoint:
+        ckpt = Path(cfg.teacher.checkpoint)
+        if not ckpt.exists():
+            raise KdxError(f"teacher.checkpoint {ckpt} does not exist")
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = state.get("model", state) if isinstance(state, dict) else state
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise KdxError(f"teacher.checkpoint {ckpt} does not fit teacher.model {cfg.teacher.model}: "
+                           f"{str(e).splitlines()[0]}") from None
+        out_dir = cache_root(cfg) / "teachers" / f"user-{hashlib.sha256(ckpt.read_bytes()).hexdigest()[:12]}"
+    else:
+        out_dir = cache_root(cfg) / "teachers" / f"{cfg.teacher.model['name']}-{teacher_key(cfg)}"
+        ckpt = out_dir / "teacher.pt"
+        if ckpt.exists():
+            model.load_state_dict(torch.load(ckpt, map_location="cpu")["model"])
+        else:
+            recipe = cfg.teacher.train
+            loop_cfg = DistillConfig(samples=int(recipe.epochs * len(data.x_train)), batch_size=recipe.batch_size,
+                                     loss="onehot", optimizer=recipe.optimizer, lr=recipe.lr,
+                                     weight_decay=recipe.weight_decay, schedule=recipe.schedule,
+                                     device=cfg.distill.device, log_every=cfg.distill.log_every,
+                                     checkpoint_every=cfg.distill.checkpoint_every)
+            source = SOURCES.build({"name": "train", "augment": recipe.augment}, "teacher.train.augment",
+                                   data=data, seed=cfg.teacher.seed)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_json(out_dir / "recipe.json", {"data": cfg.data, "model": cfg.teacher.model,
+                                                 "train": dataclasses.asdict(recipe), "seed": cfg.teacher.seed})
+            stats = distill(model, source, loop_cfg, cfg.teacher.seed, run_dir=out_dir, resume=True, desc=progress_desc)
+            save_torch(ckpt, {"model": model.state_dict(), "train": stats})
+            (out_dir / "checkpoint.pt").unlink(missing_ok=True)
+    model = prepare_model(model, device, data.is_image).eval().requires_grad_(False)
+    outputs = TeacherOutputs(model, out_dir)
+    info_path = out_dir / "info.json"
+    if info_path.exists():
+        test_acc = json.loads(info_path.read_text())["test_acc"]
+    else:
+        test_acc = float((outputs(data.x_test).argmax(1).cpu() == data.y_test).float().mean())
+        write_json(info_path, {"test_acc": test_acc, "checkpoint": str(ckpt)})
+    return Teacher(model, ckpt, test_acc, outputs)

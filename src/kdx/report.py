@@ -1,0 +1,23 @@
+"""Plain-text tables of results, for the terminal and the README."""
+from __future__ import annotations
+
+
+def _pct(v):
+    return "  -  " if v is None else f"{100 * v:5.1f}"
+
+
+def eval_table(metrics: dict, distributions: list[str] | None = None) -> str:
+    ev = metrics["eval"]
+    names = distributions or list(ev)
+    lines = [f"source {metrics['source']}  teacher {metrics['teacher']['arch']} "
+             f"({metrics['teacher']['params']:,} params)  student {metrics['student']['arch']} "
+             f"({metrics['student']['params']:,} params)  {metrics['train']['samples_per_s']:,.0f} samples/s",
+             f"{'distribution':34s} {'n':>6s} {'t_acc':>6s} {'s_acc':>6s} {'agree':>6s} {'KL':>7s} {'diff CI':>15s} {'McN p':>7s}"]
+    for name in names:
+        m = ev[name]
+        ci = m["acc_diff_ci"]
+        ci_s = "" if ci is None else f"[{100 * ci[0]:+.1f},{100 * ci[1]:+.1f}]"
+        p = "" if m["mcnemar_p"] is None else f"{m['mcnemar_p']:.3g}"
+        lines.append(f"{name:34s} {m['n']:6d} {_pct(m['teacher_acc']):>6s} {_pct(m['student_acc']):>6s} "
+                     f"{_pct(m['agreement']):>6s} {m['kl_teacher_student']:7.3f} {ci_s:>15s} {p:>7s}")
+    return "\n".join(lines)

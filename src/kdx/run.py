@@ -1,0 +1,105 @@
+"""One run: config -> data -> teacher (cached) -> source -> the loop -> student.pt -> eval -> metrics.json."""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+import kdx
+from kdx import config as kconfig
+from kdx.data import load as load_data
+from kdx.distill.loop import distill
+from kdx.distill.teacher import build_model, get_teacher
+from kdx.errors import KdxError
+from kdx.eval import distribution_names, evaluate, heldout
+from kdx.io import save_torch, write_json, write_text
+from kdx.models.base import num_params
+from kdx.registry import DATASETS, HELDOUT, LOSSES, MODELS, SOURCES
+
+
+def validate(cfg: kconfig.RunConfig) -> dict:
+    """Check every registry reference before any work starts; return the resolved source spec."""
+    DATASETS.validate(cfg.data, "data")
+    MODELS.validate(cfg.teacher.model, "teacher.model")
+    MODELS.validate(cfg.student.model, "student.model")
+    LOSSES.get(cfg.distill.loss)
+    if cfg.distill.switch_order not in ("onehot_first", "distill_first"):
+        raise KdxError(f"distill.switch_order must be onehot_first or distill_first, got '{cfg.distill.switch_order}'")
+    if cfg.distill.switch_at is not None and not 0 <= cfg.distill.switch_at <= 1:
+        raise KdxError(f"distill.switch_at must be in [0, 1], got {cfg.distill.switch_at}")
+    for name in cfg.eval.distributions:
+        if name != "default":
+            HELDOUT.validate(heldout.parse(name), f"eval.distributions: '{name}'")
+    return {"name": cfg.source["name"], **SOURCES.validate(cfg.source, "source")}
+
+
+def default_name(config_path: str | None, cfg: kconfig.RunConfig) -> str:
+    stem = Path(config_path).stem if config_path else "default"
+    return f"{stem}-{cfg.source['name']}-s{cfg.seed}"
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if overwrite:
+            shutil.rmtree(run_dir)
+        elif not resume:
+            raise KdxError(f"run directory {run_dir} exists; pass --resume to continue it (or skip it if "
+                           "finished) or --overwrite to start again")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def run(config_path: str | None, overrides: list[str], runs_dir: str = "runs", name: str | None = None,
+        resume: bool = False, overwrite: bool = False) -> Path:
+    cfg = kconfig.load_config(config_path, overrides)
+    source_spec = validate(cfg)
+    run_dir = Path(runs_dir) / (name or default_name(config_path, cfg))
+    prepare_run_dir(run_dir, resume, overwrite)
+    if (run_dir / "metrics.json").exists():
+        print(f"{run_dir}: finished already; nothing to do")
+        return run_dir
+    resolved = kconfig.to_dict(cfg)
+    resolved["kdx_version"] = kdx.__version__
+    config_file = run_dir / "config.yaml"
+    if resume and config_file.exists():
+        from omegaconf import OmegaConf
+
+        old = OmegaConf.to_container(OmegaConf.load(config_file))
+        if old != resolved:
+            raise KdxError(f"{run_dir} was started with another config; --resume needs the same config and "
+                           "overrides (compare with its config.yaml), or use --overwrite")
+    write_text(config_file, kconfig.to_yaml(cfg).rstrip() + f"\nkdx_version: {kdx.__version__}\n")
+
+    data = load_data(cfg.data)
+    t0 = time.perf_counter()
+    teacher = get_teacher(cfg, data)
+    teacher_seconds = time.perf_counter() - t0
+    source = SOURCES.build(cfg.source, "source", data=data, seed=cfg.seed)
+    student = build_model(cfg.student.model, data, "student.model", cfg.seed)
+    torch.manual_seed(cfg.seed)
+    train_stats = distill(student, source, cfg.distill, cfg.seed, teacher=teacher.model,
+                          teacher_logits_fn=teacher.outputs, run_dir=run_dir, resume=resume,
+                          desc=f"{run_dir.name}")
+    save_torch(run_dir / "student.pt", {"model": student.state_dict(), "spec": cfg.student.model})
+    eval_results = evaluate(teacher.outputs, student, data, cfg.eval)
+    metrics = {
+        "source": source_spec,
+        "teacher": {"arch": cfg.teacher.model["name"], "params": num_params(teacher.model),
+                    "checkpoint": str(teacher.checkpoint), "test_acc": teacher.test_acc,
+                    "seconds_to_load_or_train": teacher_seconds},
+        "student": {"arch": cfg.student.model["name"], "params": num_params(student)},
+        "train": train_stats,
+        "eval": eval_results,
+    }
+    write_json(run_dir / "metrics.json", metrics)
+    (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+    return run_dir
+
+
+def eval_names(cfg: kconfig.RunConfig, data) -> list[str]:
+    return distribution_names(cfg.eval, data)
+
+
+__all__ = ["run", "validate", "dataclasses"]

@@ -1,0 +1,111 @@
+"""What a sample source is: a resumable stream of input batches on the loop's device.
+
+A batch carries the teacher's logits when the source could look them up for the exact inputs it
+returns (a fixed pool without augmentation); otherwise `teacher_logits` is None and the loop runs
+the teacher on the very view the student sees.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import torch
+
+from kdx.data.base import Dataset, as_float
+
+
+@dataclasses.dataclass
+class Batch:
+    x: torch.Tensor  # float inputs in data space, on the device
+    y: torch.Tensor | None = None  # int labels, or (N, K) soft labels after mixup/cutmix; None if unlabeled
+    teacher_logits: torch.Tensor | None = None
+
+
+def step_generator(seed: int, step: int, device: torch.device, salt: str = "") -> torch.Generator:
+    """A generator that depends only on (seed, step, salt): random draws survive a resume unchanged."""
+    h = int.from_bytes(hashlib.blake2b(f"{seed}:{step}:{salt}".encode(), digest_size=8).digest(), "little")
+    return torch.Generator(device=device).manual_seed(h & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+class Source:
+    """Base class. Subclasses set `has_labels` and implement `batch`; pools also `state_dict`."""
+
+    has_labels: bool = False
+    epoch_size: int | None = None  # inputs per pass, for reporting epochs; None for endless generators
+
+    def __init__(self, data: Dataset, seed: int):
+        self.data, self.seed = data, seed
+        self.device = torch.device("cpu")
+
+    def setup(self, device: torch.device, teacher_logits_fn) -> None:
+        """Move data to the device; `teacher_logits_fn(stored_inputs)` returns cached teacher logits."""
+        self.device = device
+
+    def batch(self, step: int, n: int) -> Batch:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class PoolSource(Source):
+    """A fixed pool of stored inputs, drawn without replacement in per-epoch permutations."""
+
+    def __init__(self, data: Dataset, seed: int, x: torch.Tensor, y: torch.Tensor | None, augment: str = "none",
+                 mixup_alpha: float = 1.0):
+        super().__init__(data, seed)
+        from kdx.sampling.augment import AUGMENTS
+
+        if augment not in AUGMENTS:
+            from kdx.errors import KdxError
+
+            raise KdxError(f"source augment '{augment}' is unknown; valid: {', '.join(AUGMENTS)}")
+        self.x, self.y, self.augment, self.mixup_alpha = x, y, augment, mixup_alpha
+        self.has_labels = y is not None
+        self.epoch_size = len(x)
+        self.cursor = 0
+        self.cached_logits: torch.Tensor | None = None
+        self._perm_epoch, self._perm = -1, None
+
+    def setup(self, device, teacher_logits_fn) -> None:
+        super().setup(device, teacher_logits_fn)
+        self.x = self.x.to(device)
+        self.y = self.y.to(device) if self.y is not None else None
+        if self.augment == "none" and teacher_logits_fn is not None:
+            self.cached_logits = teacher_logits_fn(self.x)  # the exact stored inputs: safe to cache
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._perm_epoch:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(len(self.x), generator=g).to(self.device), epoch
+        return self._perm
+
+    def indices(self, n: int) -> torch.Tensor:
+        out, size = [], len(self.x)
+        while n > 0:
+            epoch, offset = divmod(self.cursor, size)
+            take = min(n, size - offset)
+            out.append(self._permutation(epoch)[offset:offset + take])
+            self.cursor += take
+            n -= take
+        return torch.cat(out)
+
+    def batch(self, step: int, n: int) -> Batch:
+        from kdx.sampling.augment import AUGMENTS
+
+        idx = self.indices(n)
+        x, y = as_float(self.x[idx]), (self.y[idx] if self.y is not None else None)
+        if self.augment == "none":
+            return Batch(x, y, self.cached_logits[idx] if self.cached_logits is not None else None)
+        g = step_generator(self.seed, step, self.device, "augment")
+        x, y = AUGMENTS[self.augment](x, y, g, self.data.num_classes, self.mixup_alpha)
+        return Batch(x, y, None)
+
+    def state_dict(self) -> dict:
+        return {"cursor": self.cursor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.cursor = int(state["cursor"])

@@ -1,0 +1,67 @@
+"""A mixture of other sources: each batch splits its samples among components by weight."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from kdx.data.base import Dataset
+from kdx.errors import KdxError
+from kdx.registry import SOURCES
+from kdx.sampling.base import Batch, Source, step_generator
+
+
+class MixtureSource(Source):
+    def __init__(self, data: Dataset, seed: int, parts: list[Source], weights: list[float], specs: list[dict]):
+        super().__init__(data, seed)
+        self.parts, self.specs = parts, specs
+        self.weights = torch.tensor(weights, dtype=torch.float64) / sum(weights)
+        self.has_labels = all(p.has_labels for p in parts)
+
+    def setup(self, device, teacher_logits_fn) -> None:
+        super().setup(device, teacher_logits_fn)
+        for p in self.parts:
+            p.setup(device, teacher_logits_fn)
+
+    def batch(self, step: int, n: int) -> Batch:
+        g = step_generator(self.seed, step, torch.device("cpu"), "mixture")
+        counts = torch.bincount(torch.multinomial(self.weights, n, replacement=True, generator=g),
+                                minlength=len(self.parts)).tolist()
+        batches = [p.batch(step, c) for p, c in zip(self.parts, counts) if c > 0]
+        x = torch.cat([b.x for b in batches])
+        logits = (torch.cat([b.teacher_logits for b in batches])
+                  if all(b.teacher_logits is not None for b in batches) else None)
+        y = None
+        if self.has_labels:
+            k = self.data.num_classes
+            ys = [b.y for b in batches]
+            y = torch.cat(ys) if all(t.ndim == 1 for t in ys) else torch.cat(
+                [t if t.ndim == 2 else F.one_hot(t, k).float() for t in ys])
+        return Batch(x, y, logits)
+
+    def state_dict(self) -> dict:
+        return {"parts": [p.state_dict() for p in self.parts]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for p, s in zip(self.parts, state["parts"]):
+            p.load_state_dict(s)
+
+
+@SOURCES.register(context=("data", "seed"))
+def mixture(data: Dataset, seed: int, components: list[dict[str, Any]] = []) -> MixtureSource:
+    """Weights over other sources, e.g. components: [{name: train, weight: 0.5}, {name: noise, weight: 0.5}]."""
+    if not components:
+        raise KdxError("source 'mixture' needs components: a list of {name: SOURCE, weight: W, ...}")
+    parts, weights, specs = [], [], []
+    for i, comp in enumerate(components):
+        comp = dict(comp)
+        w = float(comp.pop("weight", 1.0))
+        if comp.get("name") == "mixture":
+            raise KdxError("source 'mixture' cannot contain another mixture; flatten the components")
+        parts.append(SOURCES.build(comp, f"source.components[{i}]", data=data, seed=seed * 1000 + i))
+        weights.append(w)
+        specs.append({**comp, "weight": w})
+    if min(weights) < 0 or sum(weights) <= 0:
+        raise KdxError(f"source 'mixture': weights must be non-negative with a positive sum, got {weights}")
+    return MixtureSource(data, seed, parts, weights, specs)

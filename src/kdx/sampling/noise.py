@@ -1,0 +1,33 @@
+"""The whole input space: uniform over the train set's per-channel box, or moment-matched Gaussian."""
+from __future__ import annotations
+
+import torch
+
+from kdx.data.base import Dataset
+from kdx.errors import KdxError
+from kdx.registry import SOURCES
+from kdx.sampling.base import Batch, Source, step_generator
+
+
+class NoiseSource(Source):
+    def __init__(self, data: Dataset, seed: int, kind: str, clip: bool):
+        super().__init__(data, seed)
+        if kind not in ("uniform", "gaussian"):
+            raise KdxError(f"source 'noise': kind must be uniform or gaussian, got '{kind}'")
+        self.kind, self.clip = kind, clip
+
+    def batch(self, step: int, n: int) -> Batch:
+        d, g = self.data, step_generator(self.seed, step, self.device, "noise")
+        lo, hi = d.channel_view(d.lo).to(self.device), d.channel_view(d.hi).to(self.device)
+        shape = (n, *d.input_shape)
+        if self.kind == "uniform":
+            return Batch(lo + (hi - lo) * torch.rand(shape, generator=g, device=self.device))
+        x = d.channel_view(d.mean).to(self.device) + d.channel_view(d.std).to(self.device) * torch.randn(
+            shape, generator=g, device=self.device)
+        return Batch(torch.maximum(torch.minimum(x, hi), lo) if self.clip else x)
+
+
+@SOURCES.register(context=("data", "seed"))
+def noise(data: Dataset, seed: int, kind: str = "uniform", clip: bool = True) -> NoiseSource:
+    """Noise over the input space: uniform in the train set's per-channel box, or Gaussian with its mean/std."""
+    return NoiseSource(data, seed, kind, clip)

@@ -1,0 +1,12 @@
+"""The teacher's own training set."""
+from __future__ import annotations
+
+from kdx.data.base import Dataset
+from kdx.registry import SOURCES
+from kdx.sampling.base import PoolSource
+
+
+@SOURCES.register(context=("data", "seed"))
+def train(data: Dataset, seed: int, augment: str = "none", mixup_alpha: float = 1.0) -> PoolSource:
+    """The teacher's train set; augment none|flip_crop|mixup|cutmix, same view for teacher and student."""
+    return PoolSource(data, seed, data.x_train, data.y_train, augment, mixup_alpha)
