@@ -37,7 +37,8 @@ class TrainRecipe:
 
 @dataclasses.dataclass
 class TeacherConfig:
-    model: dict[str, Any] = field(default_factory=lambda: {"name": "cnn"})
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "cnn", "channels": [32, 64, 128],
+                                                          "convs_per_block": 1, "hidden": 1200})
     train: TrainRecipe = field(default_factory=TrainRecipe)
     checkpoint: Optional[str] = None  # a user's own trained teacher (state dict of the same model)
     seed: int = 0

@@ -11,7 +11,7 @@ from kdx.registry import MODELS
 
 
 @MODELS.register(context=("data",))
-def cnn(data: Dataset, channels: list[int] = [32, 64, 128], convs_per_block: int = 2, hidden: int = 1024,
+def cnn(data: Dataset, channels: list[int] = [32, 64, 128], convs_per_block: int = 1, hidden: int = 1200,
         dropout: float = 0.0) -> Classifier:
     """VGG-style CNN: blocks of conv-BN-ReLU then 2x max-pool, a hidden layer, a linear head (2-D or 1-D by data)."""
     one_d = not data.is_image

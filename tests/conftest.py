@@ -1,0 +1,35 @@
+import os
+
+import pytest
+
+# A small, fast setting on scikit-learn's bundled digits: a teacher trains in seconds on 2 CPU cores.
+FAST = ["data.name=digits", "teacher.model.channels=[16,32]", "teacher.model.hidden=64",
+        "teacher.train.epochs=40", "teacher.train.lr=0.05", "teacher.train.augment=none",
+        "student.model.channels=[8,16]", "student.model.hidden=32", "distill.samples=12000",
+        "distill.batch_size=128", "distill.lr=0.05", "eval.n=300", "eval.bootstrap=200",
+        "eval.distributions=[test,train_subset,gaussian_noise-2,blur-1,uniform_noise]",
+        "distill.checkpoint_every=10", "distill.log_every=5"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kdx_cache(tmp_path_factory):
+    """Teachers trained by the tests go to one per-session cache, never the user's."""
+    path = tmp_path_factory.mktemp("kdx-cache")
+    os.environ["KDX_CACHE"] = str(path)
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_teacher(kdx_cache):
+    import kdx.cli  # noqa: F401
+
+    kdx.cli._register_all()
+    from kdx import config as kconfig
+    from kdx.data import load
+    from kdx.distill.teacher import get_teacher
+
+    cfg = kconfig.load_config(None, FAST)
+    data = load(cfg.data)
+    return cfg, data, get_teacher(cfg, data)

@@ -1,0 +1,108 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import FAST
+from kdx.errors import KdxError
+from kdx.registry import LOSSES
+from kdx.run import run
+
+TIMING = {"seconds", "samples_per_s", "resumed_from_step", "seconds_to_load_or_train"}
+
+
+def _strip_timing(obj):
+    if isinstance(obj, dict):
+        return {k: _strip_timing(v) for k, v in obj.items() if k not in TIMING}
+    return obj
+
+
+def test_teacher_and_students_learn(digits_teacher, tmp_path):
+    cfg, data, teacher = digits_teacher
+    assert teacher.test_acc > 0.85  # 10 classes: chance is 0.1
+    d = run(None, FAST, str(tmp_path), "train")
+    m = json.loads((d / "metrics.json").read_text())
+    test = m["eval"]["test"]
+    assert test["student_acc"] > 0.7 and test["agreement"] > 0.7
+    assert set(test) >= {"n", "teacher_acc", "student_acc", "agreement", "kl_teacher_student", "tv", "teacher_nll",
+                         "student_nll", "teacher_ece", "student_ece", "acc_diff", "acc_diff_ci", "mcnemar_p"}
+    assert m["eval"]["uniform_noise"]["student_acc"] is None
+    assert (d / "student.pt").exists() and (d / "config.yaml").exists() and not (d / "checkpoint.pt").exists()
+    lines = [json.loads(x) for x in (d / "log.jsonl").read_text().splitlines()]
+    assert {"step", "epoch", "loss", "lr", "samples_per_s"} <= set(lines[0])
+    # a noise-distilled student on 8x8 digits still transfers far above chance, below the train-set student
+    n = json.loads((run(None, FAST + ["source.name=noise"], str(tmp_path), "noise") / "metrics.json").read_text())
+    assert 0.2 < n["eval"]["test"]["student_acc"] < test["student_acc"]
+
+
+def test_same_seed_same_metrics(digits_teacher, tmp_path):
+    a = run(None, FAST + ["source.augment=mixup"], str(tmp_path), "a")
+    b = run(None, FAST + ["source.augment=mixup"], str(tmp_path), "b")
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    assert _strip_timing(ma) == _strip_timing(mb)
+
+
+def test_existing_run_dir_is_refused_unless_resume_or_overwrite(digits_teacher, tmp_path):
+    run(None, FAST + ["distill.samples=1000"], str(tmp_path), "x")
+    with pytest.raises(KdxError, match="--resume.*--overwrite"):
+        run(None, FAST + ["distill.samples=1000"], str(tmp_path), "x")
+    run(None, FAST + ["distill.samples=1000"], str(tmp_path), "x", overwrite=True)
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(digits_teacher, tmp_path):
+    args = FAST + ["source.augment=flip_crop", "distill.samples=60000", "distill.checkpoint_every=25"]
+    ref = run(None, args, str(tmp_path), "ref")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "kdx", "run", *args, "--runs-dir", str(tmp_path), "--name", "killed"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert ckpt.exists(), "no checkpoint appeared"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "metrics.json").exists()
+    assert torch.load(ckpt, weights_only=False)["step"] < 469
+    out = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    m_ref = json.loads((ref / "metrics.json").read_text())
+    m_res = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    assert m_res["train"]["resumed_from_step"] > 0
+    assert _strip_timing(m_res) == _strip_timing(m_ref)
+
+
+def test_nan_loss_stops_with_the_step_named(digits_teacher, tmp_path):
+    with pytest.raises(KdxError, match=r"loss is (nan|inf) at step \d+"):
+        run(None, FAST + ["distill.lr=1e30", "distill.loss=mse_logits"], str(tmp_path), "nan")
+
+
+def test_onehot_loss_needs_labels(digits_teacher, tmp_path):
+    with pytest.raises(KdxError, match="no labels"):
+        run(None, FAST + ["source.name=noise", "distill.switch_at=0.5"], str(tmp_path), "sw")
+
+
+def test_kl_loss_is_textbook_formula():
+    s, t = torch.randn(64, 10), torch.randn(64, 10) * 2
+    T = 3.0
+    pt = F.softmax(t / T, 1)
+    ref = (pt * (pt.log() - F.log_softmax(s / T, 1))).sum(1).mean() * T * T
+    assert torch.allclose(LOSSES.get("kl").fn(s, t, None, T), ref, atol=1e-6)
+    ce = LOSSES.get("soft_ce").fn(s, t, None, T)
+    assert torch.allclose(ce - LOSSES.get("kl").fn(s, t, None, T), -(pt * pt.log()).sum(1).mean() * T * T, atol=1e-5)
+
+
+def test_late_distillation_switch():
+    from kdx.config import DistillConfig
+    from kdx.distill.loop import loss_for_step
+
+    cfg = DistillConfig(switch_at=0.25)
+    assert [loss_for_step(cfg, s, 100) for s in (0, 24, 25, 99)] == ["onehot", "onehot", "kl", "kl"]
+    cfg = DistillConfig(switch_at=0.5, switch_order="distill_first")
+    assert [loss_for_step(cfg, s, 100) for s in (0, 49, 50)] == ["kl", "kl", "onehot"]
