@@ -14,6 +14,19 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="kdx: distil a teacher on a chosen distribution of inputs and measure the student.")
 
 
+DATA_ROOT = typer.Option(None, "--data-root", help="folder holding the dataset's files (same as data.root=DIR)")
+
+
+def _split(config: Path | None, overrides: list[str] | None, data_root: Path | None) -> tuple[str | None, list[str]]:
+    """CONFIG is optional: a first argument with '=' is an override. --data-root is data.root."""
+    overrides = list(overrides or [])
+    if config is not None and "=" in str(config):
+        overrides, config = [str(config), *overrides], None
+    if data_root is not None:
+        overrides.append(f"data.root={data_root}")
+    return (str(config) if config else None), overrides
+
+
 def _register_all():
     import kdx.data  # noqa: F401
     import kdx.distill.losses  # noqa: F401
@@ -28,37 +41,61 @@ def run_cmd(config: Optional[Path] = typer.Argument(None, help="YAML config (omi
             runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="where run directories go"),
             name: Optional[str] = typer.Option(None, "--name", help="run directory name"),
             resume: bool = typer.Option(False, "--resume", help="continue a killed run (skip a finished one)"),
-            overwrite: bool = typer.Option(False, "--overwrite", help="delete an existing run directory first")):
+            overwrite: bool = typer.Option(False, "--overwrite", help="delete an existing run directory first"),
+            data_root: Optional[Path] = DATA_ROOT):
     """Distil one student and evaluate it on the held-out distributions."""
     from kdx.report import eval_table
     from kdx.run import run
 
     if resume and overwrite:
         raise KdxError("--resume and --overwrite exclude each other")
-    if config is not None and "=" in str(config):  # only overrides were given
-        overrides, config = [str(config), *(overrides or [])], None
+    config, overrides = _split(config, overrides, data_root)
     _register_all()
-    run_dir = run(str(config) if config else None, overrides or [], str(runs_dir), name, resume, overwrite)
+    run_dir = run(config, overrides, str(runs_dir), name, resume, overwrite)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     print(eval_table(metrics))
     print(f"wrote {run_dir}")
 
 
 @app.command("teacher")
-def teacher_cmd(config: Optional[Path] = typer.Argument(None), overrides: Optional[List[str]] = typer.Argument(None)):
+def teacher_cmd(config: Optional[Path] = typer.Argument(None), overrides: Optional[List[str]] = typer.Argument(None),
+                data_root: Optional[Path] = DATA_ROOT):
     """Train (or find in the cache) the teacher; print its checkpoint and test accuracy."""
     from kdx import config as kconfig
     from kdx.data import load as load_data
     from kdx.distill.teacher import get_teacher
     from kdx.run import validate
 
-    if config is not None and "=" in str(config):
-        overrides, config = [str(config), *(overrides or [])], None
+    config, overrides = _split(config, overrides, data_root)
     _register_all()
-    cfg = kconfig.load_config(str(config) if config else None, overrides or [])
+    cfg = kconfig.load_config(config, overrides)
     validate(cfg)
     t = get_teacher(cfg, load_data(cfg.data))
     print(f"checkpoint: {t.checkpoint}\ntest_acc: {t.test_acc:.4f}")
+
+
+@app.command("data")
+def data_cmd(config: Optional[Path] = typer.Argument(None), overrides: Optional[List[str]] = typer.Argument(None),
+             data_root: Optional[Path] = DATA_ROOT):
+    """Load (and, with data.download=true where supported, fetch) the config's dataset; print its shape."""
+    from kdx import config as kconfig
+    from kdx.data import load as load_data
+
+    config, overrides = _split(config, overrides, data_root)
+    _register_all()
+    d = load_data(kconfig.load_config(config, overrides).data)
+    print(f"{d.name}: train {tuple(d.x_train.shape)} test {tuple(d.x_test.shape)} {d.num_classes} classes, "
+          f"{d.x_train.dtype}")
+
+
+@app.command("compare")
+def compare_cmd(runs: List[Path] = typer.Argument(..., help="run directories"),
+                distributions: str = typer.Option("test,train_subset,gaussian_noise-2,rotation-2,uniform_noise",
+                                                  help="comma-separated held-out distributions")):
+    """One table over several finished runs: student accuracy, agreement and KL per distribution."""
+    from kdx.report import compare_table
+
+    print(compare_table(runs, distributions.split(",")))
 
 
 @app.command("list")

@@ -32,7 +32,6 @@ class TrainRecipe:
     weight_decay: float = 5e-4
     schedule: str = "onecycle"
     augment: str = "flip_crop"
-    label_smoothing: float = 0.0
 
 
 @dataclasses.dataclass

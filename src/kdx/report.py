@@ -21,3 +21,26 @@ def eval_table(metrics: dict, distributions: list[str] | None = None) -> str:
         lines.append(f"{name:34s} {m['n']:6d} {_pct(m['teacher_acc']):>6s} {_pct(m['student_acc']):>6s} "
                      f"{_pct(m['agreement']):>6s} {m['kl_teacher_student']:7.3f} {ci_s:>15s} {p:>7s}")
     return "\n".join(lines)
+
+
+def compare_table(run_dirs, distributions: list[str]) -> str:
+    """Rows: runs; columns: per distribution student acc / agreement / KL(t||s)."""
+    import json
+    from pathlib import Path
+
+    runs = [(Path(d), json.loads((Path(d) / "metrics.json").read_text())) for d in run_dirs]
+    head = f"| {'run':28s} | {'source':30s} | " + " | ".join(f"{d} acc / agree / KL" for d in distributions) + " |"
+    lines = [head, "|" + "---|" * (2 + len(distributions))]
+    if runs:
+        t = runs[0][1]["eval"]
+        lines.insert(0, "teacher: " + ", ".join(f"{d} acc {_pct(t[d]['teacher_acc']).strip()}" for d in distributions
+                                               if d in t and t[d]["teacher_acc"] is not None))
+    for d, m in runs:
+        src = ", ".join(f"{k}={v}" for k, v in m["source"].items() if k != "name" and v not in ({}, None))
+        cells = []
+        for name in distributions:
+            e = m["eval"].get(name)
+            cells.append("n/a" if e is None else
+                         f"{_pct(e['student_acc']).strip()} / {_pct(e['agreement']).strip()} / {e['kl_teacher_student']:.3f}")
+        lines.append(f"| {d.name:28s} | {m['source']['name'] + (' (' + src + ')' if src else ''):30s} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,43 @@
+# Two commands on a fresh machine: `make demo` (install + main job) and `make test` (install + tests).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+RUNS   ?= runs
+DEMO_SOURCES = train downstream noise
+
+.PHONY: install demo test fashion-mnist clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch/torchvision pinned to the wheels on this machine's disk; pyproject admits a range.
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# Fashion-MNIST: Debian's package where apt and root are there, else torchvision's download.
+fashion-mnist: install
+	@if $(BIN)/kdx data >/dev/null 2>&1; then echo "Fashion-MNIST: found"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist); \
+	else \
+	  $(BIN)/kdx data data.download=true || { echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist', or go online so torchvision can download it, or pass --data-root DIR (a folder with the IDX files) to kdx."; exit 1; }; \
+	fi
+
+# The default job: one run per source on Fashion-MNIST (a second `make demo` reuses teacher and runs).
+demo: fashion-mnist
+	@for s in $(DEMO_SOURCES); do \
+	  $(BIN)/kdx run configs/fashion_mnist.yaml source.name=$$s --runs-dir $(RUNS) --resume || exit 1; \
+	done
+	@$(BIN)/kdx compare $(foreach s,$(DEMO_SOURCES),$(RUNS)/fashion_mnist-$(s)-s0) \
+	  --distributions test,train_subset,gaussian_noise-2,rotation-2,uniform_noise
+
+test: install
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) $(RUNS)
