@@ -48,10 +48,16 @@ def fashion_mnist(root: str | None = None, download: bool = False) -> Dataset:
                                     "downstream:fashion_mnist_upper", "uniform_noise"])
 
 
+def _base(root: str | None) -> Dataset:
+    from kdx.data import load  # the per-process cache: Fashion-MNIST is read once
+
+    return load({"name": "fashion_mnist", "root": root})
+
+
 @DATASETS.register()
 def fashion_mnist_shifted(root: str | None = None, max_degrees: float = 30.0, blur_sigma: float = 1.0, seed: int = 0) -> Dataset:
     """Downstream domain shift: Fashion-MNIST rotated up to +-max_degrees and Gaussian-blurred."""
-    base = fashion_mnist(root)
+    base = _base(root)
     gen = torch.Generator().manual_seed(seed)
 
     def shift(x):
@@ -64,7 +70,7 @@ def fashion_mnist_shifted(root: str | None = None, max_degrees: float = 30.0, bl
 @DATASETS.register()
 def fashion_mnist_upper(root: str | None = None) -> Dataset:
     """Downstream class subset: only the four upper-body garments (T-shirt, Pullover, Coat, Shirt), 10-way labels kept."""
-    base = fashion_mnist(root)
+    base = _base(root)
     tr = torch.isin(base.y_train, torch.tensor(UPPER_BODY))
     te = torch.isin(base.y_test, torch.tensor(UPPER_BODY))
     return Dataset("fashion_mnist_upper", base.x_train[tr], base.y_train[tr], base.x_test[te], base.y_test[te], CLASSES)

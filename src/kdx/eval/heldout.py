@@ -7,10 +7,11 @@ import dataclasses
 
 import torch
 
+from kdx.data import load as load_dataset
 from kdx.data.base import Dataset, as_float
 from kdx.data.transforms import gaussian_blur, rotate, translate
 from kdx.errors import KdxError
-from kdx.registry import DATASETS, HELDOUT
+from kdx.registry import HELDOUT
 
 _CTX = ("data", "n", "seed")
 
@@ -117,7 +118,7 @@ def inversion(data: Dataset, n: int, seed: int, severity: int = 2):
 @HELDOUT.register(context=_CTX)
 def downstream(data: Dataset, n: int, seed: int, dataset: str = ""):
     """The held-out (test) split of a registered downstream dataset, e.g. downstream:fashion_mnist_upper."""
-    other = DATASETS.build({"name": dataset}, f"held-out downstream:{dataset}")
+    other = load_dataset({"name": dataset}, f"held-out downstream:{dataset}")
     if other.input_shape != data.input_shape:
         raise KdxError(f"held-out downstream:{dataset} has inputs {other.input_shape}, the teacher takes {data.input_shape}")
     idx = torch.randperm(len(other.x_test), generator=torch.Generator().manual_seed(seed))[:n]

@@ -1,7 +1,6 @@
 """torchvision classifiers adapted to small inputs (3x3 stride-1 stem, any channel count)."""
 from __future__ import annotations
 
-import torchvision
 from torch import nn
 
 from kdx.data.base import Dataset
@@ -19,6 +18,8 @@ def _need_image(data: Dataset, name: str):
 def resnet18(data: Dataset) -> Classifier:
     """torchvision ResNet-18 (11M params) with a CIFAR-style stem: 3x3 stride-1 conv, no max-pool."""
     _need_image(data, "resnet18")
+    import torchvision  # imported on use: it costs 2.5 s at start-up
+
     net = torchvision.models.resnet18(num_classes=1)
     net.conv1 = nn.Conv2d(data.input_shape[0], 64, 3, 1, 1, bias=False)
     net.maxpool = nn.Identity()
@@ -30,6 +31,8 @@ def resnet18(data: Dataset) -> Classifier:
 def mobilenet_v3_small(data: Dataset, width_mult: float = 1.0) -> Classifier:
     """torchvision MobileNetV3-Small with a stride-1 stem for small images."""
     _need_image(data, "mobilenet_v3_small")
+    import torchvision
+
     net = torchvision.models.mobilenet_v3_small(num_classes=1, width_mult=width_mult)
     stem = net.features[0][0]
     net.features[0][0] = nn.Conv2d(data.input_shape[0], stem.out_channels, 3, 1, 1, bias=False)
