@@ -98,6 +98,20 @@ def compare_cmd(runs: List[Path] = typer.Argument(..., help="run directories"),
     print(compare_table(runs, distributions.split(",")))
 
 
+@app.command("study")
+def study_cmd(config: Path = typer.Argument(..., help="study YAML (configs/studies/)"),
+              overrides: Optional[List[str]] = typer.Argument(None, help="dotted overrides of the study config"),
+              runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+              workers: int = typer.Option(1, "--workers", help="independent runs in parallel processes")):
+    """Run (or resume) a grid of runs, probe them, write summary.csv, summary.md and report.html."""
+    from kdx.study import run_study
+
+    _register_all()
+    out = run_study(config, runs_dir, workers, overrides or [])
+    print((out / "summary.md").read_text())
+    print(f"wrote {out}/summary.csv, summary.md, report.html")
+
+
 @app.command("list")
 def list_cmd():
     """List registered datasets, models, sources, losses and held-out distributions."""

@@ -113,11 +113,12 @@ def _layer_dict(cfg) -> dict:
     return OmegaConf.to_container(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (), schema=RunConfig):
-    """Defaults <- YAML file <- `a.b=value` overrides, validated; then registry args are checked."""
+def load_config(path: str | Path | None, overrides: list[str] = (), schema=RunConfig,
+                layers: list[tuple[str, dict]] | None = None):
+    """Defaults <- YAML file <- given (name, dict) layers <- `a.b=value` overrides, validated."""
     where = str(path) if path else "defaults"
     base = _layer_dict(OmegaConf.structured(schema))
-    layers = []
+    given, layers = list(layers or []), []
     try:
         if path is not None:
             p = Path(path)
@@ -125,6 +126,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), schema=RunCo
                 raise KdxError(f"config file {p} does not exist")
             file_cfg = OmegaConf.load(p)
             layers.append((str(p), _layer_dict(file_cfg) if file_cfg is not None else {}))
+        layers += given
         if overrides:
             bad = [o for o in overrides if "=" not in o]
             if bad:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import time
 from pathlib import Path
@@ -54,8 +55,12 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 def run(config_path: str | None, overrides: list[str], runs_dir: str = "runs", name: str | None = None,
         resume: bool = False, overwrite: bool = False) -> Path:
     cfg = kconfig.load_config(config_path, overrides)
+    return execute(cfg, Path(runs_dir) / (name or default_name(config_path, cfg)), resume, overwrite)
+
+
+def execute(cfg: kconfig.RunConfig, run_dir: Path, resume: bool = False, overwrite: bool = False) -> Path:
+    """Run one resolved config into run_dir (refusing an existing one unless resume/overwrite)."""
     source_spec = validate(cfg)
-    run_dir = Path(runs_dir) / (name or default_name(config_path, cfg))
     prepare_run_dir(run_dir, resume, overwrite)
     if (run_dir / "metrics.json").exists():
         print(f"{run_dir}: finished already; nothing to do")
@@ -98,8 +103,38 @@ def run(config_path: str | None, overrides: list[str], runs_dir: str = "runs", n
     return run_dir
 
 
-def eval_names(cfg: kconfig.RunConfig, data) -> list[str]:
-    return distribution_names(cfg.eval, data)
+@dataclasses.dataclass
+class FinishedRun:
+    """Everything a finished run directory holds, rebuilt: for probes, studies and the explorer."""
+
+    dir: Path
+    cfg: kconfig.RunConfig
+    data: object  # kdx.data.Dataset
+    teacher: object  # kdx.distill.teacher.Teacher
+    student: torch.nn.Module
+    metrics: dict
+
+    def source(self):
+        """The run's sample source, rebuilt with its seed (a fresh stream from step 0)."""
+        return SOURCES.build(self.cfg.source, "source", data=self.data, seed=self.cfg.seed)
 
 
-__all__ = ["run", "validate", "dataclasses"]
+def load_run(run_dir: str | Path) -> FinishedRun:
+    from omegaconf import OmegaConf
+
+    from kdx.distill.loop import prepare_model, resolve_device
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.json").exists():
+        raise KdxError(f"{run_dir} is not a finished kdx run (no metrics.json); run `kdx run` first"
+                       + (", or `kdx run ... --resume` to finish it" if (run_dir / "config.yaml").exists() else ""))
+    raw = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+    raw.pop("kdx_version", None)
+    cfg = kconfig.load_config(None, [], layers=[(str(run_dir / "config.yaml"), raw)])
+    data = load_data(cfg.data)
+    teacher = get_teacher(cfg, data)
+    student = build_model(cfg.student.model, data, "student.model", cfg.seed)
+    student.load_state_dict(torch.load(run_dir / "student.pt", map_location="cpu")["model"])
+    student = prepare_model(student, resolve_device(cfg.distill.device), data.is_image).eval()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return FinishedRun(run_dir, cfg, data, teacher, student, metrics)

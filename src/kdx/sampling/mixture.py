@@ -13,9 +13,9 @@ from kdx.sampling.base import Batch, Source, step_generator
 
 
 class MixtureSource(Source):
-    def __init__(self, data: Dataset, seed: int, parts: list[Source], weights: list[float], specs: list[dict]):
+    def __init__(self, data: Dataset, seed: int, parts: list[Source], weights: list[float]):
         super().__init__(data, seed)
-        self.parts, self.specs = parts, specs
+        self.parts = parts
         self.weights = torch.tensor(weights, dtype=torch.float64) / sum(weights)
         self.has_labels = all(p.has_labels for p in parts)
 
@@ -53,7 +53,7 @@ def mixture(data: Dataset, seed: int, components: list[dict[str, Any]] = []) -> 
     """Weights over other sources, e.g. components: [{name: train, weight: 0.5}, {name: noise, weight: 0.5}]."""
     if not components:
         raise KdxError("source 'mixture' needs components: a list of {name: SOURCE, weight: W, ...}")
-    parts, weights, specs = [], [], []
+    parts, weights = [], []
     for i, comp in enumerate(components):
         comp = dict(comp)
         w = float(comp.pop("weight", 1.0))
@@ -61,7 +61,6 @@ def mixture(data: Dataset, seed: int, components: list[dict[str, Any]] = []) -> 
             raise KdxError("source 'mixture' cannot contain another mixture; flatten the components")
         parts.append(SOURCES.build(comp, f"source.components[{i}]", data=data, seed=seed * 1000 + i))
         weights.append(w)
-        specs.append({**comp, "weight": w})
     if min(weights) < 0 or sum(weights) <= 0:
         raise KdxError(f"source 'mixture': weights must be non-negative with a positive sum, got {weights}")
-    return MixtureSource(data, seed, parts, weights, specs)
+    return MixtureSource(data, seed, parts, weights)

@@ -1,0 +1,143 @@
+"""Studies: a grid of runs (sources x seeds x optional loss, temperature, switch_at, student),
+run or resumed, probed, and summarised with intervals over seeds and paired tests per seed."""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import re
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+from kdx import config as kconfig
+from kdx.errors import KdxError
+
+
+@dataclasses.dataclass
+class StudyConfig:
+    name: str = MISSING
+    base: str = MISSING  # a run config, relative to the study file
+    overrides: list[str] = dataclasses.field(default_factory=list)  # applied to every run
+    sources: list[dict[str, Any]] = dataclasses.field(default_factory=lambda: [{"name": "train"}])
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
+    loss: list[str] = dataclasses.field(default_factory=list)  # empty: the base config's
+    temperature: list[float] = dataclasses.field(default_factory=list)
+    switch_at: list[Optional[float]] = dataclasses.field(default_factory=list)
+    student: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # student.model specs, with a label
+    probe: bool = True
+    probe_on: list[str] = dataclasses.field(default_factory=lambda: ["train_subset", "test"])
+    report_distributions: list[str] = dataclasses.field(
+        default_factory=lambda: ["test", "train_subset", "gaussian_noise-2", "rotation-2", "uniform_noise"])
+
+
+@dataclasses.dataclass
+class PlannedRun:
+    name: str
+    axes: dict[str, Any]  # axis -> label, for grouping (seed included)
+    cfg: kconfig.RunConfig
+
+
+def _label(spec: dict) -> str:
+    """A short, filesystem-safe name for a source or student spec: its label, or name+args."""
+    if "label" in spec:
+        return str(spec["label"])
+    args = "-".join(f"{k}{v}" for k, v in spec.items() if k != "name" and not isinstance(v, (list, dict)))
+    return re.sub(r"[^A-Za-z0-9_.+-]", "", spec["name"] + ("-" + args if args else ""))
+
+
+def plan(study_path: str | Path, overrides: list[str] = ()) -> tuple[StudyConfig, list[PlannedRun]]:
+    """Expand the study into resolved run configs; every error surfaces here, before any run starts."""
+    from kdx.run import validate
+
+    study_path = Path(study_path)
+    study = kconfig.load_config(study_path, overrides, schema=StudyConfig)
+    base = (study_path.parent / study.base) if not Path(study.base).is_absolute() else Path(study.base)
+    base_cfg = kconfig.load_config(base, study.overrides)
+    axes = {"source": study.sources, "loss": study.loss or [None], "temperature": study.temperature or [None],
+            "switch_at": study.switch_at or ["base"], "student": study.student or [None], "seed": study.seeds}
+    runs = []
+    strip = lambda spec: {k: v for k, v in spec.items() if k != "label"}  # noqa: E731
+    for source, loss, temp, switch, student, seed in itertools.product(*axes.values()):
+        distill = dataclasses.replace(base_cfg.distill, **{k: v for k, v in
+                                                           {"loss": loss, "temperature": temp}.items() if v is not None})
+        if switch != "base":
+            distill = dataclasses.replace(distill, switch_at=switch)
+        cfg = dataclasses.replace(base_cfg, source=strip(source), seed=seed, distill=distill)
+        if student is not None:
+            cfg = dataclasses.replace(cfg, student=kconfig.StudentConfig(model=strip(student)))
+        labels = {"source": _label(source)}
+        if study.loss:
+            labels["loss"] = loss
+        if study.temperature:
+            labels["temperature"] = temp
+        if study.switch_at:
+            labels["switch_at"] = switch
+        if study.student:
+            labels["student"] = _label(student)
+        labels["seed"] = seed
+        prefix = {"temperature": "T", "switch_at": "sw", "seed": "s"}
+        name = "-".join(f"{prefix.get(k, '')}{v}" for k, v in labels.items())
+        where = f"{study_path}: run {name}"
+        try:
+            validate(cfg)
+        except KdxError as e:
+            raise KdxError(f"{where}: {e}") from None
+        runs.append(PlannedRun(name, labels, cfg))
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise KdxError(f"{study_path}: two runs would share a directory name; give sources or students a `label`")
+    return study, runs
+
+
+def _run_one(cfg: kconfig.RunConfig, run_dir: Path, threads: int, probe_on: list[str] | None) -> str:
+    import torch
+
+    import kdx.cli
+    from kdx.run import execute
+
+    torch.set_num_threads(threads)
+    kdx.cli._register_all()
+    execute(cfg, run_dir, resume=True)
+    if probe_on:
+        from kdx.probes import probe_run
+
+        probe_run(run_dir, probe_on, make_map=False)
+    return str(run_dir)
+
+
+def run_study(study_path: str | Path, runs_dir: str | Path = "runs", workers: int = 1,
+              overrides: list[str] = ()) -> Path:
+    from kdx.data import load
+    from kdx.distill.teacher import get_teacher
+    from kdx.study_report import write_reports
+
+    study, runs = plan(study_path, overrides)
+    out = Path(runs_dir) / "studies" / study.name
+    out.mkdir(parents=True, exist_ok=True)
+    # Train (or find) each distinct teacher once, before workers could race to train it.
+    seen = set()
+    for r in runs:
+        key = repr((r.cfg.data, r.cfg.teacher))
+        if key not in seen:
+            seen.add(key)
+            get_teacher(r.cfg, load(r.cfg.data))
+    todo = [r for r in runs if not (out / "runs" / r.name / "metrics.json").exists()
+            or (study.probe and not (out / "runs" / r.name / "probes" / "deviation.json").exists())]
+    print(f"study {study.name}: {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to do")
+    probe_on = study.probe_on if study.probe else None
+    if workers <= 1:
+        for i, r in enumerate(todo):
+            print(f"[{i + 1}/{len(todo)}] {r.name}", flush=True)
+            _run_one(r.cfg, out / "runs" / r.name, max(1, os.cpu_count() or 1), probe_on)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(workers) as pool:
+            futures = {pool.submit(_run_one, r.cfg, out / "runs" / r.name, threads, probe_on): r for r in todo}
+            for i, f in enumerate(as_completed(futures)):
+                f.result()
+                print(f"[{i + 1}/{len(todo)}] {futures[f].name} done", flush=True)
+    write_reports(study, runs, out)
+    return out

@@ -1,0 +1,218 @@
+"""A study's summary.csv, summary.md and a self-contained report.html (figures inlined as PNG)."""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from kdx.eval.statistics import mean_interval
+from kdx.io import write_text
+
+METRICS = ["n", "teacher_acc", "student_acc", "agreement", "kl_teacher_student", "tv", "teacher_nll", "student_nll",
+           "teacher_ece", "student_ece", "acc_diff", "acc_diff_ci", "mcnemar_p"]
+ALPHA = 0.05
+
+
+def _slopes(run_dir: Path) -> dict:
+    """{distribution: slope} for the teacher's top-1 class, from the run's probe, if it was probed."""
+    path = run_dir / "probes" / "deviation.json"
+    if not path.exists():
+        return {}
+    dev = json.loads(path.read_text())
+    return {dist: d["teacher_top1"]["slope"] for dist, d in dev.get("distributions", dev).items()
+            if isinstance(d, dict) and "teacher_top1" in d}
+
+
+def collect(runs, out: Path) -> list[dict]:
+    rows = []
+    for r in runs:
+        run_dir = out / "runs" / r.name
+        m = json.loads((run_dir / "metrics.json").read_text())
+        slopes = _slopes(run_dir)
+        for dist, e in m["eval"].items():
+            row = {"run": r.name, **{k: v for k, v in r.axes.items()}, "distribution": dist}
+            for k in METRICS:
+                if k == "acc_diff_ci":
+                    row["acc_diff_lo"], row["acc_diff_hi"] = e[k] if e[k] else (None, None)
+                else:
+                    row[k] = e[k]
+            row["deviation_slope"] = slopes.get(dist)
+            row["train_seconds"] = m["train"]["seconds"]
+            rows.append(row)
+    return rows
+
+
+def _group_key(row: dict, axes: list[str]) -> tuple:
+    return tuple(row[a] for a in axes if a != "seed")
+
+
+def _fmt(values, pct=True) -> str:
+    v = [x for x in values if x is not None]
+    if not v:
+        return "-"
+    m, lo, hi = mean_interval(v)
+    s = 100 if pct else 1
+    if np.isnan(lo):
+        return f"{s * m:.2f}" if not pct else f"{s * m:.1f}"
+    return f"{s * m:.1f} [{s * lo:.1f}, {s * hi:.1f}]" if pct else f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def summary_markdown(study, rows: list[dict], axes: list[str]) -> str:
+    groups = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        groups[_group_key(row, axes)][row["distribution"]].append(row)
+    group_axes = [a for a in axes if a != "seed"]
+    teacher = {row["distribution"]: row["teacher_acc"] for row in rows}
+    lines = [f"# Study `{study.name}`", "",
+             f"Mean and 95% t-interval over seeds ({', '.join(map(str, study.seeds))}); last-step numbers. "
+             f"`beats`/`loses`: seeds where the student's accuracy differs from the teacher's with exact McNemar "
+             f"p < {ALPHA} on the same inputs. Teacher accuracy: "
+             + ", ".join(f"{d} {100 * teacher[d]:.1f}%" for d in study.report_distributions
+                         if teacher.get(d) is not None) + ".", ""]
+    for dist in study.report_distributions:
+        lines += [f"## {dist}", "",
+                  "| " + " | ".join(group_axes) + " | student acc % | agreement % | KL(t‖s) | student − teacher (pp) "
+                  "| McNemar p per seed | beats / loses | slope (top-1) |",
+                  "|" + "---|" * (len(group_axes) + 7)]
+        for key, by_dist in groups.items():
+            rs = by_dist.get(dist)
+            if not rs:
+                continue
+            labeled = rs[0]["student_acc"] is not None
+            ps = [r["mcnemar_p"] for r in rs] if labeled else []
+            beats = sum(1 for r in rs if labeled and r["mcnemar_p"] < ALPHA and r["acc_diff"] > 0)
+            loses = sum(1 for r in rs if labeled and r["mcnemar_p"] < ALPHA and r["acc_diff"] < 0)
+            lines.append("| " + " | ".join(str(k) for k in key) + " | "
+                         + " | ".join([_fmt([r["student_acc"] for r in rs]), _fmt([r["agreement"] for r in rs]),
+                                       _fmt([r["kl_teacher_student"] for r in rs], pct=False),
+                                       _fmt([r["acc_diff"] for r in rs]),
+                                       ", ".join(f"{p:.2g}" for p in ps) or "-",
+                                       f"{beats} / {loses}" if labeled else "-",
+                                       _fmt([r["deviation_slope"] for r in rs], pct=False)]) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def figures(study, rows: list[dict], axes: list[str], out: Path) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs = []
+    groups = sorted({_group_key(r, axes) for r in rows}, key=str)
+    names = [" / ".join(map(str, g)) for g in groups]
+    dists = study.report_distributions
+
+    def cell(g, d, field):
+        v = [r[field] for r in rows if _group_key(r, axes) == g and r["distribution"] == d and r[field] is not None]
+        return mean_interval(v) if v else (np.nan, np.nan, np.nan)
+
+    agree = np.array([[cell(g, d, "agreement")[0] for d in dists] for g in groups])
+    fig, ax = plt.subplots(figsize=(1.6 * len(dists) + 3, 0.5 * len(groups) + 1.5))
+    im = ax.imshow(agree, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(dists)), dists, rotation=30, ha="right")
+    ax.set_yticks(range(len(groups)), names)
+    for i in range(len(groups)):
+        for j in range(len(dists)):
+            if not np.isnan(agree[i, j]):
+                ax.text(j, i, f"{100 * agree[i, j]:.0f}", ha="center", va="center",
+                        color="white" if agree[i, j] < 0.6 else "black", fontsize=8)
+    fig.colorbar(im, label="top-1 agreement (mean over seeds)")
+    ax.set_title("Fidelity: agreement with the teacher, by source and held-out distribution")
+    figs.append(("Fidelity heatmap", _png(fig)))
+
+    test = [cell(g, "test", "student_acc") for g in groups]
+    teacher_acc = next((r["teacher_acc"] for r in rows if r["distribution"] == "test"), None)
+    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(groups) + 2), 3.5))
+    means = np.array([t[0] for t in test])
+    err = np.array([[m - t[1], t[2] - m] if not np.isnan(t[1]) else [0, 0] for m, t in zip(means, test)]).T
+    ax.bar(range(len(groups)), 100 * means, yerr=100 * err, capsize=4, color="tab:blue")
+    if teacher_acc is not None:
+        ax.axhline(100 * teacher_acc, color="tab:red", ls="--", label=f"teacher {100 * teacher_acc:.1f}%")
+        ax.legend()
+    ax.set_xticks(range(len(groups)), names, rotation=30, ha="right")
+    ax.set_ylabel("student test accuracy % (95% CI over seeds)")
+    figs.append(("Test accuracy against the teacher", _png(fig)))
+
+    if "switch_at" in axes:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        others = sorted({tuple(r[a] for a in axes if a not in ("seed", "switch_at")) for r in rows}, key=str)
+        for o in others:
+            xs = sorted({r["switch_at"] for r in rows if tuple(r[a] for a in axes if a not in ("seed", "switch_at")) == o
+                         and r["switch_at"] is not None}, key=float)
+            stats = [mean_interval([r["student_acc"] for r in rows if r["distribution"] == "test" and r["switch_at"] == x
+                                    and tuple(r[a] for a in axes if a not in ("seed", "switch_at")) == o]) for x in xs]
+            m = np.array([s[0] for s in stats])
+            ax.errorbar([float(x) for x in xs], 100 * m, yerr=100 * np.array([[s[0] - s[1], s[2] - s[0]] for s in stats]).T,
+                        capsize=3, marker="o", label=" / ".join(map(str, o)))
+        ax.set_xlabel("switch point (fraction of training with one-hot loss first)")
+        ax.set_ylabel("test accuracy %")
+        ax.legend(fontsize=7)
+        figs.append(("Late distillation: final accuracy against the switch point", _png(fig)))
+
+    for g, name in zip(groups, names):  # the probes' deviation scatter of each group's first seed
+        first = next(r["run"] for r in rows if _group_key(r, axes) == g)
+        png = out / "runs" / first / "probes" / "deviation_test.png"
+        if png.exists():
+            img = base64.b64encode(png.read_bytes()).decode()
+            figs.append((f"Deviation on test: {name} ({first})", f'<img alt="deviation" src="data:image/png;base64,{img}">'))
+    return figs
+
+
+def _md_table_to_html(md: str) -> str:
+    out, in_table = [], False
+    for line in md.splitlines():
+        if line.startswith("|"):
+            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+            if set("".join(cells)) <= {"-"}:
+                continue
+            tag = "th" if not in_table else "td"
+            out.append(("<table>" if not in_table else "") + "<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
+            in_table = True
+            continue
+        if in_table:
+            out.append("</table>")
+            in_table = False
+        if line.startswith("## "):
+            out.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.startswith("# "):
+            out.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.strip():
+            out.append(f"<p>{html.escape(line)}</p>")
+    if in_table:
+        out.append("</table>")
+    return "\n".join(out)
+
+
+def write_reports(study, runs, out: Path) -> None:
+    rows = collect(runs, out)
+    axes = list(runs[0].axes)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / "summary.csv", buf.getvalue())
+    md = summary_markdown(study, rows, axes)
+    write_text(out / "summary.md", md + "\n")
+    body = _md_table_to_html(md) + "\n".join(f"<h2>{html.escape(t)}</h2>{img}" for t, img in figures(study, rows, axes, out))
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>kdx study " + html.escape(study.name) + "</title>"
+            "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
+            "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}th{background:#eee}img{max-width:100%}</style>"
+            "</head><body>" + body + "</body></html>")
+    write_text(out / "report.html", page)

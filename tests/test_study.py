@@ -1,0 +1,75 @@
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from scipy import stats
+from statsmodels.stats.contingency_tables import mcnemar
+
+from conftest import FAST
+from kdx.errors import KdxError
+from kdx.study import plan, run_study
+
+
+def _study(tmp_path, extra="", sources="[{name: train}, {name: noise, label: uniform}]"):
+    f = tmp_path / "tiny.yaml"
+    overrides = ", ".join(json.dumps(o) for o in FAST + ["distill.samples=4000"])
+    f.write_text(f"name: tiny\nbase: {os.path.abspath('configs/fashion_mnist.yaml')}\noverrides: [{overrides}]\n"
+                 f"seeds: [0, 1]\nsources: {sources}\nprobe: false\n"
+                 f"report_distributions: [test, uniform_noise]\n{extra}")
+    return f
+
+
+def test_tiny_study_rows_and_statistics(digits_teacher, tmp_path):
+    out = run_study(_study(tmp_path), tmp_path / "runs")
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert {(r["source"], r["seed"]) for r in rows} == {("train", "0"), ("train", "1"), ("uniform", "0"), ("uniform", "1")}
+    assert len(rows) == 4 * 5  # four runs x the five FAST distributions
+    # the summary's interval over seeds is scipy's t-interval on the same per-seed numbers
+    acc = [float(r["student_acc"]) for r in rows if r["source"] == "train" and r["distribution"] == "test"]
+    lo, hi = stats.t.interval(0.95, 1, loc=np.mean(acc), scale=stats.sem(acc))
+    md = (out / "summary.md").read_text()
+    assert f"| train | {100 * np.mean(acc):.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" in md
+    # the per-seed McNemar p-value agrees with statsmodels on the run's own predictions
+    from kdx.run import load_run
+    from kdx.distill.teacher import predict
+
+    run = load_run(out / "runs" / "train-s0")
+    t_ok = (run.teacher.outputs(run.data.x_test).argmax(1).cpu() == run.data.y_test).numpy()
+    s_ok = (predict(run.student, run.data.x_test).argmax(1).cpu() == run.data.y_test).numpy()
+    table = [[np.sum(t_ok & s_ok), np.sum(t_ok & ~s_ok)], [np.sum(~t_ok & s_ok), np.sum(~t_ok & ~s_ok)]]
+    p = next(float(r["mcnemar_p"]) for r in rows if r["run"] == "train-s0" and r["distribution"] == "test")
+    assert np.isclose(p, mcnemar(table, exact=True).pvalue)
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64" in html and "http" not in html.replace("http-equiv", "")
+
+
+def test_killed_study_resumes_without_redoing_finished_runs(digits_teacher, tmp_path):
+    f = _study(tmp_path)
+    cmd = [sys.executable, "-m", "kdx", "study", str(f), "--runs-dir", str(tmp_path / "runs")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = tmp_path / "runs" / "studies" / "tiny" / "runs" / "train-s0" / "metrics.json"
+    deadline = time.time() + 300
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first.exists()
+    stamp = first.stat().st_mtime_ns
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "finished" in out.stdout and first.stat().st_mtime_ns == stamp
+    assert len(list(csv.DictReader((first.parents[2] / "summary.csv").open()))) == 20
+
+
+def test_unknown_axis_or_source_fails_before_any_run(tmp_path):
+    with pytest.raises(KdxError, match="temperatures"):
+        plan(_study(tmp_path, extra="temperatures: [1, 2]\n"))
+    with pytest.raises(KdxError, match="unknown source 'nosie'"):
+        plan(_study(tmp_path, sources="[{name: train}, {name: nosie}]"))
+    assert not (tmp_path / "runs").exists()
