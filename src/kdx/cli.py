@@ -124,6 +124,11 @@ def list_cmd():
             print(f"  {e.name:22s} {e.description}")
 
 
+from kdx.probes.cli import probe_app  # noqa: E402
+
+app.add_typer(probe_app, name="probe", help="Where the student deviates: `kdx probe RUN` and `kdx probe eigen`.")
+
+
 def main():
     try:
         app()

@@ -19,10 +19,10 @@ class MixtureSource(Source):
         self.weights = torch.tensor(weights, dtype=torch.float64) / sum(weights)
         self.has_labels = all(p.has_labels for p in parts)
 
-    def setup(self, device, teacher_logits_fn) -> None:
+    def setup(self, device, teacher_logits_fn, teacher=None, student=None) -> None:
         super().setup(device, teacher_logits_fn)
         for p in self.parts:
-            p.setup(device, teacher_logits_fn)
+            p.setup(device, teacher_logits_fn, teacher=teacher, student=student)
 
     def batch(self, step: int, n: int) -> Batch:
         g = step_generator(self.seed, step, torch.device("cpu"), "mixture")

@@ -1,0 +1,97 @@
+"""`kdx probe RUN [--on ...]` and `kdx probe eigen`. Registered in kdx.cli as the `probe` group.
+
+A click group parses its own arguments before the subcommand name, so an optional RUN argument on
+the group would swallow `eigen`. Instead, a first argument that names no subcommand is taken as a
+run directory: `kdx probe RUN` means `kdx probe run RUN` (which also works, e.g. for a run named eigen).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typer.core import TyperGroup
+
+
+class RunOrCommand(TyperGroup):
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+probe_app = typer.Typer(cls=RunOrCommand, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                        help="Probe where a student deviates from its teacher: kdx probe RUN [--on test,...], "
+                             "or kdx probe eigen.")
+
+
+@probe_app.command("run")
+def run_cmd(run: Path = typer.Argument(..., help="a finished run directory (kdx run wrote it)"),
+            on: Optional[str] = typer.Option(None, "--on", help="comma-separated held-out distributions "
+                                             "(default: train_subset,test)"),
+            regions: int = typer.Option(20, "--regions", help="k of the k-means regions"),
+            source_n: int = typer.Option(60_000, "--source-n", help="distillation inputs streamed for coverage"),
+            map_: bool = typer.Option(True, "--map/--no-map", help="compute the UMAP map (about a minute)"),
+            remap: bool = typer.Option(False, "--remap", help="recompute map.parquet even if a matching one exists"),
+            map_source_n: int = typer.Option(5_000, "--map-source-n", help="distillation inputs shown on the map"),
+            map_epochs: Optional[int] = typer.Option(None, "--map-epochs", help="UMAP epochs (default: UMAP's)"),
+            neighbors: int = typer.Option(10, "--neighbors", help="neighbour list length in map.parquet"),
+            resamples: int = typer.Option(1000, "--resamples", help="bootstrap resamples for slope intervals"),
+            seed: int = typer.Option(0, "--seed")):
+    """Probe a finished run (same as `kdx probe RUN`): writes RUN/probes/."""
+    from kdx.cli import _register_all
+    from kdx.probes.probe import ProbeOptions, probe
+
+    _register_all()
+    opts = ProbeOptions(on=on.split(",") if on else None, regions=regions, source_n=source_n, map=map_, remap=remap,
+                        map_source_n=map_source_n, map_epochs=map_epochs, neighbors=neighbors, resamples=resamples,
+                        seed=seed)
+    summary = probe(run, opts)
+    print(report(run / "probes"))
+    print(f"seconds: {summary['seconds']}")
+    print(f"wrote {run / 'probes'}")
+
+
+def report(probes_dir: Path) -> str:
+    """The headline numbers: slope with interval, lowest-decile deviation, the most underfit regions."""
+    import json
+
+    import pandas as pd
+
+    dev = json.loads((probes_dir / "deviation.json").read_text())
+    lines = [f"{'distribution':16s} {'class':13s} {'n':>6s} {'slope [95% CI]':>22s} {'lowest decile dev [CI]':>26s}"]
+    for name, fits in dev["distributions"].items():
+        for choice, f in fits.items():
+            if f is None:
+                continue
+            d = f["deciles"][0]
+            lines.append(f"{name:16s} {choice:13s} {f['n']:6d} {f['slope']:7.3f} [{f['slope_ci'][0]:.3f}, "
+                         f"{f['slope_ci'][1]:.3f}] {d['mean_deviation']:+8.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]")
+    table = pd.read_csv(probes_dir / "regions.csv")
+    lines.append("most underfit regions:")
+    for _, r in table.head(3).iterrows():
+        lines.append(f"  #{r['rank']} n={r['size']} {r['dominant_classes']}: agreement {r['agreement']:.3f}, "
+                     f"mean deviation {r['mean_deviation']:+.3f}, coverage {r['coverage_median']:.2f}")
+    summary = json.loads((probes_dir / "summary.json").read_text())
+    rho = summary["coverage_vs_disagreement_spearman"]["all"]
+    lines.append(f"Spearman(coverage distance, disagreement) over points: {rho['rho']} (n={rho['n']})")
+    return "\n".join(lines)
+
+
+@probe_app.command("eigen")
+def eigen_cmd(out: Path = typer.Option(Path("runs/probe-eigen"), "--out", help="folder for eigen.json and eigen.png"),
+              seeds: int = typer.Option(5, "--seeds", help="repeat the simulation for seeds 0..N-1"),
+              noise: float = typer.Option(8.0, "--noise", help="label-noise sd in the low-eigenvalue directions")):
+    """The linear-regression simulation of science.md (Theory): distillation's extra bias toward top eigendirections."""
+    from kdx.probes.eigen import EigenConfig, plot, simulate
+    from kdx.probes.files import save_json
+
+    results = [simulate(EigenConfig(seed=s, noise=noise)) for s in range(seeds)]
+    save_json(out / "eigen.json", {"runs": results})
+    plot(results[0], out / "eigen.png")
+    for r in results:
+        low, err = r["low_progress"], r["test_error"]
+        print(f"seed {r['config']['seed']}: teacher stopped at step {r['teacher_step']}; at matched top progress "
+              f"{r['matched_top_progress']:.3f}, low-direction progress one-hot {low['onehot']:.5f} vs distilled "
+              f"{low['distilled']:.5f}; test error teacher {err['teacher']:.4f}, one-hot last {err['onehot_last']:.4f}")
+    print(f"wrote {out / 'eigen.json'} and {out / 'eigen.png'}")

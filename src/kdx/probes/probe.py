@@ -1,0 +1,203 @@
+"""`kdx probe RUN`: run teacher and student once over the evaluation points and a stream of the
+run's distillation inputs, then write RUN/probes/: deviation.json and plots, regions.csv/png,
+map.parquet/png (reused when present and made from the same inputs and models), summary.json."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from kdx.distill.teacher import predict
+from kdx.errors import KdxError
+from kdx.probes import deviation, maps, regions
+from kdx.probes.files import read_parquet_meta, save_csv, save_json, save_parquet
+from kdx.probes.neighbors import Projection, kmeans, search
+
+DEFAULT_ON = ["train_subset", "test"]
+MAP_FORMAT = 1  # bump when map.parquet's columns change meaning, so stale maps are recomputed
+
+
+@dataclasses.dataclass
+class ProbeOptions:
+    on: list[str] | None = None  # held-out distributions; None: DEFAULT_ON
+    regions: int = 20  # k of k-means
+    source_n: int = 60_000  # distillation inputs streamed for coverage (one Fashion-MNIST epoch)
+    map: bool = True
+    remap: bool = False  # recompute map.parquet even when a matching one exists
+    map_source_n: int = 5_000  # of those, how many go on the map beside the evaluation points
+    map_epochs: int | None = None  # UMAP epochs; None: UMAP's default (200 above 10k points)
+    neighbors: int = 10  # neighbour list length in map.parquet
+    pca_dim: int = 64  # faiss works on teacher features projected to this many dimensions
+    resamples: int = 1000  # bootstrap resamples for the slope intervals
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class Outputs:
+    """One set of inputs seen by both models: teacher features (projected later) and logits."""
+
+    features: np.ndarray
+    teacher_logits: torch.Tensor
+    student_logits: torch.Tensor  # of a source stream: its first student_n inputs only
+    labels: torch.Tensor | None
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def check_features(model: torch.nn.Module, x: torch.Tensor, where: str) -> None:
+    """Probes need the teacher's penultimate features from the same pass as its logits."""
+    try:
+        out = predict(model, x[:2], features=True)
+        ok = isinstance(out, tuple) and out[1].ndim == 2 and len(out[1]) == len(out[0])
+    except TypeError:
+        ok = False
+    if not ok:
+        raise KdxError(f"the run's {where} ({type(model).__name__}) cannot give penultimate features: probes call "
+                       "model(x, return_features=True) -> (logits, features). Use a kdx model (kdx list: models), "
+                       "or wrap yours in kdx.models.base.Classifier (a body giving features, a linear head)")
+
+
+def outputs(run, x: torch.Tensor, labels: torch.Tensor | None, student: bool = True) -> Outputs:
+    bs = run.cfg.eval.batch_size
+    t_logits, feats = predict(run.teacher.model, x, bs, features=True)
+    s_logits = predict(run.student, x, bs).cpu() if student else None
+    return Outputs(feats.cpu().numpy(), t_logits.cpu(), s_logits, labels)
+
+
+def source_outputs(run, n: int, project, student_n: int) -> Outputs:
+    """The first n inputs of the run's source stream (the same draws as training from step 0), with
+    features projected batch by batch so 60k x 1200-d features never sit in memory at once. The
+    student sees only the first student_n (those go on the map): coverage needs the teacher alone."""
+    src = run.source()
+    src.setup(_device(run.teacher.model), None)
+    parts, step, got = [], 0, 0
+    while got < n:
+        b = src.batch(step, min(run.cfg.eval.batch_size, n - got))
+        o = outputs(run, b.x, b.y.cpu() if b.y is not None and b.y.ndim == 1 else None, student=got < student_n)
+        parts.append(dataclasses.replace(o, features=project(o.features)))
+        step, got = step + 1, got + len(b.x)
+    labels = [p.labels for p in parts]
+    return Outputs(np.concatenate([p.features for p in parts]), torch.cat([p.teacher_logits for p in parts]),
+                   torch.cat([p.student_logits for p in parts if p.student_logits is not None] or [torch.empty(0)]),
+                   torch.cat(labels) if all(v is not None for v in labels) else None)
+
+
+def point_frame(o: Outputs, kind: str, source: str) -> pd.DataFrame:
+    """Per-input columns shared by regions and the map. `item` names the input: '<distribution>:<i>' is
+    row i of heldout.load(distribution, data, eval.n, eval.seed); 'distill-<source>:<i>' the i-th input
+    of the run's source stream from step 0."""
+    pt, ps = torch.softmax(o.teacher_logits.double(), 1), torch.softmax(o.student_logits.double(), 1)
+    t_cls, s_cls = pt.argmax(1), ps.argmax(1)
+    rows = torch.arange(len(pt))
+    return pd.DataFrame({
+        "item": [f"{source}:{i}" for i in range(len(pt))], "kind": kind, "source": source,
+        "class": (o.labels.numpy() if o.labels is not None else np.full(len(pt), -1)).astype(np.int64),
+        "teacher_class": t_cls.numpy(), "teacher_prob": pt[rows, t_cls].numpy(),
+        "student_class": s_cls.numpy(), "student_prob": ps[rows, s_cls].numpy(),
+        "disagreement": (0.5 * (pt - ps).abs().sum(1)).numpy(),  # total variation
+        "deviation": deviation.phi(o.student_logits, t_cls) - deviation.phi(o.teacher_logits, t_cls),
+    })
+
+
+def _map_key(run, names: list[str], opts: ProbeOptions) -> dict:
+    """What map.parquet depends on: the inputs, the models and the map's own options."""
+    student = hashlib.blake2b((run.dir / "student.pt").read_bytes(), digest_size=8).hexdigest()
+    return {"format": MAP_FORMAT, "on": names, "eval_n": run.cfg.eval.n, "eval_seed": run.cfg.eval.seed,
+            "teacher": str(run.teacher.checkpoint), "student": student, "map_source_n": opts.map_source_n,
+            "map_epochs": opts.map_epochs, "neighbors": opts.neighbors, "pca_dim": opts.pca_dim, "seed": opts.seed}
+
+
+def load_finished(run_dir) -> object:
+    from kdx.run import load_run
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise KdxError(f"run directory {run_dir} does not exist; pass a directory written by `kdx run` "
+                       "(runs/NAME by default)")
+    return load_run(run_dir)
+
+
+def probe(run, opts: ProbeOptions | None = None, log=print) -> dict:
+    """Write RUN/probes/ for a FinishedRun (or a run directory); return summary.json's content."""
+    from kdx.eval import heldout
+
+    opts = opts or ProbeOptions()
+    run = run if hasattr(run, "teacher") else load_finished(run)
+    out_dir, data, seconds = run.dir / "probes", run.data, {}
+    names = opts.on or DEFAULT_ON
+    check_features(run.teacher.model, data.x_test, "teacher model")
+    clock = time.perf_counter()
+
+    def lap(what):
+        nonlocal clock
+        seconds[what] = round(time.perf_counter() - clock, 3)
+        clock = time.perf_counter()
+
+    evals = {}
+    for name in names:
+        ho = heldout.load(name, data, run.cfg.eval.n, run.cfg.eval.seed)
+        evals[name] = outputs(run, ho.x, ho.y)
+    lap("eval_outputs")
+
+    report = {"phi": {"definition": "log(p / (1 - p)), computed from logits as z_c - logsumexp_{j != c} z_j",
+                      "prob_clip": [deviation.PROB_CLIP, 1 - deviation.PROB_CLIP], "phi_max": deviation.PHI_MAX},
+              "resamples": opts.resamples, "distributions": {}}
+    for name, o in evals.items():
+        fits, points = deviation.summarize(o.teacher_logits, o.student_logits, o.labels, opts.resamples, opts.seed)
+        report["distributions"][name] = fits
+        deviation.plot(out_dir / f"deviation_{name}.png", name, points, fits)
+    save_json(out_dir / "deviation.json", report)
+    lap("deviation")
+
+    project = Projection(np.concatenate([o.features for o in evals.values()]), opts.pca_dim)
+    eval_feats = np.concatenate([project(o.features) for o in evals.values()])
+    lap("pca")
+    src = source_outputs(run, opts.source_n, project, opts.map_source_n if opts.map else 0)
+    lap("source_outputs")
+
+    points = pd.concat([point_frame(o, "eval", name) for name, o in evals.items()], ignore_index=True)
+    points["coverage"] = regions.coverage(eval_feats, src.features)
+    lap("coverage_knn")
+    assign, centroids = kmeans(eval_feats, opts.regions, opts.seed)
+    points["region"] = assign
+    lap("kmeans")
+    table = regions.region_table(points, data.classes)
+    save_csv(table, out_dir / "regions.csv")
+    regions.plot(table, out_dir / "regions.png")
+    summary = {"run": str(run.dir), "on": names, "options": dataclasses.asdict(opts),
+               "pca_explained_variance": project.explained,
+               "coverage_vs_disagreement_spearman": regions.coverage_correlation(points)}
+    lap("regions")
+
+    if opts.map:
+        summary["map"] = write_map(run, names, opts, points, eval_feats, src, centroids, log)
+        lap("map")
+    summary["seconds"] = seconds
+    save_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def write_map(run, names, opts, points, eval_feats, src: Outputs, centroids, log) -> str:
+    """map.parquet and map.png, or nothing when a map of the same inputs and models exists."""
+    path, key = run.dir / "probes" / "map.parquet", _map_key(run, names, opts)
+    if path.exists() and not opts.remap and read_parquet_meta(path) == key:
+        log(f"{path}: made from the same inputs and models; reused (--remap recomputes it)")
+        return "reused"
+    m = min(opts.map_source_n, len(src.student_logits))
+    sample = Outputs(src.features[:m], src.teacher_logits[:m], src.student_logits[:m],
+                     src.labels[:m] if src.labels is not None else None)
+    distill = point_frame(sample, "distill", f"distill-{run.cfg.source['name']}")
+    distill["coverage"] = 0.0  # each is itself a distillation input
+    distill["region"] = search(centroids, sample.features, 1)[1][:, 0]
+    feats = np.concatenate([eval_feats, sample.features])
+    df = maps.build(feats, pd.concat([points, distill], ignore_index=True), opts.neighbors, opts.seed, opts.map_epochs)
+    save_parquet(df, path, key)
+    maps.plot(df, run.data.classes, path.with_suffix(".png"))
+    return "computed"
