@@ -82,7 +82,7 @@ def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, seed: 
     if teacher is not None:
         teacher = prepare_model(teacher, device, image).eval().requires_grad_(False)
     forward = torch.compile(student) if cfg.compile else student
-    source.setup(device, teacher_logits_fn)
+    source.setup(device, teacher_logits_fn, teacher=teacher, student=student)
     opt = build_optimizer(student.parameters(), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
     sched = build_schedule(opt, cfg.schedule, steps, cfg.warmup)
 

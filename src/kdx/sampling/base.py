@@ -37,8 +37,11 @@ class Source:
         self.data, self.seed = data, seed
         self.device = torch.device("cpu")
 
-    def setup(self, device: torch.device, teacher_logits_fn) -> None:
-        """Move data to the device; `teacher_logits_fn(stored_inputs)` returns cached teacher logits."""
+    def setup(self, device: torch.device, teacher_logits_fn, teacher: torch.nn.Module | None = None,
+              student: torch.nn.Module | None = None) -> None:
+        """Move data to the device; `teacher_logits_fn(stored_inputs)` returns cached teacher logits.
+        Sources that make inputs with the models (kdx.sampling.synthesis) also get the teacher (eval
+        mode, no parameter gradients) and the student being trained; the others ignore them."""
         self.device = device
 
     def batch(self, step: int, n: int) -> Batch:
@@ -70,7 +73,7 @@ class PoolSource(Source):
         self.cached_logits: torch.Tensor | None = None
         self._perm_epoch, self._perm = -1, None
 
-    def setup(self, device, teacher_logits_fn) -> None:
+    def setup(self, device, teacher_logits_fn, teacher=None, student=None) -> None:
         super().setup(device, teacher_logits_fn)
         self.x = self.x.to(device)
         self.y = self.y.to(device) if self.y is not None else None
