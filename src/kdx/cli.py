@@ -125,6 +125,9 @@ def list_cmd():
 
 
 from kdx.probes.cli import probe_app  # noqa: E402
+from kdx.synth import synth_cmd  # noqa: E402
+
+app.command("synth", help="Write a pool of N synthesised inputs with the teacher's outputs (a HF dataset on disk).")(synth_cmd)
 
 app.add_typer(probe_app, name="probe", help="Where the student deviates: `kdx probe RUN` and `kdx probe eigen`.")
 
