@@ -76,7 +76,7 @@ def source_outputs(run, n: int, project, student_n: int) -> Outputs:
     features projected batch by batch so 60k x 1200-d features never sit in memory at once. The
     student sees only the first student_n (those go on the map): coverage needs the teacher alone."""
     src = run.source()
-    src.setup(_device(run.teacher.model), None)
+    src.setup(_device(run.teacher.model), None, teacher=run.teacher.model, student=run.student)  # synthesis needs both
     parts, step, got = [], 0, 0
     while got < n:
         b = src.batch(step, min(run.cfg.eval.batch_size, n - got))
