@@ -14,7 +14,8 @@ from kdx.errors import KdxError
 from kdx.registry import LOSSES
 from kdx.run import run
 
-TIMING = {"seconds", "samples_per_s", "resumed_from_step", "seconds_to_load_or_train"}
+# timing and memory: they differ between two runs of the same config
+TIMING = {"seconds", "samples_per_s", "resumed_from_step", "seconds_to_load_or_train", "peak_rss_mb", "peak_gpu_mb"}
 
 
 def _strip_timing(obj):
@@ -39,6 +40,18 @@ def test_teacher_and_students_learn(digits_teacher, tmp_path):
     # a noise-distilled student on 8x8 digits still transfers far above chance, below the train-set student
     n = json.loads((run(None, FAST + ["source.name=noise"], str(tmp_path), "noise") / "metrics.json").read_text())
     assert 0.2 < n["eval"]["test"]["student_acc"] < test["student_acc"]
+
+
+def test_peak_memory_is_recorded(digits_teacher, tmp_path):
+    d = run(None, FAST + ["distill.samples=1000"], str(tmp_path), "mem")
+    train = json.loads((d / "metrics.json").read_text())["train"]
+    # the process's high-water mark now (VmHWM) bounds the one recorded earlier; torch alone takes > 100 MiB
+    hwm = int(next(x for x in open("/proc/self/status") if x.startswith("VmHWM")).split()[1]) / 1024
+    assert 100 < train["peak_rss_mb"] <= hwm + 1
+    if torch.cuda.is_available():
+        assert 0 < train["peak_gpu_mb"] < torch.cuda.get_device_properties(0).total_memory / 2**20
+    else:
+        assert train["peak_gpu_mb"] is None
 
 
 def test_same_seed_same_metrics(digits_teacher, tmp_path):

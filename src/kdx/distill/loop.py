@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import resource
 import sys
 import time
 from pathlib import Path
@@ -82,6 +83,8 @@ def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, seed: 
     if teacher is not None:
         teacher = prepare_model(teacher, device, image).eval().requires_grad_(False)
     forward = torch.compile(student) if cfg.compile else student
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # so peak_gpu_mb is this training's, not the teacher's
     source.setup(device, teacher_logits_fn, teacher=teacher, student=student)
     opt = build_optimizer(student.parameters(), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
     sched = build_schedule(opt, cfg.schedule, steps, cfg.warmup)
@@ -150,4 +153,12 @@ def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, seed: 
     trained = (steps - start) * cfg.batch_size
     return {"steps": steps, "samples": steps * cfg.batch_size, "seconds": seconds,
             "samples_per_s": trained / max(seconds, 1e-9), "resumed_from_step": start,
-            "final_loss": None if loss is None else float(loss.item())}
+            "final_loss": None if loss is None else float(loss.item()), **peak_memory(device)}
+
+
+def peak_memory(device: torch.device) -> dict:
+    """The process's peak resident memory so far (data and teacher included) and, on CUDA, the peak
+    memory PyTorch allocated on the device since training started; in MiB."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+    gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {"peak_rss_mb": round(rss, 1), "peak_gpu_mb": None if gpu is None else round(gpu, 1)}
