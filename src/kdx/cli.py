@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -52,6 +53,8 @@ def run_cmd(config: Optional[Path] = typer.Argument(None, help="YAML config (omi
     config, overrides = _split(config, overrides, data_root)
     _register_all()
     run_dir = run(config, overrides, str(runs_dir), name, resume, overwrite)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun rank 0 alone reports
     metrics = json.loads((run_dir / "metrics.json").read_text())
     print(eval_table(metrics))
     print(f"wrote {run_dir}")

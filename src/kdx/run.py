@@ -1,18 +1,25 @@
-"""One run: config -> data -> teacher (cached) -> source -> the loop -> student.pt -> eval -> metrics.json."""
+"""One run: config -> data -> teacher (cached) -> source -> the loop -> student.pt -> eval -> metrics.json.
+
+Under torchrun (RANK and WORLD_SIZE set) every rank runs this: rank 0 prepares the run directory
+and finds or trains the teacher while the others wait, all ranks train (DistributedDataParallel)
+and evaluate (sharded, gathered on rank 0), and rank 0 alone writes files.
+"""
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 import kdx
 from kdx import config as kconfig
 from kdx.data import load as load_data
-from kdx.distill.loop import distill
+from kdx.distill.loop import distill, resolve_device
 from kdx.distill.teacher import build_model, get_teacher
 from kdx.errors import KdxError
 from kdx.eval import distribution_names, evaluate, heldout
@@ -55,51 +62,76 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 def run(config_path: str | None, overrides: list[str], runs_dir: str = "runs", name: str | None = None,
         resume: bool = False, overwrite: bool = False) -> Path:
     cfg = kconfig.load_config(config_path, overrides)
-    return execute(cfg, Path(runs_dir) / (name or default_name(config_path, cfg)), resume, overwrite)
+    ddp = "RANK" in os.environ  # launched by torchrun
+    if ddp:
+        device = resolve_device(cfg.distill.device)
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # one GPU a rank: "cuda" means this one now
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        return execute(cfg, Path(runs_dir) / (name or default_name(config_path, cfg)), resume, overwrite)
+    finally:
+        if ddp:
+            dist.destroy_process_group()
 
 
 def execute(cfg: kconfig.RunConfig, run_dir: Path, resume: bool = False, overwrite: bool = False) -> Path:
     """Run one resolved config into run_dir (refusing an existing one unless resume/overwrite)."""
+    ddp = dist.is_initialized()
+    main = not ddp or dist.get_rank() == 0  # the process that writes files and prints
     source_spec = validate(cfg)
-    prepare_run_dir(run_dir, resume, overwrite)
+    if main:
+        prepare_run_dir(run_dir, resume, overwrite)
+    if ddp:
+        dist.barrier()  # the others look at run_dir once rank 0 has prepared it
     if (run_dir / "metrics.json").exists():
-        print(f"{run_dir}: finished already; nothing to do")
+        if main:
+            print(f"{run_dir}: finished already; nothing to do")
         return run_dir
     resolved = kconfig.to_dict(cfg)
     resolved["kdx_version"] = kdx.__version__
     config_file = run_dir / "config.yaml"
-    if resume and config_file.exists():
+    if main and resume and config_file.exists():
         from omegaconf import OmegaConf
 
         old = OmegaConf.to_container(OmegaConf.load(config_file))
         if old != resolved:
             raise KdxError(f"{run_dir} was started with another config; --resume needs the same config and "
                            "overrides (compare with its config.yaml), or use --overwrite")
-    write_text(config_file, kconfig.to_yaml(cfg).rstrip() + f"\nkdx_version: {kdx.__version__}\n")
+    if main:
+        write_text(config_file, kconfig.to_yaml(cfg).rstrip() + f"\nkdx_version: {kdx.__version__}\n")
 
     data = load_data(cfg.data)
     t0 = time.perf_counter()
+    if ddp and not main:
+        dist.barrier()  # rank 0 finds or trains (in one process) the teacher; the others then load it
     teacher = get_teacher(cfg, data)
+    if ddp and main:
+        dist.barrier()
     teacher_seconds = time.perf_counter() - t0
     source = SOURCES.build(cfg.source, "source", data=data, seed=cfg.seed)
     student = build_model(cfg.student.model, data, "student.model", cfg.seed)
     torch.manual_seed(cfg.seed)
     train_stats = distill(student, source, cfg.distill, cfg.seed, teacher=teacher.model,
                           teacher_logits_fn=teacher.outputs, run_dir=run_dir, resume=resume,
-                          desc=f"{run_dir.name}")
-    save_torch(run_dir / "student.pt", {"model": student.state_dict(), "spec": cfg.student.model})
-    eval_results = evaluate(teacher.outputs, student, data, cfg.eval)
-    metrics = {
-        "source": source_spec,
-        "teacher": {"arch": cfg.teacher.model["name"], "params": num_params(teacher.model),
-                    "checkpoint": str(teacher.checkpoint), "test_acc": teacher.test_acc,
-                    "seconds_to_load_or_train": teacher_seconds},
-        "student": {"arch": cfg.student.model["name"], "params": num_params(student)},
-        "train": train_stats,
-        "eval": eval_results,
-    }
-    write_json(run_dir / "metrics.json", metrics)
-    (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+                          desc=f"{run_dir.name}", ddp=ddp)
+    if main:
+        save_torch(run_dir / "student.pt", {"model": student.state_dict(), "spec": cfg.student.model})
+    eval_results = evaluate(teacher.outputs, student, data, cfg.eval, ddp)
+    if main:
+        metrics = {
+            "source": source_spec,
+            "teacher": {"arch": cfg.teacher.model["name"], "params": num_params(teacher.model),
+                        "checkpoint": str(teacher.checkpoint), "test_acc": teacher.test_acc,
+                        "seconds_to_load_or_train": teacher_seconds},
+            "student": {"arch": cfg.student.model["name"], "params": num_params(student)},
+            "train": train_stats,
+            "eval": eval_results,
+        }
+        write_json(run_dir / "metrics.json", metrics)
+        (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+    if ddp:
+        dist.barrier()  # every rank returns once rank 0 has written everything
     return run_dir
 
 

@@ -6,6 +6,14 @@ for this point of training (late distillation switches from one-hot to distillat
 `switch_at`), step, log every `log_every` steps (the only host syncs), checkpoint atomically.
 A killed run resumes from its checkpoint to the same result as an uninterrupted one: the
 source's cursor is checkpointed and every random draw is a function of (seed, step).
+
+Under torchrun (`ddp=True`) the student is wrapped in DistributedDataParallel and each of the
+`world` ranks trains on batch_size / world inputs a step: the source's stream is cut into draws of
+that size, draw `step * world + rank` is the rank's and the others are skipped, so the ranks' shares
+are disjoint and every rank's source state is the same (rank 0's checkpoint resumes them all). From
+a fixed pool without augmentation a step trains on the very inputs of one process's step; random
+draws (augmentation, noise) are keyed by draw, so they differ from one process's. Only rank 0
+writes the log and checkpoints.
 """
 from __future__ import annotations
 
@@ -18,6 +26,8 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from kdx.config import DistillConfig
@@ -26,7 +36,7 @@ from kdx.distill.schedules import build_optimizer, build_schedule
 from kdx.errors import KdxError
 from kdx.io import save_torch
 from kdx.registry import LOSSES
-from kdx.sampling.base import Source
+from kdx.sampling.base import Batch, Source
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -61,12 +71,27 @@ def loss_for_step(cfg: DistillConfig, step: int, steps: int) -> str:
     return first if before else second
 
 
+def rank_batch(source: Source, step: int, batch_size: int, rank: int, world: int) -> Batch:
+    """This rank's share of the step: draw `step * world + rank` of batch_size / world inputs, the
+    other ranks' draws skipped (with one process, simply source.batch(step, batch_size))."""
+    batch = None
+    for r in range(world):
+        if r == rank:
+            batch = source.batch(step * world + r, batch_size // world)
+        else:
+            source.skip(step * world + r, batch_size // world)
+    return batch
+
+
 def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, seed: int,
             teacher: torch.nn.Module | None = None, teacher_logits_fn=None, run_dir: Path | None = None,
-            resume: bool = False, desc: str = "distill") -> dict:
+            resume: bool = False, desc: str = "distill", ddp: bool = False) -> dict:
     device = resolve_device(cfg.device)
     image = source.data.is_image
     steps = max(1, math.ceil(cfg.samples / cfg.batch_size))
+    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+    if cfg.batch_size % world:
+        raise KdxError(f"distill.batch_size={cfg.batch_size} must be a multiple of the {world} processes")
     losses_used = {loss_for_step(cfg, s, steps) for s in (0, steps - 1)}
     for name in losses_used:
         LOSSES.get(name)
@@ -82,7 +107,8 @@ def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, seed: 
     student = prepare_model(student, device, image).train()
     if teacher is not None:
         teacher = prepare_model(teacher, device, image).eval().requires_grad_(False)
-    forward = torch.compile(student) if cfg.compile else student
+    forward = DDP(student) if ddp else student  # DDP averages the gradients over ranks in backward()
+    forward = torch.compile(forward) if cfg.compile else forward
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # so peak_gpu_mb is this training's, not the teacher's
     source.setup(device, teacher_logits_fn, teacher=teacher, student=student)
@@ -104,12 +130,12 @@ def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, seed: 
             save_torch(ckpt_path, {"student": student.state_dict(), "optimizer": opt.state_dict(),
                                    "schedule": sched.state_dict(), "source": source.state_dict(), "step": step})
 
-    log = open(run_dir / "log.jsonl", "a") if run_dir else None
-    bar = tqdm(total=steps, initial=start, desc=desc, disable=not sys.stderr.isatty(), leave=False)
+    log = open(run_dir / "log.jsonl", "a") if run_dir and rank == 0 else None
+    bar = tqdm(total=steps, initial=start, desc=desc, disable=rank > 0 or not sys.stderr.isatty(), leave=False)
     t_start = t_last = time.perf_counter()
-    last_logged, loss = start, None
+    last_logged, value = start, None
     for step in range(start, steps):
-        batch = source.batch(step, cfg.batch_size)
+        batch = rank_batch(source, step, cfg.batch_size, rank, world)
         x = batch.x.contiguous(memory_format=torch.channels_last) if image else batch.x
         loss_name = loss_for_step(cfg, step, steps)
         with autocast(device):
@@ -130,7 +156,11 @@ def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, seed: 
 
         done = step + 1
         if done % cfg.log_every == 0 or done == steps or done % cfg.checkpoint_every == 0:
-            value = loss.item()  # the only host sync: every log_every steps
+            value = loss.detach().clone()
+            if ddp:  # the mean over ranks, so that every rank sees (and stops on) the same value
+                dist.all_reduce(value)
+                value /= world
+            value = value.item()  # the only host sync: every log_every steps
             if not math.isfinite(value):
                 raise KdxError(f"{desc}: loss is {value} at step {done}; the last good checkpoint "
                                f"{'is kept in ' + str(ckpt_path) if ckpt_path and ckpt_path.exists() else 'was never written'}. "
@@ -144,7 +174,7 @@ def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, seed: 
                 log.write(json.dumps({"step": done, "epoch": epoch, "loss": value, "loss_name": loss_name,
                                       "lr": sched.get_last_lr()[0], "samples_per_s": rate}) + "\n")
                 log.flush()
-            if done % cfg.checkpoint_every == 0 and done < steps:
+            if done % cfg.checkpoint_every == 0 and done < steps and rank == 0:
                 save_checkpoint(done)
     bar.close()
     if log:
@@ -153,12 +183,16 @@ def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, seed: 
     trained = (steps - start) * cfg.batch_size
     return {"steps": steps, "samples": steps * cfg.batch_size, "seconds": seconds,
             "samples_per_s": trained / max(seconds, 1e-9), "resumed_from_step": start,
-            "final_loss": None if loss is None else float(loss.item()), **peak_memory(device)}
+            "final_loss": value, **peak_memory(device, ddp)}
 
 
-def peak_memory(device: torch.device) -> dict:
+def peak_memory(device: torch.device, ddp: bool = False) -> dict:
     """The process's peak resident memory so far (data and teacher included) and, on CUDA, the peak
-    memory PyTorch allocated on the device since training started; in MiB."""
+    memory PyTorch allocated on the device since training started; in MiB, the largest over ranks."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
     gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    if ddp:
+        peaks = torch.tensor([rss, gpu or 0.0], device=device)
+        dist.all_reduce(peaks, op=dist.ReduceOp.MAX)
+        rss, gpu = peaks[0].item(), None if gpu is None else peaks[1].item()
     return {"peak_rss_mb": round(rss, 1), "peak_gpu_mb": None if gpu is None else round(gpu, 1)}

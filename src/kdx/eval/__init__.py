@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 from kdx.config import EvalConfig
 from kdx.data.base import Dataset
@@ -16,14 +17,29 @@ def distribution_names(cfg: EvalConfig, data: Dataset) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def evaluate(teacher_outputs, student: torch.nn.Module, data: Dataset, cfg: EvalConfig) -> dict:
-    """Metrics for every held-out distribution; the teacher's logits come from its cache."""
+def evaluate(teacher_outputs, student: torch.nn.Module, data: Dataset, cfg: EvalConfig, ddp: bool = False) -> dict | None:
+    """Metrics for every held-out distribution; the teacher's logits come from its cache. Under DDP
+    the ranks predict a shard each and rank 0, which alone gets the metrics, gathers them."""
     from kdx.distill.teacher import predict
 
     results = {}
     for name in distribution_names(cfg, data):
         ho = heldout.load(name, data, cfg.n, cfg.seed)
-        t_logits = teacher_outputs(ho.x)
-        s_logits = predict(student, ho.x, cfg.batch_size)
-        results[name] = fidelity_metrics(t_logits, s_logits, ho.y, cfg.bootstrap, cfg.seed)
-    return results
+        s_logits = predict_sharded(student, ho.x, cfg.batch_size) if ddp else predict(student, ho.x, cfg.batch_size)
+        if not ddp or dist.get_rank() == 0:
+            results[name] = fidelity_metrics(teacher_outputs(ho.x), s_logits, ho.y, cfg.bootstrap, cfg.seed)
+    return results if not ddp or dist.get_rank() == 0 else None
+
+
+def predict_sharded(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """predict() over all ranks: rank r takes the r-th of `world` equal slices (the last padded by
+    wrapping round, as all_gather needs equal sizes) and every rank gets all rows back in order."""
+    from kdx.distill.teacher import predict
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    per = -(-len(x) // world)
+    idx = torch.arange(per * world) % len(x)
+    mine = predict(model, x[idx[rank * per:(rank + 1) * per]], batch_size)
+    parts = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(parts, mine)
+    return torch.cat(parts)[:len(x)]

@@ -47,6 +47,12 @@ class Source:
     def batch(self, step: int, n: int) -> Batch:
         raise NotImplementedError
 
+    def skip(self, step: int, n: int) -> None:
+        """Advance the stream exactly as batch(step, n) would, without the batch (under DDP each rank
+        skips the other ranks' draws). Making the batch and dropping it is always right; sources
+        override it where advancing is cheaper."""
+        self.batch(step, n)
+
     def state_dict(self) -> dict:
         return {}
 
@@ -106,6 +112,9 @@ class PoolSource(Source):
         g = step_generator(self.seed, step, self.device, "augment")
         x, y = AUGMENTS[self.augment](x, y, g, self.data.num_classes, self.mixup_alpha)
         return Batch(x, y, None)
+
+    def skip(self, step: int, n: int) -> None:
+        self.cursor += n
 
     def state_dict(self) -> dict:
         return {"cursor": self.cursor}

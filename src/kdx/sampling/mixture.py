@@ -24,11 +24,18 @@ class MixtureSource(Source):
         for p in self.parts:
             p.setup(device, teacher_logits_fn, teacher=teacher, student=student)
 
-    def batch(self, step: int, n: int) -> Batch:
+    def counts(self, step: int, n: int) -> list[int]:
         g = step_generator(self.seed, step, torch.device("cpu"), "mixture")
-        counts = torch.bincount(torch.multinomial(self.weights, n, replacement=True, generator=g),
-                                minlength=len(self.parts)).tolist()
-        batches = [p.batch(step, c) for p, c in zip(self.parts, counts) if c > 0]
+        return torch.bincount(torch.multinomial(self.weights, n, replacement=True, generator=g),
+                              minlength=len(self.parts)).tolist()
+
+    def skip(self, step: int, n: int) -> None:
+        for p, c in zip(self.parts, self.counts(step, n)):
+            if c > 0:
+                p.skip(step, c)
+
+    def batch(self, step: int, n: int) -> Batch:
+        batches = [p.batch(step, c) for p, c in zip(self.parts, self.counts(step, n)) if c > 0]
         x = torch.cat([b.x for b in batches])
         logits = (torch.cat([b.teacher_logits for b in batches])
                   if all(b.teacher_logits is not None for b in batches) else None)

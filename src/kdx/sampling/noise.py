@@ -26,6 +26,9 @@ class NoiseSource(Source):
             shape, generator=g, device=self.device)
         return Batch(torch.maximum(torch.minimum(x, hi), lo) if self.clip else x)
 
+    def skip(self, step: int, n: int) -> None:
+        pass  # each draw is a function of (seed, step) alone: nothing to advance
+
 
 @SOURCES.register(context=("data", "seed"))
 def noise(data: Dataset, seed: int, kind: str = "uniform", clip: bool = True) -> NoiseSource:
