@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 RUNS   ?= runs
 DEMO_SOURCES = train downstream noise
 
-.PHONY: install demo test fashion-mnist clean
+.PHONY: install demo test fashion-mnist chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,15 @@ demo: fashion-mnist
 	@$(BIN)/kdx compare $(foreach s,$(DEMO_SOURCES),$(RUNS)/fashion_mnist-$(s)-s0) \
 	  --distributions test,train_subset,gaussian_noise-2,rotation-2,uniform_noise
 
-test: install
+# Chromium for the explorer's browser tests (playwright drives /usr/bin/chromium; its own browser
+# download is not used). Without root or apt those tests skip, saying why.
+chromium:
+	@if [ -x /usr/bin/chromium ]; then echo "chromium: found"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium); \
+	else echo "chromium: missing (sudo apt-get install chromium); the explorer's browser tests will skip"; fi
+
+test: install chromium
 	$(BIN)/python -m pytest
 
 clean:

@@ -115,6 +115,34 @@ def study_cmd(config: Path = typer.Argument(..., help="study YAML (configs/studi
     print(f"wrote {out}/summary.csv, summary.md, report.html")
 
 
+@app.command("explore")
+def explore_cmd(target: Path = typer.Argument(..., help="a probed run directory, or a study's (DIR/studies/NAME)"),
+                port: int = typer.Option(8050, "--port", help="port on 127.0.0.1 (0: any free one)"),
+                out: Optional[Path] = typer.Option(None, "--out", help="write the page(s) here and exit, without serving"),
+                probe: bool = typer.Option(False, "--probe", help="run `kdx probe` first on runs without a map")):
+    """A self-contained explorer page of a probed run or study (Bokeh), served on 127.0.0.1."""
+    from kdx.explore import build
+    from kdx.explore.serve import server
+
+    _register_all()
+    folder = build(target, out, probe)
+    if out is not None:
+        print(f"wrote {folder / 'index.html'}")
+        return
+    try:
+        httpd = server(folder, port)
+    except OSError as e:
+        raise KdxError(f"cannot listen on 127.0.0.1:{port} ({e.strerror}): pass another --port, or --out DIR "
+                       "to write the page without serving it") from None
+    print(f"serving {folder} at http://127.0.0.1:{httpd.server_address[1]}/ (Ctrl-C stops)", flush=True)
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        httpd.server_close()
+
+
 @app.command("list")
 def list_cmd():
     """List registered datasets, models, sources, losses and held-out distributions."""

@@ -41,6 +41,13 @@ def save_parquet(df, path, meta: dict | None = None) -> None:
     _atomic(path, lambda f: pq.write_table(table, f))
 
 
+def save_arrays(path, **arrays) -> None:
+    """numpy arrays in one .npz file."""
+    import numpy as np
+
+    _atomic(path, lambda f: np.savez(f, **arrays))
+
+
 def read_parquet_meta(path) -> dict | None:
     import json
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from kdx.probes.files import pyplot, save_figure
-from kdx.probes.neighbors import self_neighbors
+from kdx.probes.neighbors import search, self_neighbors
 
 UMAP_NEIGHBORS = 15
 
@@ -32,7 +32,9 @@ def embed(features: np.ndarray, dist: np.ndarray, idx: np.ndarray, seed: int = 0
 
 def build(features: np.ndarray, points: pd.DataFrame, neighbors: int = 10, seed: int = 0,
           epochs: int | None = None) -> pd.DataFrame:
-    """points plus x, y (UMAP) and `neighbors`: the ids (row numbers) of each point's k nearest others."""
+    """points plus x, y (UMAP) and `neighbors`: the ids (row numbers) of each point's k nearest others;
+    `eval_neighbors` and `distill_neighbors`: its k nearest other evaluation points and distillation
+    inputs alone (the explorer lists both when a point is clicked)."""
     k = min(max(neighbors, UMAP_NEIGHBORS - 1), len(features) - 1)
     dist, idx = self_neighbors(features, k)
     xy = embed(features, dist, idx, seed, epochs)
@@ -41,6 +43,23 @@ def build(features: np.ndarray, points: pd.DataFrame, neighbors: int = 10, seed:
     out.insert(2, "x", xy[:, 0])
     out.insert(3, "y", xy[:, 1])
     out["neighbors"] = list(idx[:, :neighbors].astype(np.int64))
+    for kind in ("eval", "distill"):
+        out[f"{kind}_neighbors"] = list(kind_neighbors(features, (out["kind"] == kind).to_numpy(), neighbors))
+    return out
+
+
+def kind_neighbors(features: np.ndarray, of_kind: np.ndarray, k: int) -> np.ndarray:
+    """For every row, the ids of its k nearest other rows among those with of_kind (fewer there: -1 pads)."""
+    ids = np.flatnonzero(of_kind)
+    out = np.full((len(features), k), -1, np.int64)
+    if len(ids) == 0:
+        return out
+    kk = min(k + 1, len(ids))
+    _, idx = search(features[ids], features, kk)
+    found = np.where(idx >= 0, ids[np.maximum(idx, 0)], -1)
+    for i, row in enumerate(found):  # drop the row itself; it is among its own kind's nearest
+        row = row[row != i][:k]
+        out[i, :len(row)] = row
     return out
 
 

@@ -1,6 +1,7 @@
 """`kdx probe RUN`: run teacher and student once over the evaluation points and a stream of the
 run's distillation inputs, then write RUN/probes/: deviation.json and plots, regions.csv/png,
-map.parquet/png (reused when present and made from the same inputs and models), summary.json."""
+map.parquet/png and map_arrays.npz (reused when present and made from the same inputs and models),
+summary.json."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,11 +16,11 @@ import torch
 from kdx.distill.teacher import predict
 from kdx.errors import KdxError
 from kdx.probes import deviation, maps, regions
-from kdx.probes.files import read_parquet_meta, save_csv, save_json, save_parquet
+from kdx.probes.files import read_parquet_meta, save_arrays, save_csv, save_json, save_parquet
 from kdx.probes.neighbors import Projection, kmeans, search
 
 DEFAULT_ON = ["train_subset", "test"]
-MAP_FORMAT = 1  # bump when map.parquet's columns change meaning, so stale maps are recomputed
+MAP_FORMAT = 2  # bump when map.parquet's columns change meaning, so stale maps are recomputed
 
 
 @dataclasses.dataclass
@@ -45,6 +46,7 @@ class Outputs:
     teacher_logits: torch.Tensor
     student_logits: torch.Tensor  # of a source stream: its first student_n inputs only
     labels: torch.Tensor | None
+    x: torch.Tensor | None = None  # the inputs themselves, where kept (a source stream's first student_n)
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -81,12 +83,14 @@ def source_outputs(run, n: int, project, student_n: int) -> Outputs:
     while got < n:
         b = src.batch(step, min(run.cfg.eval.batch_size, n - got))
         o = outputs(run, b.x, b.y.cpu() if b.y is not None and b.y.ndim == 1 else None, student=got < student_n)
-        parts.append(dataclasses.replace(o, features=project(o.features)))
+        # the map's distillation inputs are kept: synthesised ones cannot be looked up again cheaply
+        parts.append(dataclasses.replace(o, features=project(o.features), x=b.x.cpu() if got < student_n else None))
         step, got = step + 1, got + len(b.x)
     labels = [p.labels for p in parts]
     return Outputs(np.concatenate([p.features for p in parts]), torch.cat([p.teacher_logits for p in parts]),
                    torch.cat([p.student_logits for p in parts if p.student_logits is not None] or [torch.empty(0)]),
-                   torch.cat(labels) if all(v is not None for v in labels) else None)
+                   torch.cat(labels) if all(v is not None for v in labels) else None,
+                   torch.cat([p.x for p in parts if p.x is not None] or [torch.empty(0)]))
 
 
 def point_frame(o: Outputs, kind: str, source: str) -> pd.DataFrame:
@@ -95,14 +99,14 @@ def point_frame(o: Outputs, kind: str, source: str) -> pd.DataFrame:
     of the run's source stream from step 0."""
     pt, ps = torch.softmax(o.teacher_logits.double(), 1), torch.softmax(o.student_logits.double(), 1)
     t_cls, s_cls = pt.argmax(1), ps.argmax(1)
-    rows = torch.arange(len(pt))
+    rows, t_phi = torch.arange(len(pt)), deviation.phi(o.teacher_logits, t_cls)
     return pd.DataFrame({
         "item": [f"{source}:{i}" for i in range(len(pt))], "kind": kind, "source": source,
         "class": (o.labels.numpy() if o.labels is not None else np.full(len(pt), -1)).astype(np.int64),
         "teacher_class": t_cls.numpy(), "teacher_prob": pt[rows, t_cls].numpy(),
         "student_class": s_cls.numpy(), "student_prob": ps[rows, s_cls].numpy(),
         "disagreement": (0.5 * (pt - ps).abs().sum(1)).numpy(),  # total variation
-        "deviation": deviation.phi(o.student_logits, t_cls) - deviation.phi(o.teacher_logits, t_cls),
+        "teacher_phi": t_phi, "deviation": deviation.phi(o.student_logits, t_cls) - t_phi,
     })
 
 
@@ -185,9 +189,12 @@ def probe(run, opts: ProbeOptions | None = None, log=print) -> dict:
 
 
 def write_map(run, names, opts, points, eval_feats, src: Outputs, centroids, log) -> str:
-    """map.parquet and map.png, or nothing when a map of the same inputs and models exists."""
+    """map.parquet, map.png and map_arrays.npz (each map row's projected teacher features, and the
+    distillation inputs on the map, for the explorer), or nothing when a map of the same inputs and
+    models exists."""
     path, key = run.dir / "probes" / "map.parquet", _map_key(run, names, opts)
-    if path.exists() and not opts.remap and read_parquet_meta(path) == key:
+    arrays = path.with_name("map_arrays.npz")
+    if path.exists() and arrays.exists() and not opts.remap and read_parquet_meta(path) == key:
         log(f"{path}: made from the same inputs and models; reused (--remap recomputes it)")
         return "reused"
     m = min(opts.map_source_n, len(src.student_logits))
@@ -198,6 +205,7 @@ def write_map(run, names, opts, points, eval_feats, src: Outputs, centroids, log
     distill["region"] = search(centroids, sample.features, 1)[1][:, 0]
     feats = np.concatenate([eval_feats, sample.features])
     df = maps.build(feats, pd.concat([points, distill], ignore_index=True), opts.neighbors, opts.seed, opts.map_epochs)
+    save_arrays(arrays, features=feats, distill_x=src.x[:m].numpy().astype(np.float16))
     save_parquet(df, path, key)
     maps.plot(df, run.data.classes, path.with_suffix(".png"))
     return "computed"

@@ -1,0 +1,84 @@
+"""What the explorer shows of one probed run: map.parquet's points, a thumbnail of each point's
+input, the regions table and the class names."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from kdx.errors import KdxError
+from kdx.explore import thumbs as th
+
+
+@dataclasses.dataclass
+class View:
+    name: str  # the run's directory name, shown in a study's run selector
+    points: pd.DataFrame  # map.parquet: one row per point, `id` = row number
+    thumbs: np.ndarray  # (N, h, w, c) uint8, row i the input of point i
+    lossy: bool  # thumbnails are photographs (WebP) rather than line plots (PNG)
+    regions: pd.DataFrame  # regions.csv, most underfit first
+    classes: list[str]
+
+
+def check_probed(run_dir: Path, probe: bool = False, log=print) -> None:
+    """A current map.parquet in RUN/probes, or probe the run now when `probe`, or say how to get one."""
+    from kdx.probes.files import read_parquet_meta
+    from kdx.probes.probe import MAP_FORMAT
+
+    path = run_dir / "probes" / "map.parquet"
+    meta = read_parquet_meta(path) if path.exists() else None
+    have = path.with_name("map_arrays.npz").exists() and (meta or {}).get("format") == MAP_FORMAT
+    if have:
+        return
+    why = "has no probes/map.parquet" if meta is None else "has a map from an older kdx probe"
+    if not probe:
+        raise KdxError(f"{run_dir} {why}: run `kdx probe {run_dir}` first (about a minute on Fashion-MNIST), "
+                       "or pass --probe to have kdx explore run it")
+    from kdx.probes import probe_run
+
+    log(f"{run_dir} {why}: running `kdx probe {run_dir}` first")
+    probe_run(run_dir, **({"on": meta["on"]} if meta else {}))
+
+
+def load_view(run_dir, probe: bool = False, log=print) -> View:
+    from kdx.eval import heldout
+    from kdx.probes.files import read_parquet_meta
+    from kdx.run import load_run
+
+    run_dir = Path(run_dir)
+    check_probed(run_dir, probe, log)
+    probes = run_dir / "probes"
+    points = pd.read_parquet(probes / "map.parquet")
+    meta = read_parquet_meta(probes / "map.parquet")
+    run = load_run(run_dir)
+    data = run.data
+    # The inputs again: evaluation points are rows of their held-out set (a function of data and
+    # seed); the map's distillation inputs were kept by the probe in map_arrays.npz.
+    inputs = []
+    for source, g in points.groupby("source", sort=False):
+        rows = torch.from_numpy(g["item"].str.rsplit(":", n=1).str[1].astype(np.int64).to_numpy(copy=True))
+        if g["kind"].iloc[0] == "eval":
+            x = heldout.load(source, data, meta["eval_n"], meta["eval_seed"]).x[rows]
+        else:
+            x = torch.from_numpy(np.load(probes / "map_arrays.npz")["distill_x"].astype(np.float32))[rows]
+        inputs.append((g["id"].to_numpy(), th.images(x, data.lo, data.hi)))
+    first = inputs[0][1]
+    thumbs = np.zeros((len(points), *first.shape[1:]), np.uint8)
+    for ids, t in inputs:
+        thumbs[ids] = t
+    return View(run_dir.name, points, thumbs, data.is_image, pd.read_csv(probes / "regions.csv"), list(data.classes))
+
+
+def run_dirs(target: Path) -> list[Path]:
+    """A run directory, or a study's (DIR/studies/NAME) finished runs in name order."""
+    target = Path(target)
+    if (target / "metrics.json").exists():
+        return [target]
+    runs = sorted(p for p in (target / "runs").glob("*") if (p / "metrics.json").exists())
+    if not runs:
+        raise KdxError(f"{target} is neither a finished run (no metrics.json) nor a study with finished runs "
+                       "(no runs/*/metrics.json): pass a directory that `kdx run` or `kdx study` wrote")
+    return runs
