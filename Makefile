@@ -44,7 +44,9 @@ chromium:
 	  apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium); \
 	else echo "chromium: missing (sudo apt-get install chromium); the explorer's browser tests will skip"; fi
 
+# the ray extra too, so that CI runs the `kdx study --executor ray` test
 test: install chromium
+	$(BIN)/pip install -q -e '.[dev,ray]'
 	$(BIN)/python -m pytest
 
 clean:

@@ -73,3 +73,24 @@ def test_unknown_axis_or_source_fails_before_any_run(tmp_path):
     with pytest.raises(KdxError, match="unknown source 'nosie'"):
         plan(_study(tmp_path, sources="[{name: train}, {name: nosie}]"))
     assert not (tmp_path / "runs").exists()
+
+
+def test_ray_executor_runs_the_grid_as_tasks(digits_teacher, tmp_path):
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'kdx[ray]'")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        with pytest.raises(KdxError, match="no node of the Ray cluster has that many CPUs"):
+            run_study(_study(tmp_path), tmp_path / "runs", executor="ray", cpus_per_run=3)  # not a wait for ever
+        out = run_study(_study(tmp_path), tmp_path / "runs", executor="ray")
+    finally:
+        ray.shutdown()
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert {(r["source"], r["seed"]) for r in rows} == {("train", "0"), ("train", "1"), ("uniform", "0"), ("uniform", "1")}
+    assert len(rows) == 4 * 5
+    # a task's run is the same run as in a local process: same config, same (seeded) result
+    from kdx.run import run
+
+    local = run(None, FAST + ["distill.samples=4000", "source.name=train", "seed=1"], str(tmp_path), "local")
+    ray_m = json.loads((out / "runs" / "train-s1" / "metrics.json").read_text())
+    local_m = json.loads((local / "metrics.json").read_text())
+    assert ray_m["eval"]["test"]["student_acc"] == pytest.approx(local_m["eval"]["test"]["student_acc"], abs=0.02)

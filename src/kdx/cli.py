@@ -105,12 +105,15 @@ def compare_cmd(runs: List[Path] = typer.Argument(..., help="run directories"),
 def study_cmd(config: Path = typer.Argument(..., help="study YAML (configs/studies/)"),
               overrides: Optional[List[str]] = typer.Argument(None, help="dotted overrides of the study config"),
               runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
-              workers: int = typer.Option(1, "--workers", help="independent runs in parallel processes")):
+              workers: int = typer.Option(1, "--workers", help="independent runs in parallel processes"),
+              executor: str = typer.Option("local", "--executor",
+                                           help="local (processes here) or ray (Ray tasks over a cluster: kdx[ray])"),
+              cpus_per_run: int = typer.Option(1, "--cpus-per-run", help="with --executor ray: CPUs (threads) a run asks for")):
     """Run (or resume) a grid of runs, probe them, write summary.csv, summary.md and report.html."""
     from kdx.study import run_study
 
     _register_all()
-    out = run_study(config, runs_dir, workers, overrides or [])
+    out = run_study(config, runs_dir, workers, overrides or [], executor, cpus_per_run)
     print((out / "summary.md").read_text())
     print(f"wrote {out}/summary.csv, summary.md, report.html")
 
