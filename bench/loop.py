@@ -1,16 +1,23 @@
-"""Throughput of the one loop against its parts, in one process on the same data and models.
+"""Throughput of the one loop against its parts and against torchdistill, in one process on the
+same data, models, batch size, optimizer, KL loss (same temperature) and precision.
 
-  python bench/loop.py [CONFIG] [overrides...]     (default: configs/fashion_mnist.yaml)
+  python bench/loop.py [CONFIG] [overrides...] [--steps 60] [--repeats 3]   (default: configs/fashion_mnist.yaml)
 
-(a) student-only training (one-hot loss), (b) teacher inference, (c) kdx distillation per source.
+(a) student-only training (one-hot loss), (b) teacher inference, (c) kdx distillation per source,
+(d) torchdistill 1.1.5's DistillationBox (`pip install 'kdx[bench]'`) on the same source's batches.
 Ideal for a source that runs the teacher per batch is 1 / (1/a + 1/b); for cached sources it is a.
-Each figure is the median of 3 repeats of 60 steps, after a warm-up repeat.
+Each figure is the median of `repeats` repeats of `steps` steps, after a warm-up repeat. The ratios
+come last: kdx / ideal and kdx / torchdistill per source.
+
+torchdistill gets each batch from the same kdx source (so both sides pay the same input cost), is
+fed it through forward_process/post_forward_process as its own training loop does, and, having no
+teacher-output cache of that kind, runs the teacher on every batch, cached source included.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import statistics
-import sys
 import time
 
 import torch
@@ -18,27 +25,69 @@ import torch
 import kdx.cli
 from kdx import config as kconfig
 from kdx.data import load
-from kdx.distill.loop import distill, resolve_device
+from kdx.distill.loop import autocast, distill, prepare_model, resolve_device
 from kdx.distill.teacher import build_model, get_teacher, predict
-from kdx.registry import SOURCES
-
-REPEATS, STEPS = 3, 60
+from kdx.registry import LOSSES, SOURCES
 
 
-def median_rate(fn) -> float:
+def median_rate(fn, repeats: int) -> float:
     fn()  # warm-up
-    return statistics.median(fn() for _ in range(REPEATS))
+    return statistics.median(fn() for _ in range(repeats))
 
 
-def main(argv: list[str]) -> None:
+def torchdistill_rate(cfg, data, teacher, device, source_spec: dict, steps: int) -> float:
+    """samples/s of torchdistill's DistillationBox: KDLoss at cfg's temperature, weighted by T^2 as
+    kdx's `kl` is, the same SGD, a per-step cosine schedule, bf16 autocast on CUDA as kdx."""
+    from torchdistill.core.distillation import get_distillation_box
+
+    d, b = cfg.distill, cfg.distill.batch_size
+    student = prepare_model(build_model(cfg.student.model, data, "student.model", 0), device, data.is_image)
+    source = SOURCES.build(source_spec, "source", data=data, seed=0)
+    source.setup(device, None)
+    kd = {"key": "KDLoss", "kwargs": {"student_module_path": ".", "student_module_io": "output",
+                                      "teacher_module_path": ".", "teacher_module_io": "output",
+                                      "temperature": d.temperature, "alpha": 0.0, "reduction": "batchmean"}}
+    train_config = {
+        "num_epochs": 1,
+        "teacher": {"requires_grad": False, "forward_proc": "forward_batch_only"},
+        "student": {"forward_proc": "forward_batch_only"},
+        "optimizer": {"key": "SGD", "kwargs": {"lr": d.lr, "momentum": d.momentum, "weight_decay": d.weight_decay}},
+        "scheduler": {"key": "CosineAnnealingLR", "kwargs": {"T_max": steps}, "scheduling_step": 1},
+        "criterion": {"key": "WeightedSumLoss",
+                      "kwargs": {"sub_terms": {"kd": {"criterion": kd, "weight": d.temperature ** 2}}}},
+    }
+    box = get_distillation_box(teacher, student, {}, train_config, device, None, False, 1)
+    box.pre_epoch_process(epoch=0)  # teacher.eval(), student.train()
+    x0 = source.batch(0, b).x.contiguous(memory_format=torch.channels_last) if data.is_image else source.batch(0, b).x
+    with torch.no_grad():  # the very loss kdx minimises (`kl`, x T^2), checked once before timing
+        ref = LOSSES.get("kl").fn(student(x0), teacher(x0), None, d.temperature)
+        assert torch.allclose(box.forward_process(x0, None, None), ref, rtol=1e-4, atol=1e-5)
+    t = time.perf_counter()
+    for step in range(steps):
+        batch = source.batch(step, b)
+        x = batch.x.contiguous(memory_format=torch.channels_last) if data.is_image else batch.x
+        with autocast(device):
+            loss = box.forward_process(x, batch.y, None)
+        box.post_forward_process(loss)
+    loss.item()  # wait for the device, as kdx's loop does at its last log step
+    return steps * b / (time.perf_counter() - t)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("args", nargs="*", help="[CONFIG] then dotted overrides")
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--repeats", type=int, default=3)
+    opts = ap.parse_args(argv)
     kdx.cli._register_all()
+    argv, steps, repeats = opts.args, opts.steps, opts.repeats
     path = argv[0] if argv and "=" not in argv[0] else "configs/fashion_mnist.yaml"
     cfg = kconfig.load_config(path, [a for a in argv if "=" in a])
     data = load(cfg.data)
     teacher = get_teacher(cfg, data)
     device = resolve_device(cfg.distill.device)
     b = cfg.distill.batch_size
-    loop_cfg = dataclasses.replace(cfg.distill, samples=STEPS * b, log_every=STEPS, checkpoint_every=10**9)
+    loop_cfg = dataclasses.replace(cfg.distill, samples=steps * b, log_every=steps, checkpoint_every=10**9)
 
     def loop_rate(source_spec: dict, loss: str, with_teacher: bool) -> float:
         student = build_model(cfg.student.model, data, "student.model", 0)
@@ -49,29 +98,45 @@ def main(argv: list[str]) -> None:
         return stats["samples_per_s"]
 
     def teacher_rate() -> float:
-        x = data.x_train[: STEPS * b].to(device)
+        x = data.x_train[: steps * b].to(device)
         t = time.perf_counter()
         predict(teacher.model, x, b)
         if device.type == "cuda":
             torch.cuda.synchronize()
         return len(x) / (time.perf_counter() - t)
 
-    a = median_rate(lambda: loop_rate({"name": "train"}, "onehot", False))
-    t = median_rate(teacher_rate)
+    try:
+        import torchdistill
+    except ImportError:
+        torchdistill = None
+        print("torchdistill is not installed (pip install 'kdx[bench]'): no torchdistill column")
+
+    a = median_rate(lambda: loop_rate({"name": "train"}, "onehot", False), repeats)
+    t = median_rate(teacher_rate, repeats)
     per_batch_ideal = 1 / (1 / a + 1 / t)
-    rows = [("student-only training (a)", a, None), ("teacher inference (b)", t, None)]
-    for label, spec, ideal in [("distill train (cached)", {"name": "train"}, a),
-                               ("distill train flip_crop", {"name": "train", "augment": "flip_crop"}, per_batch_ideal),
-                               ("distill train mixup", {"name": "train", "augment": "mixup"}, per_batch_ideal),
-                               ("distill noise uniform", {"name": "noise"}, per_batch_ideal)]:
-        rows.append((label, median_rate(lambda: loop_rate(spec, cfg.distill.loss, True)), ideal))
+    rows = []  # (source, kdx samples/s, ideal, torchdistill samples/s)
+    for label, spec, ideal in [("train (cached)", {"name": "train"}, a),
+                               ("train flip_crop", {"name": "train", "augment": "flip_crop"}, per_batch_ideal),
+                               ("train mixup", {"name": "train", "augment": "mixup"}, per_batch_ideal),
+                               ("noise uniform", {"name": "noise"}, per_batch_ideal)]:
+        kdx_rate = median_rate(lambda: loop_rate(spec, cfg.distill.loss, True), repeats)
+        td_rate = median_rate(lambda: torchdistill_rate(cfg, data, teacher.model, device, spec, steps),
+                              repeats) if torchdistill else None
+        rows.append((label, kdx_rate, ideal, td_rate))
     print(f"device {device}, threads {torch.get_num_threads()}, batch {b}, torch {torch.__version__}, "
-          f"teacher {cfg.teacher.model['name']} student {cfg.student.model['name']}")
-    print(f"{'what':28s} {'samples/s':>10s} {'ideal':>10s} {'kdx/ideal':>10s}")
-    for label, rate, ideal in rows:
-        extra = f"{ideal:10,.0f} {rate / ideal:10.2f}" if ideal else ""
-        print(f"{label:28s} {rate:10,.0f} {extra}")
+          f"torchdistill {torchdistill.__version__ if torchdistill else 'absent'}, teacher "
+          f"{cfg.teacher.model['name']} student {cfg.student.model['name']}, {steps} steps x {repeats} (median)")
+    print(f"{'student-only training (a)':34s} {a:12,.0f} samples/s")
+    print(f"{'teacher inference (b)':34s} {t:12,.0f} samples/s")
+    print(f"{'distillation, samples/s':34s} {'kdx':>12s} {'ideal':>12s} {'torchdistill':>12s}")
+    for label, rate, ideal, td in rows:
+        print(f"{'  ' + label:34s} {rate:12,.0f} {ideal:12,.0f} {f'{td:,.0f}' if td else '-':>12s}")
+    print("ratios (goals: kdx/ideal >= 0.9, the cached source's ideal being student-only speed; "
+          "kdx/torchdistill >= 1.5 on CPU, >= 3 on GPU)")
+    print(f"{'  source':34s} {'kdx/ideal':>12s} {'kdx/td':>12s}")
+    for label, rate, ideal, td in rows:
+        print(f"{'  ' + label:34s} {rate / ideal:12.2f} {f'{rate / td:.2f}' if td else '-':>12s}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()
