@@ -29,6 +29,9 @@ class StudyConfig:
     student: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # student.model specs, with a label
     probe: bool = True
     probe_on: list[str] = dataclasses.field(default_factory=lambda: ["train_subset", "test"])
+    # distillation inputs whose teacher features measure coverage (`kdx probe --source-n`): a whole
+    # Fashion-MNIST epoch (60k) costs a study run about as much as its 120k-sample distillation
+    probe_source_n: int = 10_000
     report_distributions: list[str] = dataclasses.field(
         default_factory=lambda: ["test", "train_subset", "gaussian_noise-2", "rotation-2", "uniform_noise"])
 
@@ -92,7 +95,7 @@ def plan(study_path: str | Path, overrides: list[str] = ()) -> tuple[StudyConfig
     return study, runs
 
 
-def _run_one(cfg: kconfig.RunConfig, run_dir: Path, threads: int, probe_on: list[str] | None) -> str:
+def _run_one(cfg: kconfig.RunConfig, run_dir: Path, threads: int, probe: dict | None) -> str:
     import torch
 
     import kdx.cli
@@ -101,10 +104,10 @@ def _run_one(cfg: kconfig.RunConfig, run_dir: Path, threads: int, probe_on: list
     torch.set_num_threads(threads)
     kdx.cli._register_all()
     execute(cfg, run_dir, resume=True)
-    if probe_on:
+    if probe:
         from kdx.probes import probe_run
 
-        probe_run(run_dir, probe_on, make_map=False)
+        probe_run(run_dir, make_map=False, **probe)
     return str(run_dir)
 
 
@@ -156,17 +159,17 @@ def run_study(study_path: str | Path, runs_dir: str | Path = "runs", workers: in
     todo = [r for r in runs if not (out / "runs" / r.name / "metrics.json").exists()
             or (study.probe and not (out / "runs" / r.name / "probes" / "deviation.json").exists())]
     print(f"study {study.name}: {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to do")
-    probe_on = study.probe_on if study.probe else None
+    probe = {"on": study.probe_on, "source_n": study.probe_source_n} if study.probe else None
     if executor == "ray":
-        _run_on_ray(todo, out, cpus_per_run, probe_on)
+        _run_on_ray(todo, out, cpus_per_run, probe)
     elif workers <= 1:
         for i, r in enumerate(todo):
             print(f"[{i + 1}/{len(todo)}] {r.name}", flush=True)
-            _run_one(r.cfg, out / "runs" / r.name, max(1, os.cpu_count() or 1), probe_on)
+            _run_one(r.cfg, out / "runs" / r.name, max(1, os.cpu_count() or 1), probe)
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
         with ProcessPoolExecutor(workers) as pool:
-            futures = {pool.submit(_run_one, r.cfg, out / "runs" / r.name, threads, probe_on): r for r in todo}
+            futures = {pool.submit(_run_one, r.cfg, out / "runs" / r.name, threads, probe): r for r in todo}
             for i, f in enumerate(as_completed(futures)):
                 f.result()
                 print(f"[{i + 1}/{len(todo)}] {futures[f].name} done", flush=True)

@@ -75,7 +75,10 @@ def summary_markdown(study, rows: list[dict], axes: list[str]) -> str:
              f"p < {ALPHA} on the same inputs. Teacher accuracy: "
              + ", ".join(f"{d} {100 * teacher[d]:.1f}%" for d in study.report_distributions
                          if teacher.get(d) is not None) + ".", ""]
-    for dist in study.report_distributions:
+    missing = [d for d in study.report_distributions if not any(d in by_dist for by_dist in groups.values())]
+    if missing:
+        lines += [f"Not evaluated by these runs (see `eval.distributions`): {', '.join(missing)}.", ""]
+    for dist in (d for d in study.report_distributions if d not in missing):
         lines += [f"## {dist}", "",
                   "| " + " | ".join(group_axes) + " | student acc % | agreement % | KL(t‖s) | student − teacher (pp) "
                   "| McNemar p per seed | beats / loses | slope (top-1) |",
