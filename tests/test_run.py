@@ -70,8 +70,12 @@ def test_existing_run_dir_is_refused_unless_resume_or_overwrite(digits_teacher, 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(digits_teacher, tmp_path):
     args = FAST + ["source.augment=flip_crop", "distill.samples=60000", "distill.checkpoint_every=25"]
-    ref = run(None, args, str(tmp_path), "ref")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # the reference runs in a fresh process too: this one's OpenMP thread count may have been changed
+    # (faiss shares torch's runtime and drops to 1 thread under load), and sums differ across thread counts
+    ref_cmd = [sys.executable, "-m", "kdx", "run", *args, "--runs-dir", str(tmp_path), "--name", "ref"]
+    subprocess.run(ref_cmd, env=env, check=True, capture_output=True)
+    ref = tmp_path / "ref"
     cmd = [sys.executable, "-m", "kdx", "run", *args, "--runs-dir", str(tmp_path), "--name", "killed"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = tmp_path / "killed" / "checkpoint.pt"

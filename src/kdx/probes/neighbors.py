@@ -20,6 +20,7 @@ def _faiss():
     if os.getloadavg()[0] > (os.cpu_count() or 1):
         # OpenMP threads spin at barriers waiting for descheduled peers when more processes want the
         # CPU than there are cores: k-means of 70k points took 177 s on 2 threads, 21 s on 1, here.
+        # (faiss-cpu and torch share one OpenMP runtime: this sets torch's intra-op threads to 1 as well)
         faiss.omp_set_num_threads(1)
     return faiss
 
