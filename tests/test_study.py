@@ -26,7 +26,9 @@ def _study(tmp_path, extra="", sources="[{name: train}, {name: noise, label: uni
 
 
 def test_tiny_study_rows_and_statistics(digits_teacher, tmp_path):
-    out = run_study(_study(tmp_path), tmp_path / "runs")
+    f = _study(tmp_path)
+    f.write_text(f.read_text().replace("[test, uniform_noise]", "[test, uniform_noise, rotation-9]"))
+    out = run_study(f, tmp_path / "runs")
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert {(r["source"], r["seed"]) for r in rows} == {("train", "0"), ("train", "1"), ("uniform", "0"), ("uniform", "1")}
     assert len(rows) == 4 * 5  # four runs x the five FAST distributions
@@ -35,6 +37,8 @@ def test_tiny_study_rows_and_statistics(digits_teacher, tmp_path):
     lo, hi = stats.t.interval(0.95, 1, loc=np.mean(acc), scale=stats.sem(acc))
     md = (out / "summary.md").read_text()
     assert f"| train | {100 * np.mean(acc):.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" in md
+    # a report distribution no run evaluated is named, not printed as an empty table
+    assert "Not evaluated by these runs (see `eval.distributions`): rotation-9." in md and "## rotation-9" not in md
     # the per-seed McNemar p-value agrees with statsmodels on the run's own predictions
     from kdx.run import load_run
     from kdx.distill.teacher import predict
@@ -72,6 +76,8 @@ def test_unknown_axis_or_source_fails_before_any_run(tmp_path):
         plan(_study(tmp_path, extra="temperatures: [1, 2]\n"))
     with pytest.raises(KdxError, match="unknown source 'nosie'"):
         plan(_study(tmp_path, sources="[{name: train}, {name: nosie}]"))
+    with pytest.raises(KdxError, match="--executor must be local or ray, got 'dask'"):
+        run_study(_study(tmp_path), tmp_path / "runs", executor="dask")
     assert not (tmp_path / "runs").exists()
 
 
