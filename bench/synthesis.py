@@ -64,6 +64,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--ref-batches", type=int, default=1)
     ap.add_argument("--augment", default="flip_crop", help="augmentation of every pool student (none, flip_crop, ...)")
+    ap.add_argument("--ref-iterations", type=int, default=REFERENCE["iterations"],
+                    help="the reference's iterations per batch (fewer only to smoke-test this script)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); on a loaded 2-core "
                     "machine 1 was 1.5-3x faster than 2")
@@ -113,9 +115,9 @@ def main(argv: list[str]) -> None:
     def report(row):
         label, sec, conf, bal, acc, agr, note = row
         f = lambda v, fmt: format(v, fmt) if v is not None else "-".rjust(int(fmt.split(".")[0]))  # noqa: E731
-        print(f"{label:30s} {f(sec, '9.1f')} {f(conf, '6.3f')} {f(bal, '6.2f')} {acc:7.4f} {agr:7.4f}  {note}", flush=True)
+        print(f"{label:38s} {f(sec, '9.1f')} {f(conf, '6.3f')} {f(bal, '6.2f')} {acc:7.4f} {agr:7.4f}  {note}", flush=True)
 
-    print(f"{'source':30s} {'seconds':>9s} {'conf':>6s} {'bal':>6s} {'acc':>7s} {'agree':>7s}  note", flush=True)
+    print(f"{'source':38s} {'seconds':>9s} {'conf':>6s} {'bal':>6s} {'acc':>7s} {'agree':>7s}  note", flush=True)
     report(("train (top reference)", None, None, None, *student_on(pool_of_train()), "real data, 60,000 inputs"))
     report(("uniform noise (bottom)", None, None, None, *student_on(SOURCES.build({"name": "noise"}, "source", data=data,
                                                                               seed=args.seed)), ""))
@@ -141,10 +143,13 @@ def main(argv: list[str]) -> None:
 
     # The reference, scaled: ref_batches batches at the full 2,000 iterations, time extrapolated to N.
     ref_n = args.ref_batches * REFERENCE["batch"]
-    made = made_by(REFERENCE, ref_n)
+    reference = {**REFERENCE, "iterations": args.ref_iterations}
+    made = made_by(reference, ref_n)
     ref_seconds = made["seconds"] / len(made["x"]) * args.n
     ref_acc, ref_agr = student_on(pool(made["x"]))
-    report((f"DeepInversion-2k ({ref_n} inputs)", ref_seconds, *describe(made["logits"]), ref_acc, ref_agr,
+    ref_name = f"DeepInversion-{args.ref_iterations / 1000:g}k" if args.ref_iterations >= 1000 else \
+        f"DeepInversion-{args.ref_iterations}it"
+    report((f"{ref_name} ({ref_n} inputs)", ref_seconds, *describe(made["logits"]), ref_acc, ref_agr,
             f"seconds extrapolated x{args.n / len(made['x']):.1f} from {len(made['x'])} inputs made"))
     if best is None:
         return
@@ -154,9 +159,9 @@ def main(argv: list[str]) -> None:
 
     print(f"\nbest synthesis-only method: {label}; student test acc {acc:.4f} on {args.n} inputs "
           f"(goal >= 0.85: {'met' if acc >= 0.85 else 'missed'})")
-    print(f"at {ref_n} inputs: {label} student {small_acc:.4f} vs DeepInversion-2k {ref_acc:.4f} "
+    print(f"at {ref_n} inputs: {label} student {small_acc:.4f} vs {ref_name} {ref_acc:.4f} "
           f"({'reaches' if small_acc >= ref_acc else 'does not reach'} it)")
-    print(f"speed ratio, seconds per input, DeepInversion-2k / {label}: {ref_seconds / args.n / per_input:.1f}x "
+    print(f"speed ratio, seconds per input, {ref_name} / {label}: {ref_seconds / args.n / per_input:.1f}x "
           f"(goal >= 10x)")
     print(f"load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other work on the machine "
           "slows every row, the seconds most)")
