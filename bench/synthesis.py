@@ -1,6 +1,6 @@
 """Synthesis methods against a DeepInversion-style reference, in one process, on one teacher.
 
-  python bench/synthesis.py [CONFIG] [overrides...] [--n 10000] [--ref-batches 1] [--augment flip_crop] [--threads T]
+  python bench/synthesis.py [CONFIG] [overrides...] [--n 10000] [--ref-batches 1] [--augment cutmix] [--threads T]
   (default CONFIG: configs/fashion_mnist.yaml, its default teacher and student budget)
 
 For each method: seconds to make N inputs, their mean teacher confidence and class balance (the
@@ -63,7 +63,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("overrides", nargs="*")
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--ref-batches", type=int, default=1)
-    ap.add_argument("--augment", default="flip_crop", help="augmentation of every pool student (none, flip_crop, ...)")
+    ap.add_argument("--augment", default="cutmix",
+                    help="augmentation of every pool student (none, flip_crop, cutmix, mixup)")
     ap.add_argument("--ref-iterations", type=int, default=REFERENCE["iterations"],
                     help="the reference's iterations per batch (fewer only to smoke-test this script)")
     ap.add_argument("--seed", type=int, default=0)
