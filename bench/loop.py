@@ -100,10 +100,10 @@ def main(argv: list[str] | None = None) -> None:
     b = cfg.distill.batch_size
     loop_cfg = dataclasses.replace(cfg.distill, samples=steps * b, log_every=steps, checkpoint_every=10**9)
 
-    def loop_rate(source_spec: dict, loss: str, with_teacher: bool) -> float:
+    def loop_rate(source_spec: dict, loss: str, with_teacher: bool, compile_teacher: bool = False) -> float:
         student = build_model(cfg.student.model, data, "student.model", 0)
         source = SOURCES.build(source_spec, "source", data=data, seed=0)
-        stats = distill(student, source, dataclasses.replace(loop_cfg, loss=loss), 0,
+        stats = distill(student, source, dataclasses.replace(loop_cfg, loss=loss, compile_teacher=compile_teacher), 0,
                         teacher=teacher.model if with_teacher else None,
                         teacher_logits_fn=teacher.outputs if with_teacher else None)
         return stats["samples_per_s"]
@@ -127,28 +127,34 @@ def main(argv: list[str] | None = None) -> None:
                ("train mixup", {"name": "train", "augment": "mixup"}, False),
                ("noise uniform", {"name": "noise"}, False)]
     fns = {"a": lambda: loop_rate({"name": "train"}, "onehot", False), "b": teacher_rate}
-    for label, spec, _ in sources:
+    for label, spec, cached in sources:
         fns["kdx " + label] = lambda spec=spec: loop_rate(spec, cfg.distill.loss, True)
+        if not cached:  # distill.compile_teacher: the teacher's per-batch forward compiled (in the warm-up round)
+            fns["kdx+ct " + label] = lambda spec=spec: loop_rate(spec, cfg.distill.loss, True, True)
         if torchdistill:
             fns["td " + label] = lambda spec=spec: torchdistill_rate(cfg, data, teacher.model, device, spec, steps)
     med = interleaved_medians(fns, repeats)
     a, t = med["a"], med["b"]
     per_batch_ideal = 1 / (1 / a + 1 / t)
-    rows = [(label, med["kdx " + label], a if cached else per_batch_ideal, med.get("td " + label))
-            for label, _, cached in sources]  # (source, kdx samples/s, ideal, torchdistill samples/s)
+    rows = [(label, med["kdx " + label], med.get("kdx+ct " + label), a if cached else per_batch_ideal,
+             med.get("td " + label)) for label, _, cached in sources]
+    # (source, kdx samples/s, kdx with compiled teacher, ideal, torchdistill samples/s)
     print(f"device {device}, threads {torch.get_num_threads()}, batch {b}, torch {torch.__version__}, "
           f"torchdistill {torchdistill.__version__ if torchdistill else 'absent'}, teacher "
           f"{cfg.teacher.model['name']} student {cfg.student.model['name']}, {steps} steps x {repeats} interleaved rounds (median)")
     print(f"{'student-only training (a)':34s} {a:12,.0f} samples/s")
     print(f"{'teacher inference (b)':34s} {t:12,.0f} samples/s")
-    print(f"{'distillation, samples/s':34s} {'kdx':>12s} {'ideal':>12s} {'torchdistill':>12s}")
-    for label, rate, ideal, td in rows:
-        print(f"{'  ' + label:34s} {rate:12,.0f} {ideal:12,.0f} {f'{td:,.0f}' if td else '-':>12s}")
+    print(f"{'distillation, samples/s':34s} {'kdx':>12s} {'kdx+ct':>12s} {'ideal':>12s} {'torchdistill':>12s}")
+    fmt = lambda v: f"{v:,.0f}" if v else "-"  # noqa: E731
+    for label, rate, rate_ct, ideal, td in rows:
+        print(f"{'  ' + label:34s} {rate:12,.0f} {fmt(rate_ct):>12s} {ideal:12,.0f} {fmt(td):>12s}")
+    print("kdx+ct: distill.compile_teacher=true (the teacher's per-batch forward compiled; compile time not counted)")
     print("ratios (goals: kdx/ideal >= 0.9, the cached source's ideal being student-only speed; "
           "kdx/torchdistill >= 1.5 on CPU, >= 3 on GPU)")
-    print(f"{'  source':34s} {'kdx/ideal':>12s} {'kdx/td':>12s}")
-    for label, rate, ideal, td in rows:
-        print(f"{'  ' + label:34s} {rate / ideal:12.2f} {f'{rate / td:.2f}' if td else '-':>12s}")
+    print(f"{'  source':34s} {'kdx/ideal':>12s} {'kdx/td':>12s} {'kdx+ct/td':>12s}")
+    for label, rate, rate_ct, ideal, td in rows:
+        ratio = lambda num: f"{num / td:.2f}" if num and td else "-"  # noqa: E731
+        print(f"{'  ' + label:34s} {rate / ideal:12.2f} {ratio(rate):>12s} {ratio(rate_ct):>12s}")
 
 
 if __name__ == "__main__":

@@ -107,6 +107,7 @@ def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, seed: 
     student = prepare_model(student, device, image).train()
     if teacher is not None:
         teacher = prepare_model(teacher, device, image).eval().requires_grad_(False)
+    teacher_forward = torch.compile(teacher) if teacher is not None and cfg.compile_teacher else teacher
     forward = DDP(student) if ddp else student  # DDP averages the gradients over ranks in backward()
     forward = torch.compile(forward) if cfg.compile else forward
     if device.type == "cuda":
@@ -142,7 +143,7 @@ def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, seed: 
             t_logits = batch.teacher_logits
             if t_logits is None and loss_name not in NEEDS_LABELS:
                 with torch.no_grad():
-                    t_logits = teacher(x)
+                    t_logits = teacher_forward(x)
             s_logits = forward(x)
             loss = LOSSES.get(loss_name).fn(s_logits.float(), None if t_logits is None else t_logits.float(),
                                             batch.y, cfg.temperature)
