@@ -5,6 +5,7 @@ same data, models, batch size, optimizer, KL loss (same temperature) and precisi
 
 (a) student-only training (one-hot loss), (b) teacher inference, (c) kdx distillation per source,
 (d) torchdistill 1.1.5's DistillationBox (`pip install 'kdx[bench]'`) on the same source's batches.
+kdx+ct: kdx with distill.compile_teacher for the sources that run the teacher per batch.
 Ideal for a source that runs the teacher per batch is 1 / (1/a + 1/b); for cached sources it is a.
 Each figure is the median of `repeats` rounds of `steps` steps after a warm-up round; a round
 times every figure once, interleaved, so the ratios compare measurements taken side by side. The ratios
