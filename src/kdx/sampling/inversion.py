@@ -7,8 +7,8 @@ published loss weights mean what they meant there), started from N(0, 1), with a
 (roll) per iteration. The loss weights default to the paper's CIFAR-10 ones (bn 10, tv 2.5e-5); the
 paper's 2,000 iterations at lr 0.05 are replaced by 20 at lr 0.25, so an online pool refreshes fast.
 For a pool made once (`kdx synth`), polish pays: on Fashion-MNIST a 240k-sample student reached 84.4%
-test accuracy from 10,000 inputs at 20 iterations (176 s on 2 CPU threads) and 85.0% from 2,560 at
-200 (412 s); at equal seconds the split hardly matters (bench/RESULTS.md, bench/inversion_budget.py).
+test accuracy from 10,000 inputs at 20 iterations (176 s on 2 CPU threads) and 84.3-85.0% from 2,560
+at 200 (346-418 s); at equal seconds the split hardly matters (bench/RESULTS.md, bench/inversion_budget.py).
 """
 from __future__ import annotations
 
