@@ -11,16 +11,9 @@ on each view, as in bench/synthesis.py, so its rows can be read next to that tab
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
-import kdx.cli
-from kdx import config as kconfig
-from kdx.data import load
-from kdx.distill.loop import distill
-from kdx.distill.teacher import build_model, get_teacher, predict
-from kdx.sampling.base import PoolSource
-from kdx.synth import synthesize
+from synthesis import Bench  # bench/synthesis.py: the same data, teacher, students and scores
 
 
 def main(argv: list[str]) -> None:
@@ -32,27 +25,15 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--augment", default="cutmix")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    if "=" in args.config:
-        args.overrides, args.config = [args.config, *args.overrides], "configs/fashion_mnist.yaml"
-    kdx.cli._register_all()
-    base = kconfig.load_config(args.config, args.overrides + [f"seed={args.seed}"])
-    data = load(base.data)
-    teacher = get_teacher(base, data)
-    t_pred = predict(teacher.model, data.x_test).argmax(1)
-    y_test = data.y_test.to(t_pred.device)
-    print(f"# teacher test acc {teacher.test_acc:.4f}; student budget {base.distill.samples} samples, "
+    bench = Bench.from_args(args)
+    print(f"# teacher test acc {bench.teacher.test_acc:.4f}; student budget {bench.base.distill.samples} samples, "
           f"augment {args.augment}; inversion lr {args.lr}; seed {args.seed}", flush=True)
     print(f"{'inputs':>7s} {'iters':>6s} {'seconds':>8s} {'conf':>6s} {'acc':>7s} {'agree':>7s}", flush=True)
     for cell in args.grid.split(","):
         n, iterations = (int(v) for v in cell.lower().split("x"))
-        spec = {"name": "inversion", "iterations": iterations, "lr": args.lr}
-        made = synthesize(dataclasses.replace(base, source=spec), data, teacher, n)
-        student = build_model(base.student.model, data, "student.model", args.seed)
-        distill(student, PoolSource(data, args.seed, made["x"], None, args.augment), base.distill, args.seed,
-                teacher=teacher.model, teacher_logits_fn=lambda x: predict(teacher.model, x), desc="budget")
-        pred = predict(student, data.x_test).argmax(1)
-        acc, agree = float((pred == y_test).float().mean()), float((pred == t_pred).float().mean())
-        conf = float(made["logits"].softmax(1).max(1).values.mean())
+        made = bench.made_by({"name": "inversion", "iterations": iterations, "lr": args.lr}, n)
+        acc, agree = bench.student_on(bench.pool(made["x"]))
+        conf, _ = bench.describe(made["logits"])
         print(f"{n:7d} {iterations:6d} {made['seconds']:8.1f} {conf:6.3f} {acc:7.4f} {agree:7.4f}", flush=True)
 
 

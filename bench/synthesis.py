@@ -57,6 +57,51 @@ def machine() -> str:
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, {platform.system()}"
 
 
+class Bench:
+    """What every synthesis benchmark shares: the config's data and teacher, pools distilled into a fresh
+    config student (the config's budget, the teacher on each `augment` view), and how they are scored."""
+
+    def __init__(self, base, seed: int, augment: str):
+        self.base, self.seed, self.augment = base, seed, augment
+        self.data = load(base.data)
+        self.teacher = get_teacher(base, self.data)
+        self.device = resolve_device(base.distill.device)
+        self.y_test = self.data.y_test.to(self.device)
+        self.t_pred = predict(self.teacher.model, self.data.x_test).argmax(1)
+
+    @classmethod
+    def from_args(cls, args) -> "Bench":
+        """From parsed `config overrides... --seed --augment` (a first argument with '=' is an override)."""
+        if "=" in args.config:
+            args.overrides, args.config = [args.config, *args.overrides], "configs/fashion_mnist.yaml"
+        kdx.cli._register_all()
+        base = kconfig.load_config(args.config, args.overrides + [f"seed={args.seed}"])
+        return cls(base, args.seed, args.augment)
+
+    def made_by(self, spec: dict, n: int) -> dict:
+        return synthesize(dataclasses.replace(self.base, source=spec), self.data, self.teacher, n)
+
+    def pool(self, x: torch.Tensor) -> PoolSource:
+        return PoolSource(self.data, self.seed, x, None, self.augment)
+
+    def student_on(self, source) -> tuple[float, float]:
+        student = build_model(self.base.student.model, self.data, "student.model", self.seed)
+        distill(student, source, self.base.distill, self.seed, teacher=self.teacher.model,
+                teacher_logits_fn=lambda x: predict(self.teacher.model, x), desc="bench")
+        return self.evaluate(student)
+
+    def evaluate(self, student) -> tuple[float, float]:
+        """Test accuracy and top-1 agreement with the teacher."""
+        pred = predict(student, self.data.x_test).argmax(1)
+        return float((pred == self.y_test).float().mean()), float((pred == self.t_pred).float().mean())
+
+    def describe(self, logits: torch.Tensor) -> tuple[float, float]:
+        """Mean teacher confidence, and class balance: the smallest predicted-class share x classes."""
+        probs = logits.softmax(1)
+        share = torch.bincount(probs.argmax(1), minlength=self.data.num_classes).float() / len(probs)
+        return float(probs.max(1).values.mean()), float(share.min() * self.data.num_classes)
+
+
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("config", nargs="?", default="configs/fashion_mnist.yaml")
@@ -72,46 +117,17 @@ def main(argv: list[str]) -> None:
                     "machine 1 was 1.5-3x faster than 2")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of: " + ", ".join(METHODS))
     args = ap.parse_args(argv)
-    if "=" in args.config:
-        args.overrides, args.config = [args.config, *args.overrides], "configs/fashion_mnist.yaml"
     if args.threads:
         torch.set_num_threads(args.threads)
-    kdx.cli._register_all()
-    base = kconfig.load_config(args.config, args.overrides + [f"seed={args.seed}"])
-    data = load(base.data)
-    teacher = get_teacher(base, data)
-    device = resolve_device(base.distill.device)
-    x_test, y_test = data.x_test, data.y_test.to(device)
-    t_pred = predict(teacher.model, x_test).argmax(1)
+    bench = Bench.from_args(args)
+    base, data, teacher, device = bench.base, bench.data, bench.teacher, bench.device
     print(f"# {machine()}; device {device}; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
           f"load average at start {os.getloadavg()[0]:.1f}", flush=True)
     print(f"# teacher test acc {teacher.test_acc:.4f}; student budget {base.distill.samples} samples, batch "
           f"{base.distill.batch_size}; N = {args.n}; seed {args.seed}", flush=True)
 
-    def student_on(source) -> tuple[float, float]:
-        student = build_model(base.student.model, data, "student.model", args.seed)
-        distill(student, source, base.distill, args.seed, teacher=teacher.model,
-                teacher_logits_fn=lambda x: predict(teacher.model, x), desc="bench")
-        return evaluate(student)
-
-    def evaluate(student) -> tuple[float, float]:
-        pred = predict(student, x_test).argmax(1)
-        return float((pred == y_test).float().mean()), float((pred == t_pred).float().mean())
-
-    def describe(logits: torch.Tensor) -> tuple[float, float]:
-        probs = logits.softmax(1)
-        share = torch.bincount(probs.argmax(1), minlength=data.num_classes).float() / len(probs)
-        return float(probs.max(1).values.mean()), float(share.min() * data.num_classes)
-
-    def pool(x: torch.Tensor) -> PoolSource:
-        return PoolSource(data, args.seed, x, None, args.augment)
-
     def pool_of_train() -> PoolSource:
         return PoolSource(data, args.seed, data.x_train, data.y_train, args.augment)
-
-    def made_by(spec: dict, n: int) -> dict:
-        cfg = dataclasses.replace(base, source=spec)
-        return synthesize(cfg, data, teacher, n)
 
     def report(row):
         label, sec, conf, bal, acc, agr, note = row
@@ -119,9 +135,9 @@ def main(argv: list[str]) -> None:
         print(f"{label:38s} {f(sec, '9.1f')} {f(conf, '6.3f')} {f(bal, '6.2f')} {acc:7.4f} {agr:7.4f}  {note}", flush=True)
 
     print(f"{'source':38s} {'seconds':>9s} {'conf':>6s} {'bal':>6s} {'acc':>7s} {'agree':>7s}  note", flush=True)
-    report(("train (top reference)", None, None, None, *student_on(pool_of_train()), "real data, 60,000 inputs"))
-    report(("uniform noise (bottom)", None, None, None, *student_on(SOURCES.build({"name": "noise"}, "source", data=data,
-                                                                              seed=args.seed)), ""))
+    report(("train (top reference)", None, None, None, *bench.student_on(pool_of_train()), "real data, 60,000 inputs"))
+    noise = SOURCES.build({"name": "noise"}, "source", data=data, seed=args.seed)
+    report(("uniform noise (bottom)", None, None, None, *bench.student_on(noise), ""))
     best = None  # (acc, label, spec, per-input seconds, inputs) of the best synthesis-only pool
     for label in args.methods.split(","):
         spec = METHODS[label]
@@ -133,11 +149,11 @@ def main(argv: list[str]) -> None:
             distill(student, source, base.distill, args.seed, teacher=teacher.model, desc="bench")
             seconds = time.perf_counter() - t0
             logits = torch.cat([b[1] for b in source.record])[-args.n:]
-            report((label, seconds, *describe(logits), *evaluate(student), "online; seconds include its student"))
+            report((label, seconds, *bench.describe(logits), *bench.evaluate(student), "online; seconds include its student"))
             continue
-        made = made_by(spec, args.n)
-        acc, agr = student_on(pool(made["x"]))
-        report((label, made["seconds"], *describe(made["logits"]), acc, agr,
+        made = bench.made_by(spec, args.n)
+        acc, agr = bench.student_on(bench.pool(made["x"]))
+        report((label, made["seconds"], *bench.describe(made["logits"]), acc, agr,
                 f"clipped {made['stats']['clipped_fraction']:.1%}"))
         if label not in USES_REAL_DATA and (best is None or acc > best[0]):
             best = (acc, label, spec, made["seconds"] / len(made["x"]), made["x"])
@@ -145,17 +161,17 @@ def main(argv: list[str]) -> None:
     # The reference, scaled: ref_batches batches at the full 2,000 iterations, time extrapolated to N.
     ref_n = args.ref_batches * REFERENCE["batch"]
     reference = {**REFERENCE, "iterations": args.ref_iterations}
-    made = made_by(reference, ref_n)
+    made = bench.made_by(reference, ref_n)
     ref_seconds = made["seconds"] / len(made["x"]) * args.n
-    ref_acc, ref_agr = student_on(pool(made["x"]))
+    ref_acc, ref_agr = bench.student_on(bench.pool(made["x"]))
     ref_name = f"DeepInversion-{args.ref_iterations / 1000:g}k" if args.ref_iterations >= 1000 else \
         f"DeepInversion-{args.ref_iterations}it"
-    report((f"{ref_name} ({ref_n} inputs)", ref_seconds, *describe(made["logits"]), ref_acc, ref_agr,
+    report((f"{ref_name} ({ref_n} inputs)", ref_seconds, *bench.describe(made["logits"]), ref_acc, ref_agr,
             f"seconds extrapolated x{args.n / len(made['x']):.1f} from {len(made['x'])} inputs made"))
     if best is None:
         return
     acc, label, spec, per_input, x = best
-    small_acc, small_agr = student_on(pool(x[:ref_n]))
+    small_acc, small_agr = bench.student_on(bench.pool(x[:ref_n]))
     report((f"{label} ({ref_n} inputs)", per_input * ref_n, None, None, small_acc, small_agr, "first inputs of its pool"))
 
     print(f"\nbest synthesis-only method: {label}; student test acc {acc:.4f} on {args.n} inputs "
