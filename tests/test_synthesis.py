@@ -83,6 +83,19 @@ def test_each_method_improves_its_objective(digits_teacher):
     assert gap() > before * 1.05
 
 
+def test_inversion_cosine_schedule_anneals_the_step_and_still_inverts(digits_teacher):
+    _, data, teacher = digits_teacher
+    inv = build("inversion", data, teacher, cosine=True)
+    inv.batch(0, 16)
+    lr = inv.trace["lr"]
+    assert lr[0] < SMALL["inversion"]["lr"] and lr[-1] < 1e-6 and all(a >= b for a, b in zip(lr, lr[1:]))
+    assert inv.trace["bn"][-1] < 0.5 * inv.trace["bn"][0]
+    assert inv.trace["target_conf"][-1] > inv.trace["target_conf"][0] + 0.2
+    flat = build("inversion", data, teacher)
+    flat.batch(0, 16)
+    assert set(flat.trace["lr"]) == {SMALL["inversion"]["lr"]}
+
+
 def test_teacher_without_batchnorm_inverts_with_priors_only(digits_teacher, capsys):
     _, data, teacher = digits_teacher
     mlp = build_model({"name": "mlp", "hidden": [32]}, data, "teacher", 0).eval().requires_grad_(False)

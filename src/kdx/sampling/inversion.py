@@ -43,9 +43,10 @@ class InversionSource(SynthesisSource):
     method, hint = "inversion", "lower its lr"
 
     def __init__(self, data, seed, iterations, lr, bn, tv, l2, adaptive, temperature, jitter, batch, pool_size,
-                 refresh_every, max_nonfinite):
+                 refresh_every, max_nonfinite, cosine=False):
         super().__init__(data, seed, batch, pool_size, refresh_every, max_nonfinite)
         self.iterations, self.lr, self.jitter, self.temperature = iterations, lr, jitter, temperature
+        self.cosine = cosine
         self.weights = {"bn": bn, "tv": tv, "l2": l2, "adaptive": adaptive}
         self.needs_student = adaptive > 0
         self.trace: dict[str, list[float]] = {}  # per-iteration objective terms of the last batch
@@ -65,6 +66,7 @@ class InversionSource(SynthesisSource):
         z = torch.randn((b, *self.data.input_shape), generator=g, device=dev)  # normalised units
         z = ((self.keep_in_box(self.mean + self.std * z) - self.mean) / self.std).requires_grad_(True)
         opt = torch.optim.Adam([z], lr=self.lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, self.iterations)) if self.cosine else None
         # Jitter offsets drawn on the CPU up front: no host sync inside the loop.
         spatial = list(range(2, z.ndim))
         offsets = torch.randint(-self.jitter, self.jitter + 1, (self.iterations, len(spatial)),
@@ -78,7 +80,7 @@ class InversionSource(SynthesisSource):
             bn_dist.append(torch.norm(var - module.running_var) + torch.norm(mean - module.running_mean))
 
         handles = [m.register_forward_hook(hook) for m in self.bn_layers] if self.weights["bn"] > 0 else []
-        trace = {"loss": [], "bn": [], "target_conf": []}
+        trace, lrs = {"loss": [], "bn": [], "target_conf": []}, []
         student_was_training = self.student is not None and self.student.training
         if self.weights["adaptive"]:
             self.student.eval()  # as DeepInversion: synthesis must not move the student's BatchNorm statistics
@@ -97,17 +99,21 @@ class InversionSource(SynthesisSource):
                     loss = loss - self.weights["adaptive"] * js_divergence(self.student(x), logits, self.temperature)
                 z.grad, = torch.autograd.grad(loss, z)  # gradients for the inputs only, never the models
                 opt.step()
+                if sched is not None:
+                    sched.step()
                 with torch.no_grad():  # stay in the box: clip in data space, back to normalised units
                     z.copy_((self.keep_in_box(self.mean + self.std * z) - self.mean) / self.std)
                 conf = logits.detach().softmax(1).gather(1, targets[:, None]).mean()
                 for name, v in (("loss", loss), ("bn", bn), ("target_conf", conf)):
                     trace[name].append(v.detach())
+                lrs.append(opt.param_groups[0]["lr"])  # the step size used next: a float, no sync
         finally:
             for h in handles:
                 h.remove()
             if student_was_training:
                 self.student.train()
         self.trace = {name: torch.stack(v).tolist() for name, v in trace.items()} if self.iterations else {}
+        self.trace["lr"] = lrs
         return (self.mean + self.std * z).detach()
 
 
@@ -115,7 +121,7 @@ class InversionSource(SynthesisSource):
 def inversion(data: Dataset, seed: int, iterations: int = 20, lr: float = 0.25, bn: float = 10.0,
               tv: float = 2.5e-5, l2: float = 0.0, adaptive: float = 0.0, temperature: float = 3.0, jitter: int = 2,
               batch: int = 256, pool_size: int = 10240, refresh_every: int = 10,
-              max_nonfinite: float = 1e-3) -> InversionSource:
+              max_nonfinite: float = 1e-3, cosine: bool = False) -> InversionSource:
     """DeepInversion: inputs optimised for sampled classes, BatchNorm statistics, TV/L2 priors (+adaptive JS)."""
     return InversionSource(data, seed, iterations, lr, bn, tv, l2, adaptive, temperature, jitter, batch, pool_size,
-                           refresh_every, max_nonfinite)
+                           refresh_every, max_nonfinite, cosine)
