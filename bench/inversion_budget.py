@@ -56,12 +56,13 @@ def main(argv: list[str]) -> None:
     names = [name for name, _, _ in cells]
     results = {name: [] for name in names}  # name -> [(seconds, acc)] in seed order
     head = f"{'seed':>4s} {'pool':>28s} {'seconds':>8s} {'conf':>6s} {'acc':>7s} {'agree':>7s}"
-    for seed in (int(s) for s in args.seeds.split(",")):
-        args.seed = seed
-        bench = Bench.from_args(argparse.Namespace(**vars(args)))
-        if seed == int(args.seeds.split(",")[0]):
-            print(f"# teacher test acc {bench.teacher.test_acc:.4f}; student budget {bench.base.distill.samples} "
-                  f"samples, augment {args.augment}; inversion lr {args.lr} {extra or ''}\n{head}", flush=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    args.seed = seeds[0]
+    first = Bench.from_args(args)  # data and teacher loaded once; each seed reuses them
+    print(f"# teacher test acc {first.teacher.test_acc:.4f}; student budget {first.base.distill.samples} "
+          f"samples, augment {args.augment}; inversion lr {args.lr} {extra or ''}\n{head}", flush=True)
+    for seed in seeds:
+        bench = first.with_seed(seed)
         for name, n, spec in cells:
             made = bench.made_by(spec, n)
             acc, agree = bench.student_on(bench.pool(made["x"]))

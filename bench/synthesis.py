@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import copy
 import dataclasses
 import datetime
 import math
@@ -77,6 +78,12 @@ class Bench:
         kdx.cli._register_all()
         base = kconfig.load_config(args.config, args.overrides + [f"seed={args.seed}"])
         return cls(base, args.seed, args.augment)
+
+    def with_seed(self, seed: int) -> "Bench":
+        """The same data and teacher under another seed (the pools', students' and draws' seed)."""
+        other = copy.copy(self)
+        other.base, other.seed = dataclasses.replace(self.base, seed=seed), seed
+        return other
 
     def made_by(self, spec: dict, n: int) -> dict:
         return synthesize(dataclasses.replace(self.base, source=spec), self.data, self.teacher, n)

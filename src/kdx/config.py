@@ -69,7 +69,7 @@ class DistillConfig:
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False  # torch.compile the student (slowed training on the 2-core CPU; try it on GPU)
     # torch.compile the teacher's per-batch forward: on the 2-core CPU 1.59x teacher inference alone but
-    # 1.05-1.13x a distillation step, after ~17 s of compiling (3.6 s with inductor's cache warm), so it
+    # 1.05-1.38x a distillation step, after ~17 s of compiling (3.6 s with inductor's cache warm), so it
     # pays only on long runs of sources that need the teacher on each batch; unmeasured on GPU
     compile_teacher: bool = False
 
