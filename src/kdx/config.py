@@ -113,6 +113,16 @@ def _drop_stale_spec_args(lower: dict, upper: dict) -> None:
             parent[last] = {"name": new["name"]}
 
 
+def _typed_without_spec_args(schema):
+    """The typed schema with its registry sections emptied: OmegaConf merges dicts key by key, so the
+    default entry's args (e.g. cnn's `channels`) would otherwise come back under a renamed entry."""
+    typed = OmegaConf.structured(schema)
+    for sec in SPEC_SECTIONS:
+        if OmegaConf.select(typed, sec, default=None) is not None:
+            OmegaConf.update(typed, sec, {}, merge=False)
+    return typed
+
+
 def _layer_dict(cfg) -> dict:
     return OmegaConf.to_container(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
 
@@ -143,7 +153,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), schema=RunCo
     for name, layer in layers:
         _drop_stale_spec_args(acc, layer)
         try:
-            merged = OmegaConf.merge(OmegaConf.structured(schema), acc, layer)
+            merged = OmegaConf.merge(_typed_without_spec_args(schema), acc, layer)
         except OmegaConfBaseException as e:
             raise KdxError(_explain(e, name, schema)) from None
         acc = _layer_dict(merged)
