@@ -31,14 +31,11 @@ ARGS = ["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"
 
 
 def fashion_view(map_path: Path, n_distill: int = 5000, k: int = 10, seed: int = 0):
-    import kdx.cli
     from kdx import config as kconfig
-    from kdx.data import load
+    from kdx.data import load_dataset
     from kdx.explore import thumbs
     from kdx.explore.views import View
-
-    kdx.cli._register_all()
-    data = load(kconfig.load_config(None, ["data.name=fashion_mnist"]).data)
+    data = load_dataset(kconfig.load_config(None, ["data.name=fashion_mnist"]).data)
     x = np.concatenate([data.x_train.numpy(), data.x_test.numpy()])
     y = np.concatenate([data.y_train.numpy(), data.y_test.numpy()])
     n, rng = len(x), np.random.default_rng(seed)

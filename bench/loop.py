@@ -24,11 +24,12 @@ import time
 
 import torch
 
-import kdx.cli
 from kdx import config as kconfig
-from kdx.data import load
-from kdx.distill.loop import autocast, distill, prepare_model, resolve_device
-from kdx.distill.teacher import build_model, get_teacher, predict
+from kdx.data import load_dataset
+from kdx.device import autocast, prepare_model, resolve_device
+from kdx.distill.loop import distill
+from kdx.models import build_model, predict
+from kdx.distill.teacher import get_teacher
 from kdx.registry import LOSSES, SOURCES
 
 
@@ -91,11 +92,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--repeats", type=int, default=5)
     opts = ap.parse_args(argv)
-    kdx.cli._register_all()
     argv, steps, repeats = opts.args, opts.steps, opts.repeats
     path = argv[0] if argv and "=" not in argv[0] else "configs/fashion_mnist.yaml"
     cfg = kconfig.load_config(path, [a for a in argv if "=" in a])
-    data = load(cfg.data)
+    data = load_dataset(cfg.data)
     teacher = get_teacher(cfg, data)
     device = resolve_device(cfg.distill.device)
     b = cfg.distill.batch_size
@@ -105,8 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         student = build_model(cfg.student.model, data, "student.model", 0)
         source = SOURCES.build(source_spec, "source", data=data, seed=0)
         stats = distill(student, source, dataclasses.replace(loop_cfg, loss=loss, compile_teacher=compile_teacher), 0,
-                        teacher=teacher.model if with_teacher else None,
-                        teacher_logits_fn=teacher.outputs if with_teacher else None)
+                        teacher if with_teacher else None)
         return stats["samples_per_s"]
 
     def teacher_rate() -> float:

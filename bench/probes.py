@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import kdx.cli
-from kdx.distill.teacher import predict
+from kdx.models import predict
 from kdx.probes.neighbors import Projection, kmeans, search, self_neighbors
-from kdx.run import load_run
+from kdx.rundir import load_run
 
 
 def best_of(fn, repeats: int = 3) -> float:
@@ -45,7 +44,6 @@ def graph_recall(z: np.ndarray, k: int, n: int) -> float:
 
 
 def main(run_dir: str) -> None:
-    kdx.cli._register_all()
     run = load_run(run_dir)
     d = run.data
     t = time.perf_counter()
@@ -68,7 +66,7 @@ def main(run_dir: str) -> None:
     print(f"IVF graph recall of the exact 15 nearest, 1000 random points: {graph_recall(z, 15, 1000):.3f}")
 
     t = time.perf_counter()
-    cmd = [sys.executable, "-c", "import sys; from kdx.probes.cli import probe_app; sys.argv[0] = 'kdx probe'; "
+    cmd = [sys.executable, "-c", "import sys; from kdx.cli.probe import probe_app; sys.argv[0] = 'kdx probe'; "
            "probe_app()", run_dir, "--remap"]
     subprocess.run(cmd, check=True)
     wall = time.perf_counter() - t

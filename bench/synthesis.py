@@ -32,14 +32,15 @@ import time
 
 import torch
 
-import kdx.cli
 from kdx import config as kconfig
-from kdx.data import load
-from kdx.distill.loop import distill, resolve_device
-from kdx.distill.teacher import build_model, get_teacher, predict
+from kdx.data import load_dataset
+from kdx.distill.loop import distill
+from kdx.device import resolve_device
+from kdx.models import build_model, predict
+from kdx.distill.teacher import get_teacher
 from kdx.registry import SOURCES
 from kdx.sampling.base import PoolSource
-from kdx.synth import synthesize
+from kdx.pool import synthesize_pool
 
 REFERENCE = {"name": "inversion", "iterations": 2000, "lr": 0.05, "bn": 10.0, "tv": 2.5e-5, "l2": 0.0, "jitter": 2,
              "batch": 256}
@@ -64,7 +65,7 @@ class Bench:
 
     def __init__(self, base, seed: int, augment: str):
         self.base, self.seed, self.augment = base, seed, augment
-        self.data = load(base.data)
+        self.data = load_dataset(base.data)
         self.teacher = get_teacher(base, self.data)
         self.device = resolve_device(base.distill.device)
         self.y_test = self.data.y_test.to(self.device)
@@ -75,7 +76,6 @@ class Bench:
         """From parsed `config overrides... --seed --augment` (a first argument with '=' is an override)."""
         if "=" in args.config:
             args.overrides, args.config = [args.config, *args.overrides], "configs/fashion_mnist.yaml"
-        kdx.cli._register_all()
         base = kconfig.load_config(args.config, args.overrides + [f"seed={args.seed}"])
         return cls(base, args.seed, args.augment)
 
@@ -86,15 +86,15 @@ class Bench:
         return other
 
     def made_by(self, spec: dict, n: int) -> dict:
-        return synthesize(dataclasses.replace(self.base, source=spec), self.data, self.teacher, n)
+        return synthesize_pool(dataclasses.replace(self.base, source=spec), self.data, self.teacher, n)
 
     def pool(self, x: torch.Tensor) -> PoolSource:
         return PoolSource(self.data, self.seed, x, None, self.augment)
 
     def student_on(self, source) -> tuple[float, float]:
         student = build_model(self.base.student.model, self.data, "student.model", self.seed)
-        distill(student, source, self.base.distill, self.seed, teacher=self.teacher.model,
-                teacher_logits_fn=lambda x: predict(self.teacher.model, x), desc="bench")
+        distill(student, source, self.base.distill, self.seed,  # logits recomputed, not cached on disk
+                dataclasses.replace(self.teacher, logits=lambda x: predict(self.teacher.model, x)), desc="bench")
         return self.evaluate(student)
 
     def evaluate(self, student) -> tuple[float, float]:
@@ -153,7 +153,7 @@ def main(argv: list[str]) -> None:
             source.record = collections.deque(maxlen=math.ceil(args.n / source.synth_batch))
             student = build_model(base.student.model, data, "student.model", args.seed)
             t0 = time.perf_counter()
-            distill(student, source, base.distill, args.seed, teacher=teacher.model, desc="bench")
+            distill(student, source, base.distill, args.seed, teacher, desc="bench")
             seconds = time.perf_counter() - t0
             logits = torch.cat([b[1] for b in source.record])[-args.n:]
             report((label, seconds, *bench.describe(logits), *bench.evaluate(student), "online; seconds include its student"))

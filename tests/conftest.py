@@ -23,13 +23,10 @@ def kdx_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def digits_teacher(kdx_cache):
-    import kdx.cli  # noqa: F401
-
-    kdx.cli._register_all()
     from kdx import config as kconfig
-    from kdx.data import load
+    from kdx.data import load_dataset
     from kdx.distill.teacher import get_teacher
 
     cfg = kconfig.load_config(None, FAST)
-    data = load(cfg.data)
+    data = load_dataset(cfg.data)
     return cfg, data, get_teacher(cfg, data)

@@ -1,11 +1,8 @@
 import pytest
 
-import kdx.cli
 from kdx.config import load_config
 from kdx.errors import KdxError
 from kdx.run import validate
-
-kdx.cli._register_all()
 
 
 def test_yaml_and_dotted_overrides(tmp_path):

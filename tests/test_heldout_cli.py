@@ -5,13 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import kdx.cli
-from kdx.data import load
+from kdx.data import load_dataset
 from kdx.errors import KdxError
 from kdx.eval import heldout
 from kdx.registry import ALL
-
-kdx.cli._register_all()
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 
@@ -19,7 +16,7 @@ FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
                          [f"{c}-{s}" for c in ("gaussian_noise", "blur", "contrast", "rotation", "translation",
                                                "inversion") for s in (1, 3)])
 def test_heldout_inputs_are_finite_fixed_and_shaped(name):
-    data = load({"name": "digits"})
+    data = load_dataset({"name": "digits"})
     a, b = heldout.load(name, data, 100, 0), heldout.load(name, data, 100, 0)
     assert a.x.shape[1:] == data.input_shape and torch.isfinite(a.x.float()).all()
     assert torch.equal(a.x, b.x)  # a fixed set: the teacher-output cache keys on it
@@ -30,7 +27,7 @@ def test_heldout_inputs_are_finite_fixed_and_shaped(name):
 
 
 def test_corruption_severity_grows_the_shift():
-    data = load({"name": "digits"})
+    data = load_dataset({"name": "digits"})
     x0, _, _ = heldout._test_subset(data, 200, 0)
     dist = [(heldout.load(f"gaussian_noise-{s}", data, 200, 0).x - x0).abs().mean() for s in (1, 2, 3)]
     assert dist[0] < dist[1] < dist[2]
@@ -38,18 +35,18 @@ def test_corruption_severity_grows_the_shift():
 
 def test_bad_severity_and_signal_rotation_are_named():
     with pytest.raises(KdxError, match="severity"):
-        heldout.load("blur-7", load({"name": "digits"}), 10, 0)
+        heldout.load("blur-7", load_dataset({"name": "digits"}), 10, 0)
     with pytest.raises(KdxError, match="rotation.*signals"):
-        heldout.load("rotation-1", load({"name": "mnist1d", "num_samples": 200}), 10, 0)
+        heldout.load("rotation-1", load_dataset({"name": "mnist1d", "num_samples": 200}), 10, 0)
 
 
 @pytest.mark.skipif(not FMNIST.exists(), reason="needs Debian's dataset-fashion-mnist (installed by .ci/run)")
 def test_fashion_mnist_downstream_sets():
-    base = load({"name": "fashion_mnist"})
+    base = load_dataset({"name": "fashion_mnist"})
     assert base.x_train.shape == (60000, 1, 28, 28) and base.x_train.dtype == torch.uint8
-    upper = load({"name": "fashion_mnist_upper"})
+    upper = load_dataset({"name": "fashion_mnist_upper"})
     assert set(upper.y_test.unique().tolist()) == {0, 2, 4, 6} and len(upper.x_test) == 4000
-    shifted = load({"name": "fashion_mnist_shifted"})
+    shifted = load_dataset({"name": "fashion_mnist_shifted"})
     assert shifted.x_test.shape == base.x_test.shape and torch.equal(shifted.y_test, base.y_test)
     diff = (shifted.x_test.float() - base.x_test.float()).abs().mean()
     assert diff > 10  # visibly rotated and blurred, not a copy

@@ -10,8 +10,9 @@ from typer.testing import CliRunner
 
 from conftest import FAST
 from kdx.errors import KdxError
-from kdx.probes import deviation, eigen, regions
-from kdx.probes.cli import probe_app
+from kdx.probes import deviation, regions
+from kdx.theory import eigen
+from kdx.cli.probe import probe_app
 from kdx.probes.neighbors import kmeans, self_neighbors
 
 
@@ -164,7 +165,7 @@ def test_probe_writes_deviation_regions_and_a_reusable_map(digits_run):
 
 def test_probe_fails_clearly_on_a_missing_run_or_a_model_without_features(digits_run, tmp_path):
     from kdx.probes.probe import probe
-    from kdx.run import load_run
+    from kdx.rundir import load_run
 
     with pytest.raises(KdxError, match="does not exist"):
         probe(tmp_path / "nope")

@@ -132,7 +132,7 @@ def test_compiled_teacher_trains_the_same_student_as_eager(digits_teacher):
     import torch._dynamo
 
     from kdx.distill.loop import distill
-    from kdx.distill.teacher import build_model, predict
+    from kdx.models import build_model, predict
     from kdx.registry import SOURCES
 
     cfg, data, teacher = digits_teacher
@@ -142,7 +142,7 @@ def test_compiled_teacher_trains_the_same_student_as_eager(digits_teacher):
     for compile_teacher in (False, True):
         student = build_model(cfg.student.model, data, "student.model", 0)
         source = SOURCES.build({"name": "noise"}, "source", data=data, seed=0)  # the teacher runs on each batch
-        distill(student, source, dataclasses.replace(short, compile_teacher=compile_teacher), 0, teacher=teacher.model)
+        distill(student, source, dataclasses.replace(short, compile_teacher=compile_teacher), 0, teacher)
         outputs.append(predict(student, data.x_test[:300]))
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the teacher really was compiled
     assert torch.allclose(outputs[0], outputs[1], rtol=1e-3, atol=1e-3)

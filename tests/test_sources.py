@@ -1,18 +1,15 @@
 import pytest
 import torch
 
-import kdx.cli
-from kdx.data import load
+from kdx.data import load_dataset
 from kdx.errors import KdxError
 from kdx.registry import SOURCES
 from kdx.sampling.augment import AUGMENTS
 
-kdx.cli._register_all()
-
 
 @pytest.fixture(scope="module")
 def digits():
-    return load({"name": "digits"})
+    return load_dataset({"name": "digits"})
 
 
 def test_train_pool_visits_every_input_once_per_epoch(digits):

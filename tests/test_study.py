@@ -40,11 +40,11 @@ def test_tiny_study_rows_and_statistics(digits_teacher, tmp_path):
     # a report distribution no run evaluated is named, not printed as an empty table
     assert "Not evaluated by these runs (see `eval.distributions`): rotation-9." in md and "## rotation-9" not in md
     # the per-seed McNemar p-value agrees with statsmodels on the run's own predictions
-    from kdx.run import load_run
-    from kdx.distill.teacher import predict
+    from kdx.rundir import load_run
+    from kdx.models import predict
 
     run = load_run(out / "runs" / "train-s0")
-    t_ok = (run.teacher.outputs(run.data.x_test).argmax(1).cpu() == run.data.y_test).numpy()
+    t_ok = (run.teacher.logits(run.data.x_test).argmax(1).cpu() == run.data.y_test).numpy()
     s_ok = (predict(run.student, run.data.x_test).argmax(1).cpu() == run.data.y_test).numpy()
     table = [[np.sum(t_ok & s_ok), np.sum(t_ok & ~s_ok)], [np.sum(~t_ok & s_ok), np.sum(~t_ok & ~s_ok)]]
     p = next(float(r["mcnemar_p"]) for r in rows if r["run"] == "train-s0" and r["distribution"] == "test")

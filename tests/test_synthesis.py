@@ -8,7 +8,7 @@ import torch
 from conftest import FAST
 from kdx import config as kconfig
 from kdx.distill.loop import distill
-from kdx.distill.teacher import build_model, predict
+from kdx.models import build_model, predict
 from kdx.errors import KdxError
 from kdx.registry import SOURCES
 from kdx.sampling.adversarial import discrepancy
@@ -38,7 +38,7 @@ def build(name, data, teacher, seed=0, **args):
     spec = {"name": name, **SMALL.get(name, {}), **args}
     src = SOURCES.build(spec, "source", data=data, seed=seed)
     student = build_model({"name": "cnn", "channels": [8, 16], "hidden": 32}, data, "student", seed)
-    src.setup(CPU, teacher.outputs, teacher=teacher.model, student=student)
+    src.setup(CPU, teacher.logits, teacher=teacher.model, student=student)
     return src
 
 
@@ -129,7 +129,7 @@ def test_pool_resumes_to_the_uninterrupted_stream(digits_teacher):
 
 
 def test_synth_pool_reads_back_as_a_downstream_source(digits_teacher, tmp_path):
-    from kdx.synth import synth_cmd
+    from kdx.cli.synth import synth_cmd
 
     _, data, teacher = digits_teacher
     out = tmp_path / "pool"
@@ -149,8 +149,7 @@ def test_synth_pool_reads_back_as_a_downstream_source(digits_teacher, tmp_path):
 def _student_acc(cfg, data, teacher, spec, seed) -> float:
     student = build_model(cfg.student.model, data, "student.model", seed)
     source = SOURCES.build(spec, "source", data=data, seed=seed)
-    distill(student, source, dataclasses.replace(cfg.distill, samples=8000), seed, teacher=teacher.model,
-            teacher_logits_fn=teacher.outputs)
+    distill(student, source, dataclasses.replace(cfg.distill, samples=8000), seed, teacher)
     return float((predict(student, data.x_test).argmax(1) == data.y_test).float().mean())
 
 
@@ -169,6 +168,5 @@ def test_synthesis_source_in_a_mixture(digits_teacher):
                                               {"name": "inversion", "weight": 1, **SMALL["inversion"]}]}
     source = SOURCES.build(spec, "source", data=data, seed=0)
     student = build_model(cfg.student.model, data, "student.model", 0)
-    distill(student, source, dataclasses.replace(cfg.distill, samples=640), 0, teacher=teacher.model,
-            teacher_logits_fn=teacher.outputs)
+    distill(student, source, dataclasses.replace(cfg.distill, samples=640), 0, teacher)
     assert source.parts[1].written > 0  # the inversion part got the teacher through the mixture and made inputs

@@ -1,5 +1,8 @@
 """Registries in the style of timm: one decorated function per entry, listed by `kdx list`.
 
+Each registry names the package whose modules register its entries and imports it on the first
+lookup, so `SOURCES.get("noise")` works after importing nothing but kdx.registry.
+
 An entry's keyword arguments are its config schema: a config section `{name: X, a: 1}` calls
 entry X with `a=1`, after the arguments are validated and coerced by OmegaConf against a
 dataclass built from the function's signature (the same typed validation as the top-level config).
@@ -7,6 +10,7 @@ dataclass built from the function's signature (the same typed validation as the 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 from typing import Any, Callable
 
@@ -29,9 +33,15 @@ class Entry:
 
 
 class Registry:
-    def __init__(self, kind: str):
-        self.kind = kind
+    def __init__(self, kind: str, package: str):
+        self.kind, self.package = kind, package
         self._entries: dict[str, Entry] = {}
+        self._loaded = False
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True  # first, so a lookup made while the package imports does not recurse
+            importlib.import_module(self.package)
 
     def register(self, name: str | None = None, context: tuple[str, ...] = ()):
         def deco(fn):
@@ -45,12 +55,14 @@ class Registry:
         return deco
 
     def names(self) -> list[str]:
+        self._load()
         return sorted(self._entries)
 
     def entries(self) -> list[Entry]:
         return [self._entries[k] for k in self.names()]
 
     def get(self, name: str) -> Entry:
+        self._load()
         if name not in self._entries:
             raise KdxError(
                 f"unknown {self.kind} '{name}'. Registered {self.kind}s: {', '.join(self.names())} "
@@ -94,9 +106,9 @@ class Registry:
         return self.get(spec["name"]).fn(**context, **args)
 
 
-DATASETS = Registry("dataset")
-MODELS = Registry("model")
-SOURCES = Registry("source")
-LOSSES = Registry("loss")
-HELDOUT = Registry("held-out distribution")
+DATASETS = Registry("dataset", "kdx.data")
+MODELS = Registry("model", "kdx.models")
+SOURCES = Registry("source", "kdx.sampling")
+LOSSES = Registry("loss", "kdx.distill.losses")
+HELDOUT = Registry("held-out distribution", "kdx.eval.heldout")
 ALL = {"datasets": DATASETS, "models": MODELS, "sources": SOURCES, "losses": LOSSES, "held-out": HELDOUT}

@@ -18,14 +18,18 @@ import torch.distributed as dist
 
 import kdx
 from kdx import config as kconfig
-from kdx.data import load as load_data
-from kdx.distill.loop import distill, resolve_device
-from kdx.distill.teacher import build_model, get_teacher
+from kdx.data import load_dataset
+from kdx.distill.loop import distill
+from kdx.distill.losses import NEEDS_LABELS
+from kdx.device import resolve_device
+from kdx.models import build_model
+from kdx.distill.teacher import get_teacher
 from kdx.errors import KdxError
 from kdx.eval import distribution_names, evaluate, heldout
 from kdx.io import save_torch, write_json, write_text
-from kdx.models.base import num_params
+from kdx.models import num_params
 from kdx.registry import DATASETS, HELDOUT, LOSSES, MODELS, SOURCES
+from kdx.rundir import CHECKPOINT, CONFIG, METRICS, STUDENT
 
 
 def validate(cfg: kconfig.RunConfig) -> dict:
@@ -42,6 +46,16 @@ def validate(cfg: kconfig.RunConfig) -> dict:
         if name != "default":
             HELDOUT.validate(heldout.parse(name), f"eval.distributions: '{name}'")
     return {"name": cfg.source["name"], **SOURCES.validate(cfg.source, "source")}
+
+
+def check_source_fits_loss(cfg: kconfig.DistillConfig, source) -> None:
+    """One-hot loss (distill.loss=onehot, switch_at, alpha) needs a source with labels."""
+    onehot_part = cfg.loss in NEEDS_LABELS or cfg.switch_at is not None or cfg.alpha > 0
+    if onehot_part and not source.has_labels:
+        what = f"distill.alpha={cfg.alpha} mixes in one-hot loss" if cfg.alpha > 0 and cfg.loss not in NEEDS_LABELS \
+            and cfg.switch_at is None else "the loss is one-hot for part of training (distill.loss=onehot or switch_at)"
+        raise KdxError(f"{what}, but source '{source.__class__.__name__}' has no labels; use source.name=train, "
+                       "or drop switch_at and set alpha=0")
 
 
 def default_name(config_path: str | None, cfg: kconfig.RunConfig) -> str:
@@ -84,13 +98,13 @@ def execute(cfg: kconfig.RunConfig, run_dir: Path, resume: bool = False, overwri
         prepare_run_dir(run_dir, resume, overwrite)
     if ddp:
         dist.barrier()  # the others look at run_dir once rank 0 has prepared it
-    if (run_dir / "metrics.json").exists():
+    if (run_dir / METRICS).exists():
         if main:
             print(f"{run_dir}: finished already; nothing to do")
         return run_dir
     resolved = kconfig.to_dict(cfg)
     resolved["kdx_version"] = kdx.__version__
-    config_file = run_dir / "config.yaml"
+    config_file = run_dir / CONFIG
     if main and resume and config_file.exists():
         from omegaconf import OmegaConf
 
@@ -101,7 +115,7 @@ def execute(cfg: kconfig.RunConfig, run_dir: Path, resume: bool = False, overwri
     if main:
         write_text(config_file, kconfig.to_yaml(cfg).rstrip() + f"\nkdx_version: {kdx.__version__}\n")
 
-    data = load_data(cfg.data)
+    data = load_dataset(cfg.data)
     t0 = time.perf_counter()
     if ddp and not main:
         dist.barrier()  # rank 0 finds or trains (in one process) the teacher; the others then load it
@@ -112,12 +126,11 @@ def execute(cfg: kconfig.RunConfig, run_dir: Path, resume: bool = False, overwri
     source = SOURCES.build(cfg.source, "source", data=data, seed=cfg.seed)
     student = build_model(cfg.student.model, data, "student.model", cfg.seed)
     torch.manual_seed(cfg.seed)
-    train_stats = distill(student, source, cfg.distill, cfg.seed, teacher=teacher.model,
-                          teacher_logits_fn=teacher.outputs, run_dir=run_dir, resume=resume,
-                          desc=f"{run_dir.name}", ddp=ddp)
+    check_source_fits_loss(cfg.distill, source)
+    train_stats = distill(student, source, cfg.distill, cfg.seed, teacher, run_dir, resume, run_dir.name, ddp)
     if main:
-        save_torch(run_dir / "student.pt", {"model": student.state_dict(), "spec": cfg.student.model})
-    eval_results = evaluate(teacher.outputs, student, data, cfg.eval, ddp)
+        save_torch(run_dir / STUDENT, {"model": student.state_dict(), "spec": cfg.student.model})
+    eval_results = evaluate(teacher.logits, student, data, cfg.eval, ddp)
     if main:
         metrics = {
             "source": source_spec,
@@ -128,45 +141,8 @@ def execute(cfg: kconfig.RunConfig, run_dir: Path, resume: bool = False, overwri
             "train": train_stats,
             "eval": eval_results,
         }
-        write_json(run_dir / "metrics.json", metrics)
-        (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+        write_json(run_dir / METRICS, metrics)
+        (run_dir / CHECKPOINT).unlink(missing_ok=True)
     if ddp:
         dist.barrier()  # every rank returns once rank 0 has written everything
     return run_dir
-
-
-@dataclasses.dataclass
-class FinishedRun:
-    """Everything a finished run directory holds, rebuilt: for probes, studies and the explorer."""
-
-    dir: Path
-    cfg: kconfig.RunConfig
-    data: object  # kdx.data.Dataset
-    teacher: object  # kdx.distill.teacher.Teacher
-    student: torch.nn.Module
-    metrics: dict
-
-    def source(self):
-        """The run's sample source, rebuilt with its seed (a fresh stream from step 0)."""
-        return SOURCES.build(self.cfg.source, "source", data=self.data, seed=self.cfg.seed)
-
-
-def load_run(run_dir: str | Path) -> FinishedRun:
-    from omegaconf import OmegaConf
-
-    from kdx.distill.loop import prepare_model, resolve_device
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "metrics.json").exists():
-        raise KdxError(f"{run_dir} is not a finished kdx run (no metrics.json); run `kdx run` first"
-                       + (", or `kdx run ... --resume` to finish it" if (run_dir / "config.yaml").exists() else ""))
-    raw = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
-    raw.pop("kdx_version", None)
-    cfg = kconfig.load_config(None, [], layers=[(str(run_dir / "config.yaml"), raw)])
-    data = load_data(cfg.data)
-    teacher = get_teacher(cfg, data)
-    student = build_model(cfg.student.model, data, "student.model", cfg.seed)
-    student.load_state_dict(torch.load(run_dir / "student.pt", map_location="cpu")["model"])
-    student = prepare_model(student, resolve_device(cfg.distill.device), data.is_image).eval()
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    return FinishedRun(run_dir, cfg, data, teacher, student, metrics)

@@ -9,7 +9,7 @@ from kdx.registry import DATASETS
 _LOADED: dict[str, Dataset] = {}
 
 
-def load(spec: dict, where: str = "data") -> Dataset:
+def load_dataset(spec: dict, where: str = "data") -> Dataset:
     """Build the dataset a `{name: ..., **args}` config section names; once per process (the
     source, the held-out sets and the teacher all ask for the same ones)."""
     key = json.dumps(spec, sort_keys=True, default=str)
@@ -18,4 +18,4 @@ def load(spec: dict, where: str = "data") -> Dataset:
     return _LOADED[key]
 
 
-__all__ = ["Dataset", "as_float", "load"]
+__all__ = ["Dataset", "as_float", "load_dataset"]

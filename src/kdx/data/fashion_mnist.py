@@ -49,9 +49,9 @@ def fashion_mnist(root: str | None = None, download: bool = False) -> Dataset:
 
 
 def _base(root: str | None) -> Dataset:
-    from kdx.data import load  # the per-process cache: Fashion-MNIST is read once
+    from kdx.data import load_dataset  # the per-process cache: Fashion-MNIST is read once
 
-    return load({"name": "fashion_mnist", "root": root})
+    return load_dataset({"name": "fashion_mnist", "root": root})
 
 
 @DATASETS.register()

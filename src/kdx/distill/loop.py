@@ -17,7 +17,6 @@ writes the log and checkpoints.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import resource
@@ -31,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from kdx.config import DistillConfig
+from kdx.device import autocast, prepare_model, resolve_device
 from kdx.distill.losses import NEEDS_LABELS
 from kdx.distill.schedules import build_optimizer, build_schedule
 from kdx.errors import KdxError
@@ -38,28 +38,8 @@ from kdx.io import save_torch
 from kdx.registry import LOSSES
 from kdx.sampling.base import Batch, Source
 
-CHECKPOINT = "checkpoint.pt"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise KdxError("distill.device=cuda but CUDA is not available; use distill.device=auto or cpu")
-    return torch.device(name)
-
-
-def prepare_model(model: torch.nn.Module, device: torch.device, image: bool) -> torch.nn.Module:
-    """Move to the device; channels_last for image models (1.2-2x faster on CPU here, and on GPU)."""
-    model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if image else model
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; full precision on CPU (where bf16 was not faster)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+CHECKPOINT = "checkpoint.pt"  # the loop's resumable state, in the run (or teacher cache) directory
+LOG = "log.jsonl"
 
 
 def loss_for_step(cfg: DistillConfig, step: int, steps: int) -> str:
@@ -83,36 +63,27 @@ def rank_batch(source: Source, step: int, batch_size: int, rank: int, world: int
     return batch
 
 
-def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, seed: int,
-            teacher: torch.nn.Module | None = None, teacher_logits_fn=None, run_dir: Path | None = None,
-            resume: bool = False, desc: str = "distill", ddp: bool = False) -> dict:
+def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, seed: int, teacher=None,
+            run_dir: Path | None = None, resume: bool = False, desc: str = "distill", ddp: bool = False) -> dict:
+    """Train `student` on `source` for cfg.samples inputs; the config was checked by kdx.run.validate.
+    `teacher` (a kdx.distill.teacher.Teacher: model and cached logits) is needed by every loss but
+    one-hot; the checkpoint and the log go to run_dir."""
     device = resolve_device(cfg.device)
     image = source.data.is_image
     steps = max(1, math.ceil(cfg.samples / cfg.batch_size))
     rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
     if cfg.batch_size % world:
         raise KdxError(f"distill.batch_size={cfg.batch_size} must be a multiple of the {world} processes")
-    losses_used = {loss_for_step(cfg, s, steps) for s in (0, steps - 1)}
-    for name in losses_used:
-        LOSSES.get(name)
-    if NEEDS_LABELS & losses_used and not source.has_labels:
-        raise KdxError("the loss is one-hot for part of training (distill.loss=onehot or switch_at), "
-                       "but this source has no labels; use source.name=train or drop switch_at")
-    if cfg.alpha > 0 and not source.has_labels:
-        raise KdxError(f"distill.alpha={cfg.alpha} mixes in one-hot loss but this source has no labels; set alpha=0")
-    if losses_used - NEEDS_LABELS and teacher is None:
-        raise KdxError(f"loss {sorted(losses_used - NEEDS_LABELS)} needs a teacher")
 
     # Models: the teacher in eval mode (BatchNorm statistics frozen), never with gradients.
     student = prepare_model(student, device, image).train()
-    if teacher is not None:
-        teacher = prepare_model(teacher, device, image).eval().requires_grad_(False)
-    teacher_forward = torch.compile(teacher) if teacher is not None and cfg.compile_teacher else teacher
+    teacher_model = None if teacher is None else prepare_model(teacher.model, device, image).eval().requires_grad_(False)
+    teacher_forward = torch.compile(teacher_model) if teacher_model is not None and cfg.compile_teacher else teacher_model
     forward = DDP(student) if ddp else student  # DDP averages the gradients over ranks in backward()
     forward = torch.compile(forward) if cfg.compile else forward
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # so peak_gpu_mb is this training's, not the teacher's
-    source.setup(device, teacher_logits_fn, teacher=teacher, student=student)
+    source.setup(device, teacher.logits if teacher else None, teacher=teacher_model, student=student)
     opt = build_optimizer(student.parameters(), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
     sched = build_schedule(opt, cfg.schedule, steps, cfg.warmup)
 
@@ -131,7 +102,7 @@ def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, seed: 
             save_torch(ckpt_path, {"student": student.state_dict(), "optimizer": opt.state_dict(),
                                    "schedule": sched.state_dict(), "source": source.state_dict(), "step": step})
 
-    log = open(run_dir / "log.jsonl", "a") if run_dir and rank == 0 else None
+    log = open(run_dir / LOG, "a") if run_dir and rank == 0 else None
     bar = tqdm(total=steps, initial=start, desc=desc, disable=rank > 0 or not sys.stderr.isatty(), leave=False)
     t_start = t_last = time.perf_counter()
     last_logged, value = start, None

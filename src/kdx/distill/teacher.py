@@ -11,12 +11,13 @@ from pathlib import Path
 import torch
 
 from kdx.config import DistillConfig, RunConfig
-from kdx.data.base import Dataset, as_float
-from kdx.distill.loop import autocast, distill, prepare_model, resolve_device
+from kdx.data.base import Dataset
+from kdx.device import prepare_model, resolve_device
+from kdx.distill.loop import CHECKPOINT, distill
 from kdx.errors import KdxError
 from kdx.io import save_torch, write_json
-from kdx.models.base import Classifier
-from kdx.registry import MODELS, SOURCES
+from kdx.models import Classifier, build_model, predict
+from kdx.registry import SOURCES
 
 TEACHER_FORMAT = 1  # bump when the teacher recipe's meaning changes, to invalidate caches
 
@@ -25,33 +26,7 @@ def cache_root(cfg: RunConfig) -> Path:
     return Path(cfg.cache_dir or os.environ.get("KDX_CACHE") or Path.home() / ".cache" / "kdx")
 
 
-def build_model(spec: dict, data: Dataset, where: str, seed: int) -> Classifier:
-    torch.manual_seed(seed)  # the init is a function of the seed alone
-    return MODELS.build(spec, where, data=data)
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, x_stored: torch.Tensor, batch_size: int = 1024, features: bool = False):
-    """Logits (and penultimate features) of a model in eval mode, in large batches, on the model's device."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    logits, feats = [], []
-    for i in range(0, len(x_stored), batch_size):
-        x = as_float(x_stored[i:i + batch_size].to(device))
-        if x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device):
-            out = model(x, return_features=features)
-        lg, ft = out if features else (out, None)
-        logits.append(lg.float())
-        if features:
-            feats.append(ft.float())
-    model.train(was_training)
-    return (torch.cat(logits), torch.cat(feats)) if features else torch.cat(logits)
-
-
-class TeacherOutputs:
+class TeacherLogits:
     """Teacher logits for stored inputs, cached on disk by a hash of the inputs' exact bytes."""
 
     def __init__(self, teacher: torch.nn.Module, cache_dir: Path | None, batch_size: int = 1024):
@@ -75,7 +50,7 @@ class Teacher:
     model: Classifier
     checkpoint: Path
     test_acc: float
-    outputs: TeacherOutputs
+    logits: TeacherLogits  # logits for stored inputs, cached on disk
 
 
 def teacher_key(cfg: RunConfig) -> str:
@@ -119,13 +94,13 @@ def get_teacher(cfg: RunConfig, data: Dataset, progress_desc: str = "teacher") -
                                                  "train": dataclasses.asdict(recipe), "seed": cfg.teacher.seed})
             stats = distill(model, source, loop_cfg, cfg.teacher.seed, run_dir=out_dir, resume=True, desc=progress_desc)
             save_torch(ckpt, {"model": model.state_dict(), "train": stats})
-            (out_dir / "checkpoint.pt").unlink(missing_ok=True)
+            (out_dir / CHECKPOINT).unlink(missing_ok=True)
     model = prepare_model(model, device, data.is_image).eval().requires_grad_(False)
-    outputs = TeacherOutputs(model, out_dir)
+    logits = TeacherLogits(model, out_dir)
     info_path = out_dir / "info.json"
     if info_path.exists():
         test_acc = json.loads(info_path.read_text())["test_acc"]
     else:
-        test_acc = float((outputs(data.x_test).argmax(1).cpu() == data.y_test).float().mean())
+        test_acc = float((logits(data.x_test).argmax(1).cpu() == data.y_test).float().mean())
         write_json(info_path, {"test_acc": test_acc, "checkpoint": str(ckpt)})
-    return Teacher(model, ckpt, test_acc, outputs)
+    return Teacher(model, ckpt, test_acc, logits)

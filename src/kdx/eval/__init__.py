@@ -20,7 +20,7 @@ def distribution_names(cfg: EvalConfig, data: Dataset) -> list[str]:
 def evaluate(teacher_outputs, student: torch.nn.Module, data: Dataset, cfg: EvalConfig, ddp: bool = False) -> dict | None:
     """Metrics for every held-out distribution; the teacher's logits come from its cache. Under DDP
     the ranks predict a shard each and rank 0, which alone gets the metrics, gathers them."""
-    from kdx.distill.teacher import predict
+    from kdx.models import predict
 
     results = {}
     for name in distribution_names(cfg, data):
@@ -34,7 +34,7 @@ def evaluate(teacher_outputs, student: torch.nn.Module, data: Dataset, cfg: Eval
 def predict_sharded(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """predict() over all ranks: rank r takes the r-th of `world` equal slices (the last padded by
     wrapping round, as all_gather needs equal sizes) and every rank gets all rows back in order."""
-    from kdx.distill.teacher import predict
+    from kdx.models import predict
 
     rank, world = dist.get_rank(), dist.get_world_size()
     per = -(-len(x) // world)

@@ -7,7 +7,7 @@ import dataclasses
 
 import torch
 
-from kdx.data import load as load_dataset
+from kdx.data import load_dataset
 from kdx.data.base import Dataset, as_float
 from kdx.data.transforms import gaussian_blur, rotate, translate
 from kdx.errors import KdxError

@@ -25,7 +25,7 @@ class View:
 
 def check_probed(run_dir: Path, probe: bool = False, log=print) -> None:
     """A current map.parquet in RUN/probes, or probe the run now when `probe`, or say how to get one."""
-    from kdx.probes.files import read_parquet_meta
+    from kdx.io import read_parquet_meta
     from kdx.probes.probe import MAP_FORMAT
 
     path = run_dir / "probes" / "map.parquet"
@@ -37,16 +37,16 @@ def check_probed(run_dir: Path, probe: bool = False, log=print) -> None:
     if not probe:
         raise KdxError(f"{run_dir} {why}: run `kdx probe {run_dir}` first (about a minute on Fashion-MNIST), "
                        "or pass --probe to have kdx explore run it")
-    from kdx.probes import probe_run
+    from kdx.probes import ProbeOptions, probe
 
     log(f"{run_dir} {why}: running `kdx probe {run_dir}` first")
-    probe_run(run_dir, **({"on": meta["on"]} if meta else {}))
+    probe(run_dir, ProbeOptions(on=meta["on"]) if meta else None)
 
 
 def load_view(run_dir, probe: bool = False, log=print) -> View:
     from kdx.eval import heldout
-    from kdx.probes.files import read_parquet_meta
-    from kdx.run import load_run
+    from kdx.io import read_parquet_meta
+    from kdx.rundir import load_run
 
     run_dir = Path(run_dir)
     check_probed(run_dir, probe, log)

@@ -1,5 +1,5 @@
-"""Registered models; importing this module registers them all."""
+"""Registered models, and the helpers every stage uses on them; importing this package registers them all."""
 from kdx.models import cnn, torchvision_models, vit  # noqa: F401
-from kdx.models.base import Classifier, num_params
+from kdx.models.base import Classifier, build_model, num_params, predict
 
-__all__ = ["Classifier", "num_params"]
+__all__ = ["Classifier", "build_model", "num_params", "predict"]

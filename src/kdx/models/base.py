@@ -4,6 +4,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kdx.data.base import Dataset, as_float
+from kdx.device import autocast
+from kdx.registry import MODELS
+
 
 class Classifier(nn.Module):
     """`body` maps normalised inputs to a feature vector, `head` maps features to logits.
@@ -33,3 +37,29 @@ class Classifier(nn.Module):
 
 def num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def build_model(spec: dict, data: Dataset, where: str, seed: int) -> Classifier:
+    torch.manual_seed(seed)  # the init is a function of the seed alone
+    return MODELS.build(spec, where, data=data)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, x_stored: torch.Tensor, batch_size: int = 1024, features: bool = False):
+    """Logits (and penultimate features) of a model in eval mode, in large batches, on the model's device."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    logits, feats = [], []
+    for i in range(0, len(x_stored), batch_size):
+        x = as_float(x_stored[i:i + batch_size].to(device))
+        if x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device):
+            out = model(x, return_features=features)
+        lg, ft = out if features else (out, None)
+        logits.append(lg.float())
+        if features:
+            feats.append(ft.float())
+    model.train(was_training)
+    return (torch.cat(logits), torch.cat(feats)) if features else torch.cat(logits)

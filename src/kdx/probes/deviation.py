@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from kdx.eval.statistics import mean_interval
-from kdx.probes.files import pyplot, save_figure
+from kdx.io import pyplot, save_figure
 
 # Probabilities are clipped to [PROB_CLIP, 1 - PROB_CLIP] before phi, i.e. phi to [-PHI_MAX, PHI_MAX]:
 # a few saturated inputs (phi of 30 or 40) would otherwise dominate the least squares. 1e-9 is far

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from kdx.probes.files import pyplot, save_figure
+from kdx.io import pyplot, save_figure
 from kdx.probes.neighbors import search, self_neighbors
 
 UMAP_NEIGHBORS = 15

@@ -13,11 +13,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kdx.distill.teacher import predict
+from kdx.models import predict
 from kdx.errors import KdxError
 from kdx.probes import deviation, maps, regions
-from kdx.probes.files import read_parquet_meta, save_arrays, save_csv, save_json, save_parquet
+from kdx.io import read_parquet_meta, save_arrays, save_csv, save_json, save_parquet
 from kdx.probes.neighbors import Projection, kmeans, search
+from kdx.rundir import PROBES, STUDENT, load_run
 
 DEFAULT_ON = ["train_subset", "test"]
 MAP_FORMAT = 2  # bump when map.parquet's columns change meaning, so stale maps are recomputed
@@ -39,7 +40,7 @@ class ProbeOptions:
 
 
 @dataclasses.dataclass
-class Outputs:
+class ModelOutputs:
     """One set of inputs seen by both models: teacher features (projected later) and logits."""
 
     features: np.ndarray
@@ -66,14 +67,14 @@ def check_features(model: torch.nn.Module, x: torch.Tensor, where: str) -> None:
                        "or wrap yours in kdx.models.base.Classifier (a body giving features, a linear head)")
 
 
-def outputs(run, x: torch.Tensor, labels: torch.Tensor | None, student: bool = True) -> Outputs:
+def model_outputs(run, x: torch.Tensor, labels: torch.Tensor | None, student: bool = True) -> ModelOutputs:
     bs = run.cfg.eval.batch_size
     t_logits, feats = predict(run.teacher.model, x, bs, features=True)
     s_logits = predict(run.student, x, bs).cpu() if student else None
-    return Outputs(feats.cpu().numpy(), t_logits.cpu(), s_logits, labels)
+    return ModelOutputs(feats.cpu().numpy(), t_logits.cpu(), s_logits, labels)
 
 
-def source_outputs(run, n: int, project, student_n: int) -> Outputs:
+def source_outputs(run, n: int, project, student_n: int) -> ModelOutputs:
     """The first n inputs of the run's source stream (the same draws as training from step 0), with
     features projected batch by batch so 60k x 1200-d features never sit in memory at once. The
     student sees only the first student_n (those go on the map): coverage needs the teacher alone."""
@@ -82,18 +83,18 @@ def source_outputs(run, n: int, project, student_n: int) -> Outputs:
     parts, step, got = [], 0, 0
     while got < n:
         b = src.batch(step, min(run.cfg.eval.batch_size, n - got))
-        o = outputs(run, b.x, b.y.cpu() if b.y is not None and b.y.ndim == 1 else None, student=got < student_n)
+        o = model_outputs(run, b.x, b.y.cpu() if b.y is not None and b.y.ndim == 1 else None, student=got < student_n)
         # the map's distillation inputs are kept: synthesised ones cannot be looked up again cheaply
         parts.append(dataclasses.replace(o, features=project(o.features), x=b.x.cpu() if got < student_n else None))
         step, got = step + 1, got + len(b.x)
     labels = [p.labels for p in parts]
-    return Outputs(np.concatenate([p.features for p in parts]), torch.cat([p.teacher_logits for p in parts]),
+    return ModelOutputs(np.concatenate([p.features for p in parts]), torch.cat([p.teacher_logits for p in parts]),
                    torch.cat([p.student_logits for p in parts if p.student_logits is not None] or [torch.empty(0)]),
                    torch.cat(labels) if all(v is not None for v in labels) else None,
                    torch.cat([p.x for p in parts if p.x is not None] or [torch.empty(0)]))
 
 
-def point_frame(o: Outputs, kind: str, source: str) -> pd.DataFrame:
+def point_frame(o: ModelOutputs, kind: str, source: str) -> pd.DataFrame:
     """Per-input columns shared by regions and the map. `item` names the input: '<distribution>:<i>' is
     row i of heldout.load(distribution, data, eval.n, eval.seed); 'distill-<source>:<i>' the i-th input
     of the run's source stream from step 0."""
@@ -112,20 +113,10 @@ def point_frame(o: Outputs, kind: str, source: str) -> pd.DataFrame:
 
 def _map_key(run, names: list[str], opts: ProbeOptions) -> dict:
     """What map.parquet depends on: the inputs, the models and the map's own options."""
-    student = hashlib.blake2b((run.dir / "student.pt").read_bytes(), digest_size=8).hexdigest()
+    student = hashlib.blake2b((run.dir / STUDENT).read_bytes(), digest_size=8).hexdigest()
     return {"format": MAP_FORMAT, "on": names, "eval_n": run.cfg.eval.n, "eval_seed": run.cfg.eval.seed,
             "teacher": str(run.teacher.checkpoint), "student": student, "map_source_n": opts.map_source_n,
             "map_epochs": opts.map_epochs, "neighbors": opts.neighbors, "pca_dim": opts.pca_dim, "seed": opts.seed}
-
-
-def load_finished(run_dir) -> object:
-    from kdx.run import load_run
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise KdxError(f"run directory {run_dir} does not exist; pass a directory written by `kdx run` "
-                       "(runs/NAME by default)")
-    return load_run(run_dir)
 
 
 def probe(run, opts: ProbeOptions | None = None, log=print) -> dict:
@@ -133,8 +124,8 @@ def probe(run, opts: ProbeOptions | None = None, log=print) -> dict:
     from kdx.eval import heldout
 
     opts = opts or ProbeOptions()
-    run = run if hasattr(run, "teacher") else load_finished(run)
-    out_dir, data, seconds = run.dir / "probes", run.data, {}
+    run = run if hasattr(run, "teacher") else load_run(run)
+    out_dir, data, seconds = run.dir / PROBES, run.data, {}
     names = opts.on or DEFAULT_ON
     check_features(run.teacher.model, data.x_test, "teacher model")
     clock = time.perf_counter()
@@ -147,7 +138,7 @@ def probe(run, opts: ProbeOptions | None = None, log=print) -> dict:
     evals = {}
     for name in names:
         ho = heldout.load(name, data, run.cfg.eval.n, run.cfg.eval.seed)
-        evals[name] = outputs(run, ho.x, ho.y)
+        evals[name] = model_outputs(run, ho.x, ho.y)
     lap("eval_outputs")
 
     report = {"phi": {"definition": "log(p / (1 - p)), computed from logits as z_c - logsumexp_{j != c} z_j",
@@ -188,17 +179,17 @@ def probe(run, opts: ProbeOptions | None = None, log=print) -> dict:
     return summary
 
 
-def write_map(run, names, opts, points, eval_feats, src: Outputs, centroids, log) -> str:
+def write_map(run, names, opts, points, eval_feats, src: ModelOutputs, centroids, log) -> str:
     """map.parquet, map.png and map_arrays.npz (each map row's projected teacher features, and the
     distillation inputs on the map, for the explorer), or nothing when a map of the same inputs and
     models exists."""
-    path, key = run.dir / "probes" / "map.parquet", _map_key(run, names, opts)
+    path, key = run.dir / PROBES / "map.parquet", _map_key(run, names, opts)
     arrays = path.with_name("map_arrays.npz")
     if path.exists() and arrays.exists() and not opts.remap and read_parquet_meta(path) == key:
         log(f"{path}: made from the same inputs and models; reused (--remap recomputes it)")
         return "reused"
     m = min(opts.map_source_n, len(src.student_logits))
-    sample = Outputs(src.features[:m], src.teacher_logits[:m], src.student_logits[:m],
+    sample = ModelOutputs(src.features[:m], src.teacher_logits[:m], src.student_logits[:m],
                      src.labels[:m] if src.labels is not None else None)
     distill = point_frame(sample, "distill", f"distill-{run.cfg.source['name']}")
     distill["coverage"] = 0.0  # each is itself a distillation input

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from kdx.probes.files import pyplot, save_figure
+from kdx.io import pyplot, save_figure
 from kdx.probes.neighbors import search
 
 

@@ -68,7 +68,7 @@ class SynthesisSource(Source):
 
     def make(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A new checked batch and the teacher's logits on exactly those inputs."""
-        from kdx.distill.teacher import predict  # here: kdx.distill imports kdx.sampling
+        from kdx.models import predict
 
         self._counts = torch.zeros(2, dtype=torch.long, device=self.device)
         self._values = 0

@@ -106,7 +106,7 @@ def _first(hit: np.ndarray) -> int:
 def plot(result: dict, path) -> None:
     """Left: per-direction progress at matched top-direction progress, measured (dots) and theory (lines).
     Right: distilled over one-hot progress per direction, which the theory says is a_k(t2) a_k(T) / a_k(t1)."""
-    from kdx.probes.files import pyplot, save_figure
+    from kdx.io import pyplot, save_figure
 
     plt = pyplot()
     lam = np.array(result["lambda"])

@@ -1,4 +1,5 @@
-"""The `kdx` command line."""
+"""The `kdx` command line: the only package that imports typer. Each command parses its arguments and
+calls the library (kdx.run, kdx.study, kdx.probes, kdx.pool, kdx.explore); it holds no logic of its own."""
 from __future__ import annotations
 
 import json
@@ -9,31 +10,13 @@ from typing import List, Optional
 
 import typer
 
+from kdx.cli.common import DATA_ROOT, split_args
+from kdx.cli.probe import probe_app
+from kdx.cli.synth import synth_cmd
 from kdx.errors import KdxError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="kdx: distil a teacher on a chosen distribution of inputs and measure the student.")
-
-
-DATA_ROOT = typer.Option(None, "--data-root", help="folder holding the dataset's files (same as data.root=DIR)")
-
-
-def _split(config: Path | None, overrides: list[str] | None, data_root: Path | None) -> tuple[str | None, list[str]]:
-    """CONFIG is optional: a first argument with '=' is an override. --data-root is data.root."""
-    overrides = list(overrides or [])
-    if config is not None and "=" in str(config):
-        overrides, config = [str(config), *overrides], None
-    if data_root is not None:
-        overrides.append(f"data.root={data_root}")
-    return (str(config) if config else None), overrides
-
-
-def _register_all():
-    import kdx.data  # noqa: F401
-    import kdx.distill.losses  # noqa: F401
-    import kdx.eval.heldout  # noqa: F401
-    import kdx.models  # noqa: F401
-    import kdx.sampling  # noqa: F401
 
 
 @app.command("run")
@@ -45,17 +28,17 @@ def run_cmd(config: Optional[Path] = typer.Argument(None, help="YAML config (omi
             overwrite: bool = typer.Option(False, "--overwrite", help="delete an existing run directory first"),
             data_root: Optional[Path] = DATA_ROOT):
     """Distil one student and evaluate it on the held-out distributions."""
-    from kdx.report import eval_table
+    from kdx.eval.report import eval_table
     from kdx.run import run
+    from kdx.rundir import read_metrics
 
     if resume and overwrite:
         raise KdxError("--resume and --overwrite exclude each other")
-    config, overrides = _split(config, overrides, data_root)
-    _register_all()
+    config, overrides = split_args(config, overrides, data_root)
     run_dir = run(config, overrides, str(runs_dir), name, resume, overwrite)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun rank 0 alone reports
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = read_metrics(run_dir)
     print(eval_table(metrics))
     print(f"wrote {run_dir}")
 
@@ -65,15 +48,14 @@ def teacher_cmd(config: Optional[Path] = typer.Argument(None), overrides: Option
                 data_root: Optional[Path] = DATA_ROOT):
     """Train (or find in the cache) the teacher; print its checkpoint and test accuracy."""
     from kdx import config as kconfig
-    from kdx.data import load as load_data
+    from kdx.data import load_dataset
     from kdx.distill.teacher import get_teacher
     from kdx.run import validate
 
-    config, overrides = _split(config, overrides, data_root)
-    _register_all()
+    config, overrides = split_args(config, overrides, data_root)
     cfg = kconfig.load_config(config, overrides)
     validate(cfg)
-    t = get_teacher(cfg, load_data(cfg.data))
+    t = get_teacher(cfg, load_dataset(cfg.data))
     print(f"checkpoint: {t.checkpoint}\ntest_acc: {t.test_acc:.4f}")
 
 
@@ -82,11 +64,10 @@ def data_cmd(config: Optional[Path] = typer.Argument(None), overrides: Optional[
              data_root: Optional[Path] = DATA_ROOT):
     """Load (and, with data.download=true where supported, fetch) the config's dataset; print its shape."""
     from kdx import config as kconfig
-    from kdx.data import load as load_data
+    from kdx.data import load_dataset
 
-    config, overrides = _split(config, overrides, data_root)
-    _register_all()
-    d = load_data(kconfig.load_config(config, overrides).data)
+    config, overrides = split_args(config, overrides, data_root)
+    d = load_dataset(kconfig.load_config(config, overrides).data)
     print(f"{d.name}: train {tuple(d.x_train.shape)} test {tuple(d.x_test.shape)} {d.num_classes} classes, "
           f"{d.x_train.dtype}")
 
@@ -96,7 +77,7 @@ def compare_cmd(runs: List[Path] = typer.Argument(..., help="run directories"),
                 distributions: str = typer.Option("test,train_subset,gaussian_noise-2,rotation-2,uniform_noise",
                                                   help="comma-separated held-out distributions")):
     """One table over several finished runs: student accuracy, agreement and KL per distribution."""
-    from kdx.report import compare_table
+    from kdx.eval.report import compare_table
 
     print(compare_table(runs, distributions.split(",")))
 
@@ -112,7 +93,6 @@ def study_cmd(config: Path = typer.Argument(..., help="study YAML (configs/studi
     """Run (or resume) a grid of runs, probe them, write summary.csv, summary.md and report.html."""
     from kdx.study import run_study
 
-    _register_all()
     out = run_study(config, runs_dir, workers, overrides or [], executor, cpus_per_run)
     print((out / "summary.md").read_text())
     print(f"wrote {out}/summary.csv, summary.md, report.html")
@@ -127,7 +107,6 @@ def explore_cmd(target: Path = typer.Argument(..., help="a probed run directory,
     from kdx.explore import build
     from kdx.explore.serve import server
 
-    _register_all()
     folder = build(target, out, probe)
     if out is not None:
         print(f"wrote {folder / 'index.html'}")
@@ -151,15 +130,11 @@ def list_cmd():
     """List registered datasets, models, sources, losses and held-out distributions."""
     from kdx.registry import ALL
 
-    _register_all()
     for kind, reg in ALL.items():
         print(f"{kind}:")
         for e in reg.entries():
             print(f"  {e.name:22s} {e.description}")
 
-
-from kdx.probes.cli import probe_app  # noqa: E402
-from kdx.synth import synth_cmd  # noqa: E402
 
 app.command("synth", help="Write a pool of N synthesised inputs with the teacher's outputs (a HF dataset on disk).")(synth_cmd)
 

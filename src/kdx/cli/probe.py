@@ -1,4 +1,4 @@
-"""`kdx probe RUN [--on ...]` and `kdx probe eigen`. Registered in kdx.cli as the `probe` group.
+"""`kdx probe RUN [--on ...]` and `kdx probe eigen`: the `probe` command group of kdx.cli.
 
 A click group parses its own arguments before the subcommand name, so an optional RUN argument on
 the group would swallow `eigen`. Instead, a first argument that names no subcommand is taken as a
@@ -26,7 +26,7 @@ probe_app = typer.Typer(cls=RunOrCommand, no_args_is_help=True, add_completion=F
 
 
 @probe_app.command("run")
-def run_cmd(run: Path = typer.Argument(..., help="a finished run directory (kdx run wrote it)"),
+def probe_run_cmd(run: Path = typer.Argument(..., help="a finished run directory (kdx run wrote it)"),
             on: Optional[str] = typer.Option(None, "--on", help="comma-separated held-out distributions "
                                              "(default: train_subset,test)"),
             regions: int = typer.Option(20, "--regions", help="k of the k-means regions"),
@@ -39,10 +39,8 @@ def run_cmd(run: Path = typer.Argument(..., help="a finished run directory (kdx 
             resamples: int = typer.Option(1000, "--resamples", help="bootstrap resamples for slope intervals"),
             seed: int = typer.Option(0, "--seed")):
     """Probe a finished run (same as `kdx probe RUN`): writes RUN/probes/."""
-    from kdx.cli import _register_all
-    from kdx.probes.probe import ProbeOptions, probe
+    from kdx.probes import ProbeOptions, probe
 
-    _register_all()
     opts = ProbeOptions(on=on.split(",") if on else None, regions=regions, source_n=source_n, map=map_, remap=remap,
                         map_source_n=map_source_n, map_epochs=map_epochs, neighbors=neighbors, resamples=resamples,
                         seed=seed)
@@ -83,8 +81,8 @@ def eigen_cmd(out: Path = typer.Option(Path("runs/probe-eigen"), "--out", help="
               seeds: int = typer.Option(5, "--seeds", help="repeat the simulation for seeds 0..N-1"),
               noise: float = typer.Option(8.0, "--noise", help="label-noise sd in the low-eigenvalue directions")):
     """The linear-regression simulation of science.md (Theory): distillation's extra bias toward top eigendirections."""
-    from kdx.probes.eigen import EigenConfig, plot, simulate
-    from kdx.probes.files import save_json
+    from kdx.io import save_json
+    from kdx.theory.eigen import EigenConfig, plot, simulate
 
     results = [simulate(EigenConfig(seed=s, noise=noise)) for s in range(seeds)]
     save_json(out / "eigen.json", {"runs": results})

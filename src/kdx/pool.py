@@ -1,4 +1,4 @@
-"""`kdx synth`: pay for synthesis once. Make N inputs with a synthesis source (inversion, adversarial,
+"""Synthesis pools (`kdx synth`): pay for synthesis once. Make N inputs with a synthesis source (inversion, adversarial,
 langevin, boundary), save them with the teacher's logits and the method's parameters as a Hugging Face
 dataset on disk, and distil any number of students from it with the `downstream` source:
 
@@ -17,29 +17,26 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import List, Optional
 
 import torch
-import typer
 
-import kdx
+from kdx.device import resolve_device
+from kdx.distill.loop import distill
 from kdx.errors import KdxError
 from kdx.io import write_json
+from kdx.models import build_model, predict
+from kdx.registry import SOURCES
+from kdx.sampling.synthesis import SynthesisSource
 
 TEST_ROWS = 1000  # the `hf` reader wants a test split; it holds a copy of the first rows, not held-out data
 
 
-def synthesize(cfg, data, teacher, n: int) -> dict:
+def synthesize_pool(cfg, data, teacher, n: int) -> dict:
     """N inputs from the config's source with the teacher's logits on them, and how they were made.
 
     Sources that play against a student (adversarial, adaptive inversion) run the whole distillation
     (cfg.distill, at least long enough for N inputs) with a fresh config student, and keep the last N
     inputs made: the generator's outputs once the game has been played."""
-    from kdx.distill.loop import distill, resolve_device
-    from kdx.distill.teacher import build_model
-    from kdx.registry import SOURCES
-    from kdx.sampling.synthesis import SynthesisSource
-
     source = SOURCES.build(cfg.source, "source", data=data, seed=cfg.seed)
     if not isinstance(source, SynthesisSource):
         raise KdxError(f"kdx synth makes inputs with a synthesis source (source.name=inversion, adversarial, langevin "
@@ -50,10 +47,10 @@ def synthesize(cfg, data, teacher, n: int) -> dict:
     if source.needs_student:
         student = build_model(cfg.student.model, data, "student.model", cfg.seed)
         samples = max(cfg.distill.samples, batches * source.refresh_every * cfg.distill.batch_size)
-        distill(student, source, dataclasses.replace(cfg.distill, samples=samples), cfg.seed, teacher=teacher.model,
-                teacher_logits_fn=teacher.outputs, desc=f"synth {source.method}")
+        distill(student, source, dataclasses.replace(cfg.distill, samples=samples), cfg.seed, teacher,
+                desc=f"synth {source.method}")
     else:
-        source.setup(resolve_device(cfg.distill.device), teacher.outputs, teacher=teacher.model)
+        source.setup(resolve_device(cfg.distill.device), teacher.logits, teacher=teacher.model)
         for i in range(batches):
             source.refresh(i * source.refresh_every)  # the steps at which the loop would refresh its pool
     seconds = time.perf_counter() - t0
@@ -70,7 +67,6 @@ def save_pool(out: Path, data, x: torch.Tensor, teacher_model, params: dict) -> 
     import numpy as np
     from PIL import Image
 
-    from kdx.distill.teacher import predict
 
     if data.is_image:  # quantise to what an 8-bit image holds, then take the teacher's outputs on that
         u8 = (x * 255).round().clamp(0, 255).to(torch.uint8)
@@ -95,41 +91,3 @@ def save_pool(out: Path, data, x: torch.Tensor, teacher_model, params: dict) -> 
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)  # a kill mid-write leaves the hidden temporary folder, never a half pool at `out`
     return logits
-
-
-def synth_cmd(config: Optional[Path] = typer.Argument(None, help="YAML config; its `source` is the method"),
-              overrides: Optional[List[str]] = typer.Argument(None, help="overrides, e.g. source.name=inversion"),
-              n: int = typer.Option(10_000, "--n", help="how many inputs to make"),
-              out: Path = typer.Option(..., "--out", help="folder to write (a Hugging Face save_to_disk folder)"),
-              overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out folder"),
-              data_root: Optional[Path] = typer.Option(None, "--data-root", help="folder holding the dataset's files")):
-    """Synthesise N inputs with a synthesis source; save them with the teacher's logits as a Hugging Face dataset."""
-    from kdx import config as kconfig
-    from kdx.cli import _register_all, _split
-    from kdx.data import load as load_data
-    from kdx.distill.teacher import get_teacher
-    from kdx.run import validate
-
-    if n < 1:
-        raise KdxError(f"--n must be at least 1, got {n}")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise KdxError(f"{out} exists; pass --overwrite to replace it")
-    config, overrides = _split(config, overrides, data_root)
-    _register_all()
-    cfg = kconfig.load_config(config, overrides)
-    spec = validate(cfg)
-    data = load_data(cfg.data)
-    teacher = get_teacher(cfg, data)
-    made = synthesize(cfg, data, teacher, n)
-    params = {"source": spec, "n": len(made["x"]), "seed": cfg.seed, "data": cfg.data,
-              "teacher": {"model": cfg.teacher.model, "checkpoint": str(teacher.checkpoint),
-                          "test_acc": teacher.test_acc},
-              "seconds": made["seconds"], **made["stats"], "kdx_version": kdx.__version__,
-              "test_split": f"a copy of the first {TEST_ROWS} rows of train, not held-out data"}
-    logits = save_pool(out, data, made["x"], teacher.model, params)
-    probs = logits.softmax(1)
-    balance = torch.bincount(probs.argmax(1), minlength=data.num_classes).float() / len(probs)
-    print(f"made {len(logits)} inputs in {made['seconds']:.1f}s: mean teacher confidence "
-          f"{probs.max(1).values.mean():.3f}, class shares {min(balance):.3f}..{max(balance):.3f}, "
-          f"clipped {made['stats']['clipped_fraction']:.2%} of values")
-    print(f"wrote {out}; distil from it with: source.name=downstream source.dataset=hf source.args.path={out}")
