@@ -30,3 +30,10 @@ def digits_teacher(kdx_cache):
     cfg = kconfig.load_config(None, FAST)
     data = load_dataset(cfg.data)
     return cfg, data, get_teacher(cfg, data)
+
+
+def run_fast(runs_dir, *overrides: str, name: str = "run", resume: bool = False, overwrite: bool = False):
+    """`kdx run` of the FAST setting plus `overrides` into runs_dir/name; returns the run directory."""
+    from kdx.run import run
+
+    return run(None, FAST + list(overrides), str(runs_dir), name, resume, overwrite)

@@ -6,10 +6,9 @@ import sys
 
 import torch
 
-from conftest import FAST
+from conftest import FAST, run_fast
 from kdx.distill.loop import rank_batch
 from kdx.registry import SOURCES
-from kdx.run import run
 
 
 def test_rank_shares_are_disjoint_and_cover_the_step(digits_teacher):
@@ -34,7 +33,7 @@ def test_rank_shares_are_disjoint_and_cover_the_step(digits_teacher):
 
 
 def test_torchrun_two_processes_match_one(digits_teacher, tmp_path):
-    one = json.loads((run(None, FAST, str(tmp_path), "one") / "metrics.json").read_text())
+    one = json.loads((run_fast(tmp_path, name="one") / "metrics.json").read_text())
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "kdx", "run", *FAST, "distill.device=cpu", "--runs-dir", str(tmp_path), "--name", "two"]

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import FAST
+from conftest import run_fast
 from kdx.errors import KdxError
 from kdx.explore import build, thumbs
 from kdx.explore.serve import server
@@ -54,9 +54,8 @@ def test_signals_become_line_plots_that_follow_the_signal():
 @pytest.fixture(scope="module")
 def probed(digits_teacher, tmp_path_factory):
     from kdx.probes import ProbeOptions, probe
-    from kdx.run import run
 
-    run_dir = run(None, FAST + ["distill.samples=2000"], str(tmp_path_factory.mktemp("explore-runs")), "train")
+    run_dir = run_fast(tmp_path_factory.mktemp("explore-runs"), "distill.samples=2000", name="train")
     probe(run_dir, ProbeOptions(on=["test", "uniform_noise"], regions=6, source_n=1000, map_source_n=200,
                                 map_epochs=30, resamples=50))
     return run_dir

@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import FAST
+from conftest import run_fast
 from kdx.errors import KdxError
 from kdx.probes import deviation, regions
 from kdx.theory import eigen
@@ -117,10 +117,9 @@ def test_eigen_command_writes_json_and_plot(tmp_path):
 
 @pytest.fixture(scope="module")
 def digits_run(digits_teacher, tmp_path_factory):
-    from kdx.run import run
 
     # a third of FAST's budget: a rougher student is as good a subject for probes, and the file stays fast
-    return run(None, FAST + ["distill.samples=4000"], str(tmp_path_factory.mktemp("probe-runs")), "train")
+    return run_fast(tmp_path_factory.mktemp("probe-runs"), "distill.samples=4000", name="train")
 
 
 def test_probe_writes_deviation_regions_and_a_reusable_map(digits_run):

@@ -9,10 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import FAST
+from conftest import FAST, run_fast
 from kdx.errors import KdxError
 from kdx.registry import LOSSES
-from kdx.run import run
 
 # timing and memory: they differ between two runs of the same config
 TIMING = {"seconds", "samples_per_s", "resumed_from_step", "seconds_to_load_or_train", "peak_rss_mb", "peak_gpu_mb"}
@@ -27,7 +26,7 @@ def _strip_timing(obj):
 def test_teacher_and_students_learn(digits_teacher, tmp_path):
     cfg, data, teacher = digits_teacher
     assert teacher.test_acc > 0.85  # 10 classes: chance is 0.1
-    d = run(None, FAST, str(tmp_path), "train")
+    d = run_fast(tmp_path, name="train")
     m = json.loads((d / "metrics.json").read_text())
     test = m["eval"]["test"]
     assert test["student_acc"] > 0.7 and test["agreement"] > 0.7
@@ -38,12 +37,12 @@ def test_teacher_and_students_learn(digits_teacher, tmp_path):
     lines = [json.loads(x) for x in (d / "log.jsonl").read_text().splitlines()]
     assert {"step", "epoch", "loss", "lr", "samples_per_s"} <= set(lines[0])
     # a noise-distilled student on 8x8 digits still transfers far above chance, below the train-set student
-    n = json.loads((run(None, FAST + ["source.name=noise"], str(tmp_path), "noise") / "metrics.json").read_text())
+    n = json.loads((run_fast(tmp_path, "source.name=noise", name="noise") / "metrics.json").read_text())
     assert 0.2 < n["eval"]["test"]["student_acc"] < test["student_acc"]
 
 
 def test_peak_memory_is_recorded(digits_teacher, tmp_path):
-    d = run(None, FAST + ["distill.samples=1000"], str(tmp_path), "mem")
+    d = run_fast(tmp_path, "distill.samples=1000", name="mem")
     train = json.loads((d / "metrics.json").read_text())["train"]
     # the process's high-water mark now (VmHWM) bounds the one recorded earlier; torch alone takes > 100 MiB
     hwm = int(next(x for x in open("/proc/self/status") if x.startswith("VmHWM")).split()[1]) / 1024
@@ -55,17 +54,17 @@ def test_peak_memory_is_recorded(digits_teacher, tmp_path):
 
 
 def test_same_seed_same_metrics(digits_teacher, tmp_path):
-    a = run(None, FAST + ["source.augment=mixup"], str(tmp_path), "a")
-    b = run(None, FAST + ["source.augment=mixup"], str(tmp_path), "b")
+    a = run_fast(tmp_path, "source.augment=mixup", name="a")
+    b = run_fast(tmp_path, "source.augment=mixup", name="b")
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
     assert _strip_timing(ma) == _strip_timing(mb)
 
 
 def test_existing_run_dir_is_refused_unless_resume_or_overwrite(digits_teacher, tmp_path):
-    run(None, FAST + ["distill.samples=1000"], str(tmp_path), "x")
+    run_fast(tmp_path, "distill.samples=1000", name="x")
     with pytest.raises(KdxError, match="--resume.*--overwrite"):
-        run(None, FAST + ["distill.samples=1000"], str(tmp_path), "x")
-    run(None, FAST + ["distill.samples=1000"], str(tmp_path), "x", overwrite=True)
+        run_fast(tmp_path, "distill.samples=1000", name="x")
+    run_fast(tmp_path, "distill.samples=1000", name="x", overwrite=True)
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(digits_teacher, tmp_path):
@@ -97,12 +96,12 @@ def test_killed_run_resumes_to_the_uninterrupted_result(digits_teacher, tmp_path
 
 def test_nan_loss_stops_with_the_step_named(digits_teacher, tmp_path):
     with pytest.raises(KdxError, match=r"loss is (nan|inf) at step \d+"):
-        run(None, FAST + ["distill.lr=1e30", "distill.loss=mse_logits"], str(tmp_path), "nan")
+        run_fast(tmp_path, "distill.lr=1e30", "distill.loss=mse_logits", name="nan")
 
 
 def test_onehot_loss_needs_labels(digits_teacher, tmp_path):
     with pytest.raises(KdxError, match="no labels"):
-        run(None, FAST + ["source.name=noise", "distill.switch_at=0.5"], str(tmp_path), "sw")
+        run_fast(tmp_path, "source.name=noise", "distill.switch_at=0.5", name="sw")
 
 
 def test_kl_loss_is_textbook_formula():

@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
 
-from conftest import FAST
+from conftest import FAST, run_fast
 from kdx.errors import KdxError
 from kdx.study import plan, run_study
 
@@ -94,9 +94,8 @@ def test_ray_executor_runs_the_grid_as_tasks(digits_teacher, tmp_path):
     assert {(r["source"], r["seed"]) for r in rows} == {("train", "0"), ("train", "1"), ("uniform", "0"), ("uniform", "1")}
     assert len(rows) == 4 * 5
     # a task's run is the same run as in a local process: same config, same (seeded) result
-    from kdx.run import run
 
-    local = run(None, FAST + ["distill.samples=4000", "source.name=train", "seed=1"], str(tmp_path), "local")
+    local = run_fast(tmp_path, "distill.samples=4000", "source.name=train", "seed=1", name="local")
     ray_m = json.loads((out / "runs" / "train-s1" / "metrics.json").read_text())
     local_m = json.loads((local / "metrics.json").read_text())
     assert ray_m["eval"]["test"]["student_acc"] == pytest.approx(local_m["eval"]["test"]["student_acc"], abs=0.02)

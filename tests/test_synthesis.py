@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from conftest import FAST
-from kdx import config as kconfig
 from kdx.distill.loop import distill
 from kdx.models import build_model, predict
 from kdx.errors import KdxError

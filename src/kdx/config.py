@@ -33,6 +33,14 @@ class TrainRecipe:
     schedule: str = "onecycle"
     augment: str = "none"  # on a 4-epoch budget, flip_crop underfit: 90.1% vs 92.6% test (Fashion-MNIST)
 
+    def loop_config(self, train_size: int, runtime: "DistillConfig") -> "DistillConfig":
+        """The loop's config for this recipe: the fields both share come from here, the rest are the
+        loop's defaults, except where and how often it logs and checkpoints (from the run's `distill`)."""
+        shared = {f.name for f in dataclasses.fields(DistillConfig)} & {f.name for f in dataclasses.fields(self)}
+        return DistillConfig(samples=int(self.epochs * train_size), loss="onehot", device=runtime.device,
+                             log_every=runtime.log_every, checkpoint_every=runtime.checkpoint_every,
+                             **{k: getattr(self, k) for k in shared})
+
 
 @dataclasses.dataclass
 class TeacherConfig:

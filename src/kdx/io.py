@@ -59,11 +59,17 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, path) -> None:
+def figure_png(fig, **savefig) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=110, **savefig)
     pyplot().close(fig)
-    _atomic(path, lambda f: f.write(buf.getvalue()))
+    return buf.getvalue()
+
+
+def save_figure(fig, path) -> None:
+    png = figure_png(fig)
+    _atomic(path, lambda f: f.write(png))
 
 
 def save_csv(df, path) -> None:

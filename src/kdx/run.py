@@ -6,8 +6,6 @@ and evaluate (sharded, gathered on rank 0), and rank 0 alone writes files.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import shutil
 import time
@@ -25,7 +23,7 @@ from kdx.device import resolve_device
 from kdx.models import build_model
 from kdx.distill.teacher import get_teacher
 from kdx.errors import KdxError
-from kdx.eval import distribution_names, evaluate, heldout
+from kdx.eval import evaluate, heldout
 from kdx.io import save_torch, write_json, write_text
 from kdx.models import num_params
 from kdx.registry import DATASETS, HELDOUT, LOSSES, MODELS, SOURCES

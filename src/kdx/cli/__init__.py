@@ -2,7 +2,6 @@
 calls the library (kdx.run, kdx.study, kdx.probes, kdx.pool, kdx.explore); it holds no logic of its own."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path

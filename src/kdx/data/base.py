@@ -57,6 +57,19 @@ class Dataset:
         """Reshape a per-channel vector to broadcast against a batch."""
         return v.view(1, -1, *([1] * (self.x_train.ndim - 2)))
 
+    def box(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-channel input box (lo, hi), shaped to broadcast against a batch, on `device`."""
+        return self.channel_view(self.lo).to(device), self.channel_view(self.hi).to(device)
+
+    def clip_to_box(self, x: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.box(x.device)
+        return torch.maximum(torch.minimum(x, hi), lo)
+
+    def uniform_in_box(self, n: int, g: torch.Generator, device: torch.device | str = "cpu") -> torch.Tensor:
+        """n inputs uniform over the box: the integral over the whole input space."""
+        lo, hi = self.box(device)
+        return lo + (hi - lo) * torch.rand((n, *self.input_shape), generator=g, device=device)
+
 
 def as_float(x: torch.Tensor) -> torch.Tensor:
     """The one conversion from stored inputs to model inputs: uint8 images to [0, 1] floats."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from kdx.config import DistillConfig, RunConfig
+from kdx.config import RunConfig
 from kdx.data.base import Dataset
 from kdx.device import prepare_model, resolve_device
 from kdx.distill.loop import CHECKPOINT, distill
@@ -82,11 +82,7 @@ def get_teacher(cfg: RunConfig, data: Dataset, progress_desc: str = "teacher") -
             model.load_state_dict(torch.load(ckpt, map_location="cpu")["model"])
         else:
             recipe = cfg.teacher.train
-            loop_cfg = DistillConfig(samples=int(recipe.epochs * len(data.x_train)), batch_size=recipe.batch_size,
-                                     loss="onehot", optimizer=recipe.optimizer, lr=recipe.lr,
-                                     weight_decay=recipe.weight_decay, schedule=recipe.schedule,
-                                     device=cfg.distill.device, log_every=cfg.distill.log_every,
-                                     checkpoint_every=cfg.distill.checkpoint_every)
+            loop_cfg = recipe.loop_config(len(data.x_train), cfg.distill)
             source = SOURCES.build({"name": "train", "augment": recipe.augment}, "teacher.train.augment",
                                    data=data, seed=cfg.teacher.seed)
             out_dir.mkdir(parents=True, exist_ok=True)

@@ -51,10 +51,6 @@ def _severity(severity: int, levels: tuple) -> float:
     return levels[severity - 1]
 
 
-def _clip(x: torch.Tensor, data: Dataset) -> torch.Tensor:
-    return torch.maximum(torch.minimum(x, data.channel_view(data.hi)), data.channel_view(data.lo))
-
-
 @HELDOUT.register(context=_CTX)
 def test(data: Dataset, n: int, seed: int):
     """The whole test set."""
@@ -73,7 +69,7 @@ def gaussian_noise(data: Dataset, n: int, seed: int, severity: int = 2):
     """Test inputs plus Gaussian noise of 0.08/0.16/0.32 of the input range, clipped to the box."""
     x, y, g = _test_subset(data, n, seed)
     scale = data.channel_view(data.hi - data.lo) * _severity(severity, (0.08, 0.16, 0.32))
-    return _clip(x + scale * torch.randn(x.shape, generator=g), data), y
+    return data.clip_to_box(x + scale * torch.randn(x.shape, generator=g)), y
 
 
 @HELDOUT.register(context=_CTX)
@@ -129,6 +125,4 @@ def downstream(data: Dataset, n: int, seed: int, dataset: str = ""):
 @HELDOUT.register(context=_CTX)
 def uniform_noise(data: Dataset, n: int, seed: int):
     """Uniform noise over the train set's per-channel input box (no labels)."""
-    g = torch.Generator().manual_seed(seed)
-    lo, hi = data.channel_view(data.lo), data.channel_view(data.hi)
-    return lo + (hi - lo) * torch.rand((n, *data.input_shape), generator=g), None
+    return data.uniform_in_box(n, torch.Generator().manual_seed(seed)), None

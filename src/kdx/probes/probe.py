@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

@@ -16,7 +16,7 @@ from kdx.data.base import Dataset
 from kdx.errors import KdxError
 from kdx.registry import SOURCES
 from kdx.sampling.base import step_generator
-from kdx.sampling.synthesis import SynthesisSource
+from kdx.sampling.synthesis import SynthesisSource, config_args
 
 
 class Generator(nn.Module):
@@ -52,8 +52,8 @@ def discrepancy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind
 class AdversarialSource(SynthesisSource):
     method, hint, needs_student = "adversarial", "lower its lr", True
 
-    def __init__(self, data, seed, loss, ratio, lr, z_dim, width, batch, pool_size, refresh_every, max_nonfinite):
-        super().__init__(data, seed, batch, pool_size, refresh_every, max_nonfinite)
+    def __init__(self, data, seed, *, loss, ratio, lr, z_dim, width, **pool):
+        super().__init__(data, seed, **pool)
         if loss not in ("l1", "kl"):
             raise KdxError(f"source 'adversarial': loss must be l1 or kl, got '{loss}'")
         self.loss, self.ratio, self.z_dim = loss, ratio, z_dim
@@ -104,4 +104,4 @@ def adversarial(data: Dataset, seed: int, loss: str = "l1", ratio: float = 0.2, 
                 width: int = 64, batch: int = 256, pool_size: int = 256, refresh_every: int = 1,
                 max_nonfinite: float = 1e-3) -> AdversarialSource:
     """A generator trained online to maximise student-teacher discrepancy (l1|kl), `ratio` steps per student step."""
-    return AdversarialSource(data, seed, loss, ratio, lr, z_dim, width, batch, pool_size, refresh_every, max_nonfinite)
+    return AdversarialSource(data, seed, **config_args(locals()))

@@ -11,14 +11,14 @@ from kdx.data.base import Dataset, as_float
 from kdx.errors import KdxError
 from kdx.registry import SOURCES
 from kdx.sampling.base import step_generator
-from kdx.sampling.synthesis import SynthesisSource, entropy
+from kdx.sampling.synthesis import SynthesisSource, config_args, entropy
 
 
 class BoundarySource(SynthesisSource):
     method, hint = "boundary", "lower its step_size"
 
-    def __init__(self, data, seed, start, steps, step_size, batch, pool_size, refresh_every, max_nonfinite):
-        super().__init__(data, seed, batch, pool_size, refresh_every, max_nonfinite)
+    def __init__(self, data, seed, *, start, steps, step_size, **pool):
+        super().__init__(data, seed, **pool)
         if start not in ("train", "noise"):
             raise KdxError(f"source 'boundary': start must be train or noise, got '{start}'")
         self.start, self.steps, self.step_size = start, steps, step_size
@@ -49,4 +49,4 @@ def boundary(data: Dataset, seed: int, start: str = "train", steps: int = 10, st
              batch: int = 256, pool_size: int = 10240, refresh_every: int = 1,
              max_nonfinite: float = 1e-3) -> BoundarySource:
     """Inputs where the teacher is unsure: ascend its predictive entropy from train inputs or noise."""
-    return BoundarySource(data, seed, start, steps, step_size, batch, pool_size, refresh_every, max_nonfinite)
+    return BoundarySource(data, seed, **config_args(locals()))

@@ -25,7 +25,7 @@ from torch import nn
 from kdx.data.base import Dataset
 from kdx.registry import SOURCES
 from kdx.sampling.base import step_generator
-from kdx.sampling.synthesis import SynthesisSource
+from kdx.sampling.synthesis import SynthesisSource, config_args
 
 
 def total_variation(z: torch.Tensor) -> torch.Tensor:
@@ -46,9 +46,8 @@ def js_divergence(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch
 class InversionSource(SynthesisSource):
     method, hint = "inversion", "lower its lr"
 
-    def __init__(self, data, seed, iterations, lr, bn, tv, l2, adaptive, temperature, jitter, batch, pool_size,
-                 refresh_every, max_nonfinite, cosine=False):
-        super().__init__(data, seed, batch, pool_size, refresh_every, max_nonfinite)
+    def __init__(self, data, seed, *, iterations, lr, bn, tv, l2, adaptive, temperature, jitter, cosine, **pool):
+        super().__init__(data, seed, **pool)
         self.iterations, self.lr, self.jitter, self.temperature = iterations, lr, jitter, temperature
         self.cosine = cosine
         self.weights = {"bn": bn, "tv": tv, "l2": l2, "adaptive": adaptive}
@@ -127,5 +126,4 @@ def inversion(data: Dataset, seed: int, iterations: int = 20, lr: float = 0.25, 
               batch: int = 256, pool_size: int = 10240, refresh_every: int = 10,
               max_nonfinite: float = 1e-3, cosine: bool = False) -> InversionSource:
     """DeepInversion: inputs optimised for sampled classes, BatchNorm statistics, TV/L2 priors (+adaptive JS)."""
-    return InversionSource(data, seed, iterations, lr, bn, tv, l2, adaptive, temperature, jitter, batch, pool_size,
-                           refresh_every, max_nonfinite, cosine)
+    return InversionSource(data, seed, **config_args(locals()))

@@ -15,7 +15,7 @@ from kdx.data.base import Dataset
 from kdx.errors import KdxError
 from kdx.registry import SOURCES
 from kdx.sampling.base import step_generator
-from kdx.sampling.synthesis import SynthesisSource
+from kdx.sampling.synthesis import SynthesisSource, config_args
 
 
 def energy(logits: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
@@ -26,12 +26,11 @@ def energy(logits: torch.Tensor, targets: torch.Tensor | None = None) -> torch.T
 class LangevinSource(SynthesisSource):
     method, hint = "langevin", "lower its step_size or noise"
 
-    def __init__(self, data, seed, steps, step_size, noise_scale, start, reinit, conditional, batch, pool_size,
-                 refresh_every, max_nonfinite):
-        super().__init__(data, seed, batch, pool_size, refresh_every, max_nonfinite)
+    def __init__(self, data, seed, *, steps, step_size, noise, start, reinit, conditional, **pool):
+        super().__init__(data, seed, **pool)
         if start not in ("noise", "buffer"):
             raise KdxError(f"source 'langevin': start must be noise or buffer, got '{start}'")
-        self.steps, self.step_size, self.noise_scale = steps, step_size, noise_scale
+        self.steps, self.step_size, self.noise_scale = steps, step_size, noise
         self.start, self.reinit, self.conditional = start, reinit, conditional
         self.trace: dict[str, list[float]] = {}
 
@@ -64,5 +63,4 @@ def langevin(data: Dataset, seed: int, steps: int = 20, step_size: float = 1.0, 
              start: str = "buffer", reinit: float = 0.05, conditional: bool = False, batch: int = 256,
              pool_size: int = 10240, refresh_every: int = 1, max_nonfinite: float = 1e-3) -> LangevinSource:
     """SGLD on the teacher's energy -logsumexp f(x), from noise or a replay buffer of earlier samples."""
-    return LangevinSource(data, seed, steps, step_size, noise, start, reinit, conditional, batch, pool_size,
-                          refresh_every, max_nonfinite)
+    return LangevinSource(data, seed, **config_args(locals()))

@@ -18,13 +18,11 @@ class NoiseSource(Source):
 
     def batch(self, step: int, n: int) -> Batch:
         d, g = self.data, step_generator(self.seed, step, self.device, "noise")
-        lo, hi = d.channel_view(d.lo).to(self.device), d.channel_view(d.hi).to(self.device)
-        shape = (n, *d.input_shape)
         if self.kind == "uniform":
-            return Batch(lo + (hi - lo) * torch.rand(shape, generator=g, device=self.device))
+            return Batch(d.uniform_in_box(n, g, self.device))
         x = d.channel_view(d.mean).to(self.device) + d.channel_view(d.std).to(self.device) * torch.randn(
-            shape, generator=g, device=self.device)
-        return Batch(torch.maximum(torch.minimum(x, hi), lo) if self.clip else x)
+            (n, *d.input_shape), generator=g, device=self.device)
+        return Batch(d.clip_to_box(x) if self.clip else x)
 
     def skip(self, step: int, n: int) -> None:
         pass  # each draw is a function of (seed, step) alone: nothing to advance

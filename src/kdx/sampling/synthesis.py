@@ -24,7 +24,7 @@ class SynthesisSource(Source):
     hint = "lower its step size"  # what to change when values go non-finite
     needs_student = False
 
-    def __init__(self, data: Dataset, seed: int, batch: int, pool_size: int, refresh_every: int,
+    def __init__(self, data: Dataset, seed: int, *, batch: int, pool_size: int, refresh_every: int,
                  max_nonfinite: float):
         super().__init__(data, seed)
         if min(batch, pool_size, refresh_every) < 1:
@@ -54,7 +54,7 @@ class SynthesisSource(Source):
 
     def noise(self, n: int, g: torch.Generator) -> torch.Tensor:
         """Uniform noise over the input box (the `noise` source's default)."""
-        return self.lo + (self.hi - self.lo) * torch.rand((n, *self.data.input_shape), generator=g, device=self.device)
+        return self.data.uniform_in_box(n, g, self.device)
 
     def keep_in_box(self, x: torch.Tensor) -> torch.Tensor:
         """x with non-finite values reset to the box's middle and the rest clipped into the box; both
@@ -116,6 +116,12 @@ class SynthesisSource(Source):
         if state["pool"] is not None:
             self.pool_x, self.pool_logits = (t.to(self.device) for t in state["pool"])
         self.written, self.last_refresh, self.totals = state["written"], state["last_refresh"], dict(state["totals"])
+
+
+def config_args(args: dict) -> dict:
+    """A registered function's `locals()` less the injected data and seed: its config arguments, passed on
+    by keyword (each method's class takes its own and hands the pool's to SynthesisSource)."""
+    return {k: v for k, v in args.items() if k not in ("data", "seed")}
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from kdx.eval.statistics import mean_interval
-from kdx.io import write_text
+from kdx.io import figure_png, pyplot, write_text
 
 METRICS = ["n", "teacher_acc", "student_acc", "agreement", "kl_teacher_student", "tv", "teacher_nll", "student_nll",
            "teacher_ece", "student_ece", "acc_diff", "acc_diff_ci", "mcnemar_p"]
@@ -63,26 +63,27 @@ def _fmt(values, pct=True) -> str:
     return f"{s * m:.1f} [{s * lo:.1f}, {s * hi:.1f}]" if pct else f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def summary_markdown(study, rows: list[dict], axes: list[str]) -> str:
+def summary_blocks(study, rows: list[dict], axes: list[str]) -> list[tuple]:
+    """The summary as blocks, ("h1" | "h2" | "p", text) or ("table", header, rows), rendered to both
+    summary.md and report.html (never parsed back from markdown)."""
     groups = defaultdict(lambda: defaultdict(list))
     for row in rows:
         groups[_group_key(row, axes)][row["distribution"]].append(row)
     group_axes = [a for a in axes if a != "seed"]
     teacher = {row["distribution"]: row["teacher_acc"] for row in rows}
-    lines = [f"# Study `{study.name}`", "",
-             f"Mean and 95% t-interval over seeds ({', '.join(map(str, study.seeds))}); last-step numbers. "
-             f"`beats`/`loses`: seeds where the student's accuracy differs from the teacher's with exact McNemar "
-             f"p < {ALPHA} on the same inputs. Teacher accuracy: "
-             + ", ".join(f"{d} {100 * teacher[d]:.1f}%" for d in study.report_distributions
-                         if teacher.get(d) is not None) + ".", ""]
+    blocks = [("h1", f"Study `{study.name}`"),
+              ("p", f"Mean and 95% t-interval over seeds ({', '.join(map(str, study.seeds))}); last-step numbers. "
+                    f"`beats`/`loses`: seeds where the student's accuracy differs from the teacher's with exact McNemar "
+                    f"p < {ALPHA} on the same inputs. Teacher accuracy: "
+                    + ", ".join(f"{d} {100 * teacher[d]:.1f}%" for d in study.report_distributions
+                                if teacher.get(d) is not None) + ".")]
     missing = [d for d in study.report_distributions if not any(d in by_dist for by_dist in groups.values())]
     if missing:
-        lines += [f"Not evaluated by these runs (see `eval.distributions`): {', '.join(missing)}.", ""]
+        blocks.append(("p", f"Not evaluated by these runs (see `eval.distributions`): {', '.join(missing)}."))
+    header = [*group_axes, "student acc %", "agreement %", "KL(t‖s)", "student − teacher (pp)", "McNemar p per seed",
+              "beats / loses", "slope (top-1)"]
     for dist in (d for d in study.report_distributions if d not in missing):
-        lines += [f"## {dist}", "",
-                  "| " + " | ".join(group_axes) + " | student acc % | agreement % | KL(t‖s) | student − teacher (pp) "
-                  "| McNemar p per seed | beats / loses | slope (top-1) |",
-                  "|" + "---|" * (len(group_axes) + 7)]
+        table = []
         for key, by_dist in groups.items():
             rs = by_dist.get(dist)
             if not rs:
@@ -91,31 +92,46 @@ def summary_markdown(study, rows: list[dict], axes: list[str]) -> str:
             ps = [r["mcnemar_p"] for r in rs] if labeled else []
             beats = sum(1 for r in rs if labeled and r["mcnemar_p"] < ALPHA and r["acc_diff"] > 0)
             loses = sum(1 for r in rs if labeled and r["mcnemar_p"] < ALPHA and r["acc_diff"] < 0)
-            lines.append("| " + " | ".join(str(k) for k in key) + " | "
-                         + " | ".join([_fmt([r["student_acc"] for r in rs]), _fmt([r["agreement"] for r in rs]),
-                                       _fmt([r["kl_teacher_student"] for r in rs], pct=False),
-                                       _fmt([r["acc_diff"] for r in rs]),
-                                       ", ".join(f"{p:.2g}" for p in ps) or "-",
-                                       f"{beats} / {loses}" if labeled else "-",
-                                       _fmt([r["deviation_slope"] for r in rs], pct=False)]) + " |")
-        lines.append("")
-    return "\n".join(lines)
+            table.append([*(str(k) for k in key), _fmt([r["student_acc"] for r in rs]),
+                          _fmt([r["agreement"] for r in rs]), _fmt([r["kl_teacher_student"] for r in rs], pct=False),
+                          _fmt([r["acc_diff"] for r in rs]), ", ".join(f"{p:.2g}" for p in ps) or "-",
+                          f"{beats} / {loses}" if labeled else "-",
+                          _fmt([r["deviation_slope"] for r in rs], pct=False)])
+        blocks += [("h2", dist), ("table", header, table)]
+    return blocks
 
 
-def _png(fig) -> str:
-    import matplotlib.pyplot as plt
+def to_markdown(blocks: list[tuple]) -> str:
+    lines = []
+    for kind, *content in blocks:
+        if kind == "table":
+            header, table = content
+            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                      *("| " + " | ".join(row) + " |" for row in table), ""]
+        else:
+            lines += [{"h1": "# ", "h2": "## ", "p": ""}[kind] + content[0], ""]
+    return "\n".join(lines) + "\n"
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+def to_html(blocks: list[tuple]) -> str:
+    out = []
+    for kind, *content in blocks:
+        if kind == "table":
+            header, table = content
+            cells = lambda row, tag: "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row)  # noqa: E731
+            out.append("<table><tr>" + cells(header, "th") + "</tr>"
+                       + "".join("<tr>" + cells(row, "td") + "</tr>" for row in table) + "</table>")
+        else:
+            out.append(f"<{kind}>{html.escape(content[0])}</{kind}>")
+    return "\n".join(out)
+
+
+def _img(png: bytes, alt: str = "figure") -> str:
+    return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
 def figures(study, rows: list[dict], axes: list[str], out: Path) -> list[tuple[str, str]]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figs = []
     groups = sorted({_group_key(r, axes) for r in rows}, key=str)
@@ -138,7 +154,7 @@ def figures(study, rows: list[dict], axes: list[str], out: Path) -> list[tuple[s
                         color="white" if agree[i, j] < 0.6 else "black", fontsize=8)
     fig.colorbar(im, label="top-1 agreement (mean over seeds)")
     ax.set_title("Fidelity: agreement with the teacher, by source and held-out distribution")
-    figs.append(("Fidelity heatmap", _png(fig)))
+    figs.append(("Fidelity heatmap", _img(figure_png(fig, bbox_inches="tight"))))
 
     test = [cell(g, "test", "student_acc") for g in groups]
     teacher_acc = next((r["teacher_acc"] for r in rows if r["distribution"] == "test"), None)
@@ -151,7 +167,7 @@ def figures(study, rows: list[dict], axes: list[str], out: Path) -> list[tuple[s
         ax.legend()
     ax.set_xticks(range(len(groups)), names, rotation=30, ha="right")
     ax.set_ylabel("student test accuracy % (95% CI over seeds)")
-    figs.append(("Test accuracy against the teacher", _png(fig)))
+    figs.append(("Test accuracy against the teacher", _img(figure_png(fig, bbox_inches="tight"))))
 
     if "switch_at" in axes:
         fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -167,40 +183,14 @@ def figures(study, rows: list[dict], axes: list[str], out: Path) -> list[tuple[s
         ax.set_xlabel("switch point (fraction of training with one-hot loss first)")
         ax.set_ylabel("test accuracy %")
         ax.legend(fontsize=7)
-        figs.append(("Late distillation: final accuracy against the switch point", _png(fig)))
+        figs.append(("Late distillation: final accuracy against the switch point", _img(figure_png(fig, bbox_inches="tight"))))
 
     for g, name in zip(groups, names):  # the probes' deviation scatter of each group's first seed
         first = next(r["run"] for r in rows if _group_key(r, axes) == g)
         png = out / "runs" / first / "probes" / "deviation_test.png"
         if png.exists():
-            img = base64.b64encode(png.read_bytes()).decode()
-            figs.append((f"Deviation on test: {name} ({first})", f'<img alt="deviation" src="data:image/png;base64,{img}">'))
+            figs.append((f"Deviation on test: {name} ({first})", _img(png.read_bytes(), "deviation")))
     return figs
-
-
-def _md_table_to_html(md: str) -> str:
-    out, in_table = [], False
-    for line in md.splitlines():
-        if line.startswith("|"):
-            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
-            if set("".join(cells)) <= {"-"}:
-                continue
-            tag = "th" if not in_table else "td"
-            out.append(("<table>" if not in_table else "") + "<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
-            in_table = True
-            continue
-        if in_table:
-            out.append("</table>")
-            in_table = False
-        if line.startswith("## "):
-            out.append(f"<h2>{html.escape(line[3:])}</h2>")
-        elif line.startswith("# "):
-            out.append(f"<h1>{html.escape(line[2:])}</h1>")
-        elif line.strip():
-            out.append(f"<p>{html.escape(line)}</p>")
-    if in_table:
-        out.append("</table>")
-    return "\n".join(out)
 
 
 def write_reports(study, runs, out: Path) -> None:
@@ -211,9 +201,9 @@ def write_reports(study, runs, out: Path) -> None:
     writer.writeheader()
     writer.writerows(rows)
     write_text(out / "summary.csv", buf.getvalue())
-    md = summary_markdown(study, rows, axes)
-    write_text(out / "summary.md", md + "\n")
-    body = _md_table_to_html(md) + "\n".join(f"<h2>{html.escape(t)}</h2>{img}" for t, img in figures(study, rows, axes, out))
+    blocks = summary_blocks(study, rows, axes)
+    write_text(out / "summary.md", to_markdown(blocks))
+    body = to_html(blocks) + "\n".join(f"<h2>{html.escape(t)}</h2>{img}" for t, img in figures(study, rows, axes, out))
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>kdx study " + html.escape(study.name) + "</title>"
             "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}th{background:#eee}img{max-width:100%}</style>"
