@@ -13,6 +13,7 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -55,6 +56,7 @@ class TeacherConfig:
 class StudentConfig:
     model: dict[str, Any] = field(default_factory=lambda: {"name": "cnn", "channels": [16, 32, 64],
                                                           "convs_per_block": 1, "hidden": 64})
+    init: Optional[str] = None  # start from these weights (a state dict or .safetensors of the same model)
 
 
 @dataclasses.dataclass
@@ -103,6 +105,51 @@ class RunConfig:
     cache_dir: Optional[str] = None  # teacher cache; default $KDX_CACHE or ~/.cache/kdx
 
 
+# Each numeric or enumerated field's domain, checked when the config loads, before any work starts.
+def _at_least(lo):
+    return (lambda v: v >= lo), f">= {lo}"
+
+
+def _positive():
+    return (lambda v: v > 0), "> 0"
+
+
+def _unit(closed_top: bool = True):
+    return (lambda v: 0 <= v <= 1 if closed_top else 0 <= v < 1), "in [0, 1]" if closed_top else "in [0, 1)"
+
+
+def _one_of(*names):
+    return (lambda v: v in names), f"one of {', '.join(names)}"
+
+
+TRAIN_DOMAINS = {"epochs": _positive(), "batch_size": _at_least(1), "optimizer": _one_of("sgd", "adamw"),
+                 "lr": _positive(), "weight_decay": _at_least(0), "schedule": _one_of("cosine", "onecycle")}
+DOMAINS = {
+    **{f"teacher.train.{k}": v for k, v in TRAIN_DOMAINS.items()},
+    "distill.samples": _at_least(1), "distill.batch_size": _at_least(1), "distill.temperature": _positive(),
+    "distill.alpha": _unit(), "distill.switch_at": _unit(), "distill.switch_order": _one_of("onehot_first", "distill_first"),
+    **{f"distill.{k}": TRAIN_DOMAINS[k] for k in ("optimizer", "lr", "weight_decay", "schedule")},
+    "distill.momentum": _unit(closed_top=False), "distill.warmup": _unit(closed_top=False),
+    "distill.checkpoint_every": _at_least(1), "distill.log_every": _at_least(1),
+    "distill.device": ((lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:")), "auto, cpu, cuda or cuda:N"),
+    "eval.n": _at_least(1), "eval.batch_size": _at_least(1), "eval.bootstrap": _at_least(1),
+}
+
+
+def check_domains(cfg, where: str) -> None:
+    """Refuse a value outside its field's domain, naming the key, the value and the allowed range."""
+    for key, (ok, allowed) in DOMAINS.items():
+        obj = cfg
+        for part in key.split("."):
+            obj = getattr(obj, part, None)
+        if obj is not None and not ok(obj):
+            raise KdxError(f"{where}: {key}={obj!r} is out of range; it must be {allowed}")
+    distill = getattr(cfg, "distill", None)
+    if distill is not None and distill.samples < distill.batch_size:
+        raise KdxError(f"{where}: distill.samples={distill.samples} is smaller than one batch "
+                       f"(distill.batch_size={distill.batch_size}); raise samples or lower batch_size")
+
+
 def _get(d: dict, dotted: str):
     for k in dotted.split("."):
         d = d.get(k) if isinstance(d, dict) else None
@@ -126,7 +173,10 @@ def _typed_without_spec_args(schema):
     default entry's args (e.g. cnn's `channels`) would otherwise come back under a renamed entry."""
     typed = OmegaConf.structured(schema)
     for sec in SPEC_SECTIONS:
-        if OmegaConf.select(typed, sec, default=None) is not None:
+        node = typed
+        for part in sec.split("."):  # only where the schema has this dict section (a study's `student` is a list)
+            node = node.get(part) if isinstance(node, DictConfig) else None
+        if isinstance(node, DictConfig):
             OmegaConf.update(typed, sec, {}, merge=False)
     return typed
 
@@ -146,7 +196,16 @@ def load_config(path: str | Path | None, overrides: list[str] = (), schema=RunCo
             p = Path(path)
             if not p.exists():
                 raise KdxError(f"config file {p} does not exist")
-            file_cfg = OmegaConf.load(p)
+            try:
+                file_cfg = OmegaConf.load(p)
+            except yaml.YAMLError as e:
+                mark = getattr(e, "problem_mark", None)
+                at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+                raise KdxError(f"{p}: not valid YAML{at}: {getattr(e, 'problem', None) or e}; fix the file "
+                               "(indentation, a missing ':' or an unclosed bracket are the usual causes)") from None
+            if file_cfg is not None and not isinstance(file_cfg, DictConfig):
+                raise KdxError(f"{p}: a config file must be a mapping of keys (data:, source:, distill: ...), "
+                               f"not a {type(file_cfg).__name__}")
             layers.append((str(p), _layer_dict(file_cfg) if file_cfg is not None else {}))
         layers += given
         if overrides:
@@ -166,6 +225,8 @@ def load_config(path: str | Path | None, overrides: list[str] = (), schema=RunCo
             raise KdxError(_explain(e, name, schema)) from None
         acc = _layer_dict(merged)
     cfg = OmegaConf.to_object(merged) if layers else OmegaConf.to_object(OmegaConf.structured(schema))
+    check_domains(cfg, f"{where}{' with the command-line overrides' if overrides else ''}" if path else
+                  ("the command line" if overrides else "defaults"))
     return cfg
 
 

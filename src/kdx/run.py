@@ -25,21 +25,18 @@ from kdx.distill.teacher import get_teacher
 from kdx.errors import KdxError
 from kdx.eval import evaluate, heldout
 from kdx.io import save_torch, write_json, write_text
-from kdx.models import num_params
+from kdx.models import load_weights, num_params
 from kdx.registry import DATASETS, HELDOUT, LOSSES, MODELS, SOURCES
 from kdx.rundir import CHECKPOINT, CONFIG, METRICS, STUDENT
 
 
 def validate(cfg: kconfig.RunConfig) -> dict:
-    """Check every registry reference before any work starts; return the resolved source spec."""
+    """Check every value and registry reference before any work starts; return the resolved source spec."""
+    kconfig.check_domains(cfg, "config")
     DATASETS.validate(cfg.data, "data")
     MODELS.validate(cfg.teacher.model, "teacher.model")
     MODELS.validate(cfg.student.model, "student.model")
     LOSSES.get(cfg.distill.loss)
-    if cfg.distill.switch_order not in ("onehot_first", "distill_first"):
-        raise KdxError(f"distill.switch_order must be onehot_first or distill_first, got '{cfg.distill.switch_order}'")
-    if cfg.distill.switch_at is not None and not 0 <= cfg.distill.switch_at <= 1:
-        raise KdxError(f"distill.switch_at must be in [0, 1], got {cfg.distill.switch_at}")
     for name in cfg.eval.distributions:
         if name != "default":
             HELDOUT.validate(heldout.parse(name), f"eval.distributions: '{name}'")
@@ -123,6 +120,8 @@ def execute(cfg: kconfig.RunConfig, run_dir: Path, resume: bool = False, overwri
     teacher_seconds = time.perf_counter() - t0
     source = SOURCES.build(cfg.source, "source", data=data, seed=cfg.seed)
     student = build_model(cfg.student.model, data, "student.model", cfg.seed)
+    if cfg.student.init:
+        load_weights(student, cfg.student.init, "student.init")
     torch.manual_seed(cfg.seed)
     check_source_fits_loss(cfg.distill, source)
     train_stats = distill(student, source, cfg.distill, cfg.seed, teacher, run_dir, resume, run_dir.name, ddp)

@@ -3,6 +3,7 @@ import json
 
 from kdx.data import cifar, digits, fashion_mnist, hf, image_folder, mnist1d  # noqa: F401
 from kdx.data.base import Dataset, as_float
+from kdx.data.tensors import from_dataset, from_tensors
 from kdx.registry import DATASETS
 
 
@@ -18,4 +19,4 @@ def load_dataset(spec: dict, where: str = "data") -> Dataset:
     return _LOADED[key]
 
 
-__all__ = ["Dataset", "as_float", "load_dataset"]
+__all__ = ["Dataset", "as_float", "from_dataset", "from_tensors", "load_dataset"]

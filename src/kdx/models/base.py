@@ -1,11 +1,14 @@
 """The model contract: inputs in data space, logits out, penultimate features from the same pass."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from kdx.data.base import Dataset, as_float
 from kdx.device import autocast
+from kdx.errors import KdxError
 from kdx.registry import MODELS
 
 
@@ -63,3 +66,38 @@ def predict(model: torch.nn.Module, x_stored: torch.Tensor, batch_size: int = 10
             feats.append(ft.float())
     model.train(was_training)
     return (torch.cat(logits), torch.cat(feats)) if features else torch.cat(logits)
+
+
+def read_state_dict(path: str | Path, where: str) -> dict[str, torch.Tensor]:
+    """A state dict from a user's file: safetensors, or torch.save'd tensors loaded with weights_only=True
+    (a pickle that holds code is refused, never run). {"model": ...} and {"state_dict": ...} are unwrapped."""
+    path = Path(path)
+    if not path.is_file():
+        raise KdxError(f"{where}: {path} does not exist (or is not a file)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - pickle, zip and safetensors each raise their own types
+        raise KdxError(f"{where}: {path} is not a weights file kdx can read ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0][:200] if str(e) else 'unreadable'}); give a state dict saved with "
+                       "torch.save(model.state_dict(), path) or a .safetensors file") from None
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise KdxError(f"{where}: {path} holds a {type(state).__name__}, not a state dict of tensors")
+    return state
+
+
+def load_weights(model: nn.Module, path: str | Path, where: str) -> nn.Module:
+    """Load a user's weights file into `model`, naming the file and the mismatch when they do not fit."""
+    try:
+        model.load_state_dict(read_state_dict(path, where))
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        raise KdxError(f"{where}: {path} does not fit the configured model: {' '.join(lines[:3])[:400]}") from None
+    return model
