@@ -13,6 +13,7 @@ from the command line give the same numbers.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +53,9 @@ def _config(source: str | dict, config: dict[str, Any], seed: int) -> kconfig.Ru
     overrides = [f"seed={seed}"]
     for key, value in config.items():
         dotted = f"distill.{key}" if key in distill_fields else key
-        overrides.append(f"{dotted}={value!r}" if isinstance(value, str) else f"{dotted}={_yaml(value)}")
+        overrides.append(f"{dotted}={value if isinstance(value, str) else json.dumps(value)}")
     spec = {"name": source} if isinstance(source, str) else dict(source)
     return kconfig.load_config(None, overrides, layers=[("source", {"source": spec})])
-
-
-def _yaml(value) -> str:
-    import json
-
-    return json.dumps(value)
 
 
 def _user_teacher(teacher: nn.Module, data: Dataset, cfg: kconfig.RunConfig, features: str | None,
