@@ -77,9 +77,11 @@ def as_float(x: torch.Tensor) -> torch.Tensor:
 
 
 def data_root(root: str | None, *subdirs: str) -> list[Path]:
-    """Where to look for a dataset's files: the given root, $KDX_DATA, then ~/.cache/kdx/data."""
-    bases = [Path(root)] if root else []
-    if os.environ.get("KDX_DATA"):
-        bases.append(Path(os.environ["KDX_DATA"]))
-    bases.append(Path.home() / ".cache" / "kdx" / "data")
+    """Where to look for a dataset's files: the given root alone (a root the user names is
+    authoritative: no silent fallback to another copy), else $KDX_DATA, then ~/.cache/kdx/data."""
+    if root:
+        bases = [Path(root).expanduser()]
+    else:
+        bases = [Path(os.environ["KDX_DATA"])] if os.environ.get("KDX_DATA") else []
+        bases.append(Path.home() / ".cache" / "kdx" / "data")
     return [b.joinpath(*subdirs) for b in bases] + bases

@@ -18,8 +18,13 @@ HELDOUT = ["test", "train_subset", *CORRUPTIONS, "uniform_noise"]
 def _unpickle(path: Path) -> dict:
     # The official files are Python 2 pickles; latin1 is how torchvision decodes them. Keys and
     # names may still come back as bytes (files written with bytes keys), so normalise both.
-    with open(path, "rb") as f:
-        d = pickle.load(f, encoding="latin1")  # noqa: S301 - a local dataset file the user chose
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="latin1")  # noqa: S301 - a local dataset file the user chose
+    except (EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError) as e:
+        raise KdxError(f"{path} is truncated or corrupt ({type(e).__name__}: {e}); delete it and re-download the dataset") from None
+    if not isinstance(d, dict):
+        raise KdxError(f"{path} holds a {type(d).__name__}, not a CIFAR batch (a dict); re-download the dataset")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
 
 
@@ -33,8 +38,11 @@ def _load(root: str | None, folder: str, train: list[str], test: str, meta: str,
     dirs = data_root(root, folder)
     found = next((d for d in dirs if all((d / f).is_file() for f in files)), None)
     if found is None:
+        where = ""
+        if root:  # a root the user names is authoritative: no fallback to $KDX_DATA or the cache
+            where = f"data.root={root} {'does not exist' if not Path(root).expanduser().is_dir() else 'does not hold them'}; "
         raise KdxError(
-            f"{name}: files {', '.join(files)} not found (looked in: {', '.join(map(str, dirs))}). Download CIFAR "
+            f"{name}: {where}files {', '.join(files)} not found (looked in: {', '.join(map(str, dirs))}). Download CIFAR "
             f"on a machine with network, e.g. `torchvision.datasets.{name.upper()}(DIR, download=True)`, which "
             f"creates DIR/{folder}, then pass `data.root=DIR` (or set $KDX_DATA)."
         )

@@ -14,6 +14,7 @@ from kdx.registry import DATASETS
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 UPPER_BODY = [0, 2, 4, 6]  # T-shirt, Pullover, Coat, Shirt: the classes teachers confuse most
+IDX_FILES = [f"{p}-{k}-idx{n}-ubyte.gz" for p in ("train", "t10k") for k, n in (("images", 3), ("labels", 1))]
 CORRUPTIONS = [f"{c}-{s}" for c in ("gaussian_noise", "blur", "contrast", "rotation", "translation", "inversion") for s in (1, 2, 3)]
 
 
@@ -21,7 +22,8 @@ def _load_fashion_mnist(root: str | None, download: bool) -> tuple[torch.Tensor,
     dirs = []
     for base in data_root(root, "fashion-mnist"):
         dirs += [base, base / "FashionMNIST" / "raw"]
-    dirs.append(DEBIAN_DIR)
+    if not root:  # a root the user names is authoritative: no fallback to Debian's copy
+        dirs.append(DEBIAN_DIR)
     train, test = find_idx_split(dirs, "train"), find_idx_split(dirs, "t10k")
     if (train is None or test is None) and download:
         from torchvision.datasets import FashionMNIST
@@ -29,6 +31,14 @@ def _load_fashion_mnist(root: str | None, download: bool) -> tuple[torch.Tensor,
         target = Path(root) if root else data_root(None)[-1] / "fashion-mnist"
         FashionMNIST(str(target), train=True, download=True)
         return _load_fashion_mnist(str(target), download=False)
+    if (train is None or test is None) and root:
+        state = "does not exist" if not Path(root).expanduser().is_dir() else "does not hold them"
+        raise KdxError(
+            f"Fashion-MNIST: data.root={root} {state}: looked for {', '.join(IDX_FILES)} (or the same without "
+            f".gz) in " + ", ".join(str(d) for d in dirs) + ". Point `data.root=DIR` at the folder holding the "
+            "four IDX files, or drop data.root to use $KDX_DATA, ~/.cache/kdx/data or Debian's copy "
+            "(`sudo apt-get install dataset-fashion-mnist`)."
+        )
     if train is None or test is None:
         raise KdxError(
             "Fashion-MNIST not found (looked in: " + ", ".join(str(d) for d in dirs) + "). Get it with "

@@ -35,12 +35,19 @@ def _open(path: str):
         ) from None
 
 
-def _to_pil(img):
+def _to_pil(img, where: str = "an image"):
     from PIL import Image
 
     if isinstance(img, Image.Image):
+        if img.mode.startswith(("F", "I")) and not np.isfinite(np.asarray(img)).all():
+            raise KdxError(f"hf: {where} holds NaN or infinite pixel values; fix or drop that row before save_to_disk")
         return img
     a = np.asarray(img)
+    if a.dtype.kind not in "biuf":
+        raise KdxError(f"hf: {where} is a {a.dtype} array of shape {a.shape}, not an image (numbers)")
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise KdxError(f"hf: {where} holds NaN or infinite values ({int((~np.isfinite(a)).sum())} of {a.size}); "
+                       "fix or drop that row before save_to_disk")
     if a.dtype != np.uint8:  # floats in [0, 1] are the usual non-uint8 case; anything else is clipped
         a = a * 255.0 if a.dtype.kind == "f" and a.max() <= 1.0 else a
         a = np.clip(np.round(a), 0, 255).astype(np.uint8)
@@ -84,7 +91,8 @@ def hf(path: str = "", image_column: str = "image", label_column: str = "label",
     train, test = dd[train_split], dd[test_split]
     if len(train) == 0 or len(test) == 0:
         raise KdxError(f"hf: split '{train_split if len(train) == 0 else test_split}' of {path} is empty")
-    pil = {k: [_to_pil(im) for im in s[image_column]] for k, s in (("train", train), ("test", test))}
+    pil = {k: [_to_pil(im, f"split '{split}', column '{image_column}', row {i}") for i, im in enumerate(s[image_column])]
+           for k, split, s in (("train", train_split, train), ("test", test_split, test))}
     # One channel layout for the whole set: grey only if every image is grey.
     grey = all(im.mode in GREY_MODES for col in pil.values() for im in col)
     x = {k: _images(v, size, grey, k) for k, v in pil.items()}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,13 @@ _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
 
 def read_idx(path: Path) -> torch.Tensor:
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # a cut-off download, a damaged copy
+        raise KdxError(f"{path} is truncated or corrupt ({type(e).__name__}: {e}); delete it and re-fetch the dataset") from None
+    except OSError as e:
+        raise KdxError(f"{path} cannot be read ({type(e).__name__}: {e})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
         raise KdxError(f"{path} is not an IDX file (bad magic number); re-fetch the dataset")
     ndim = raw[3]

@@ -49,6 +49,9 @@ def image_folder(root: str = "", size: int = 32, grayscale: bool = False) -> Dat
     if size <= 0:
         raise KdxError(f"image_folder: data.size must be positive, got {size}")
     base = Path(root).expanduser()
+    if not base.is_dir():
+        raise KdxError(f"image_folder: data.root={root} does not exist; expected {base}/train/<class>/*.png and "
+                       f"{base}/test/<class>/*.png ({', '.join(sorted(EXTENSIONS))} files)")
     xtr, ytr, classes = _read_split(base / "train", None, size, grayscale)
     xte, yte, _ = _read_split(base / "test", classes, size, grayscale)
     return Dataset("image_folder", xtr, ytr, xte, yte, classes,
