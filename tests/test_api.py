@@ -27,14 +27,14 @@ def digits():
 
 
 class Net(nn.Module):
-    """A plain module: conv features, an average pool, a linear head; no kdx base class."""
+    """A plain module: conv features, a 2x2 average pool, a linear head; no kdx base class."""
 
     def __init__(self, width: int, classes: int = 10):
         super().__init__()
         self.conv = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1),
                                   nn.ReLU())
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(width, classes)
+        self.avgpool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(4 * width, classes)
 
     def forward(self, x):
         return self.fc(self.avgpool(self.conv(x)).flatten(1))
@@ -56,7 +56,7 @@ def user_teacher(digits):
 
 def test_user_modules_as_teacher_and_student(digits, user_teacher, tmp_path):
     torch.manual_seed(1)
-    result = kdx.distill_student(user_teacher, Net(8), digits, source="train", samples=8000, batch_size=128,
+    result = kdx.distill_student(user_teacher, Net(16), digits, source="train", samples=16000, batch_size=128,
                                  lr=0.05, run_dir=tmp_path / "run", **EVAL)
     test = result.metrics["eval"]["test"]
     assert test["teacher_acc"] > 0.85 and test["student_acc"] > 0.6 and test["agreement"] > 0.6
@@ -78,7 +78,7 @@ def test_feature_hook_feeds_the_probes(digits, user_teacher, tmp_path):
     result = kdx.distill_student(user_teacher, Net(8), digits, samples=2000, batch_size=128,
                                  teacher_features="avgpool", student_features="avgpool", **EVAL)
     _, feats = result.teacher.model(digits.x_test[:5].float() / 255, return_features=True)
-    assert feats.shape == (5, 32)  # the avgpool output, flattened
+    assert feats.shape == (5, 4 * 32)  # the avgpool output, flattened
     summary = kdx.probe(result, out=tmp_path / "probed", on=["test"], regions=4, source_n=500, resamples=50)
     assert (tmp_path / "probed" / "probes" / "deviation.json").exists() and "seconds" in summary
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-import kdx.data  # noqa: F401 - registers the datasets
 from kdx.data.idx import write_idx
 from kdx.errors import KdxError
 from kdx.registry import DATASETS

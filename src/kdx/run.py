@@ -21,7 +21,7 @@ from kdx.distill.loop import distill
 from kdx.distill.losses import NEEDS_LABELS
 from kdx.device import resolve_device
 from kdx.models import build_model
-from kdx.distill.teacher import get_teacher
+from kdx.distill.teacher import Teacher, get_teacher
 from kdx.errors import KdxError
 from kdx.eval import evaluate, heldout
 from kdx.io import save_torch, write_json, write_text
@@ -30,17 +30,26 @@ from kdx.registry import DATASETS, HELDOUT, LOSSES, MODELS, SOURCES
 from kdx.rundir import CHECKPOINT, CONFIG, METRICS, STUDENT
 
 
-def validate(cfg: kconfig.RunConfig) -> dict:
-    """Check every value and registry reference before any work starts; return the resolved source spec."""
+def validate_training(cfg: kconfig.RunConfig) -> dict:
+    """What a run needs beyond its models and data: values in range, the loss, the held-out distributions
+    and the source. Returns the resolved source spec (its defaults filled in)."""
     kconfig.check_domains(cfg, "config")
-    DATASETS.validate(cfg.data, "data")
-    MODELS.validate(cfg.teacher.model, "teacher.model")
-    MODELS.validate(cfg.student.model, "student.model")
     LOSSES.get(cfg.distill.loss)
     for name in cfg.eval.distributions:
         if name != "default":
             HELDOUT.validate(heldout.parse(name), f"eval.distributions: '{name}'")
     return {"name": cfg.source["name"], **SOURCES.validate(cfg.source, "source")}
+
+
+def validate(cfg: kconfig.RunConfig) -> dict:
+    """Check every value, file and registry reference before any work starts; return the source spec."""
+    DATASETS.validate(cfg.data, "data")
+    MODELS.validate(cfg.teacher.model, "teacher.model")
+    MODELS.validate(cfg.student.model, "student.model")
+    for key, f in (("teacher.checkpoint", cfg.teacher.checkpoint), ("student.init", cfg.student.init)):
+        if f and not Path(f).is_file():
+            raise KdxError(f"{key}: {f} does not exist (or is not a file); give the path of a weights file")
+    return validate_training(cfg)
 
 
 def check_source_fits_loss(cfg: kconfig.DistillConfig, source) -> None:
@@ -118,28 +127,42 @@ def execute(cfg: kconfig.RunConfig, run_dir: Path, resume: bool = False, overwri
     if ddp and main:
         dist.barrier()
     teacher_seconds = time.perf_counter() - t0
-    source = SOURCES.build(cfg.source, "source", data=data, seed=cfg.seed)
     student = build_model(cfg.student.model, data, "student.model", cfg.seed)
     if cfg.student.init:
         load_weights(student, cfg.student.init, "student.init")
-    torch.manual_seed(cfg.seed)
-    check_source_fits_loss(cfg.distill, source)
-    train_stats = distill(student, source, cfg.distill, cfg.seed, teacher, run_dir, resume, run_dir.name, ddp)
-    if main:
-        save_torch(run_dir / STUDENT, {"model": student.state_dict(), "spec": cfg.student.model})
-    eval_results = evaluate(teacher.logits, student, data, cfg.eval, ddp)
-    if main:
-        metrics = {
-            "source": source_spec,
-            "teacher": {"arch": cfg.teacher.model["name"], "params": num_params(teacher.model),
-                        "checkpoint": str(teacher.checkpoint), "test_acc": teacher.test_acc,
-                        "seconds_to_load_or_train": teacher_seconds},
-            "student": {"arch": cfg.student.model["name"], "params": num_params(student)},
-            "train": train_stats,
-            "eval": eval_results,
-        }
-        write_json(run_dir / METRICS, metrics)
-        (run_dir / CHECKPOINT).unlink(missing_ok=True)
+    distill_and_evaluate(cfg, data, teacher, student, source_spec, run_dir, resume, ddp, teacher_seconds)
     if ddp:
         dist.barrier()  # every rank returns once rank 0 has written everything
     return run_dir
+
+
+def distill_and_evaluate(cfg: kconfig.RunConfig, data, teacher: Teacher, student: torch.nn.Module,
+                         source_spec: dict, run_dir: Path | None = None, resume: bool = False, ddp: bool = False,
+                         teacher_seconds: float | None = None) -> dict | None:
+    """The part of a run that both `kdx run` and the Python API (kdx.distill_student) go through: the
+    source, the loop, the student saved, eval on the held-out distributions, metrics.json. Returns the
+    metrics (None on ranks other than 0)."""
+    main = not ddp or dist.get_rank() == 0
+    source = SOURCES.build(cfg.source, "source", data=data, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)
+    check_source_fits_loss(cfg.distill, source)
+    desc = run_dir.name if run_dir else "distill"
+    train_stats = distill(student, source, cfg.distill, cfg.seed, teacher, run_dir, resume, desc, ddp)
+    if main and run_dir:
+        save_torch(run_dir / STUDENT, {"model": student.state_dict(), "spec": cfg.student.model})
+    eval_results = evaluate(teacher.logits, student, data, cfg.eval, ddp)
+    if not main:
+        return None
+    metrics = {
+        "source": source_spec,
+        "teacher": {"arch": cfg.teacher.model["name"], "params": num_params(teacher.model),
+                    "checkpoint": str(teacher.checkpoint), "test_acc": teacher.test_acc,
+                    "seconds_to_load_or_train": teacher_seconds},
+        "student": {"arch": cfg.student.model["name"], "params": num_params(student)},
+        "train": train_stats,
+        "eval": eval_results,
+    }
+    if run_dir:
+        write_json(run_dir / METRICS, metrics)
+        (run_dir / CHECKPOINT).unlink(missing_ok=True)
+    return metrics

@@ -14,7 +14,6 @@ from kdx.config import RunConfig
 from kdx.data.base import Dataset
 from kdx.device import prepare_model, resolve_device
 from kdx.distill.loop import CHECKPOINT, distill
-from kdx.errors import KdxError
 from kdx.io import save_torch, write_json
 from kdx.models import Classifier, build_model, load_weights, predict
 from kdx.registry import SOURCES
@@ -59,31 +58,24 @@ def teacher_key(cfg: RunConfig) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def user_teacher_key(cfg: RunConfig, files: list[Path]) -> str:
-    """A user's teacher is its files' content (not their paths), on this data, under this model spec."""
-    spec = {k: v for k, v in cfg.teacher.model.items() if k not in ("path", "weights")}  # file names: not content
-    h = hashlib.sha256(json.dumps({"data": cfg.data, "model": spec, "format": TEACHER_FORMAT},
-                                  sort_keys=True, default=str).encode())
-    for f in sorted(files, key=str):
-        for part in sorted(f.rglob("*")) if f.is_dir() else [f]:
-            if part.is_file():
-                h.update(part.name.encode())
-                h.update(hashlib.sha256(part.read_bytes()).digest())
-    return h.hexdigest()[:12]
+def user_teacher_key(cfg: RunConfig, weights_digest: str) -> str:
+    """A user's teacher is its weights' content (not their file names), on this data, under this model spec."""
+    spec = {k: v for k, v in cfg.teacher.model.items() if k not in ("path", "weights")}
+    ident = {"data": cfg.data, "model": spec, "weights": weights_digest, "format": TEACHER_FORMAT}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def get_teacher(cfg: RunConfig, data: Dataset, progress_desc: str = "teacher") -> Teacher:
     """Load the user's checkpoint, or the cached teacher, or train it (resuming a killed training)."""
     device = resolve_device(cfg.distill.device)
     model = build_model(cfg.teacher.model, data, "teacher.model", cfg.teacher.seed)
-    weight_files = [Path(f) for f in getattr(model, "weight_files", [])]  # a model entry that arrives trained
     if cfg.teacher.checkpoint:
         ckpt = Path(cfg.teacher.checkpoint)
         load_weights(model, ckpt, "teacher.checkpoint")
-        out_dir = cache_root(cfg) / "teachers" / f"user-{user_teacher_key(cfg, [ckpt, *weight_files])}"
-    elif weight_files:  # e.g. `hf` from a save_pretrained folder, `torchvision` with a weights file: never trained here
-        ckpt = weight_files[0]
-        out_dir = cache_root(cfg) / "teachers" / f"user-{user_teacher_key(cfg, weight_files)}"
+        out_dir = cache_root(cfg) / "teachers" / f"user-{user_teacher_key(cfg, hashlib.sha256(ckpt.read_bytes()).hexdigest())}"
+    elif getattr(model, "arrives_trained", False):  # hf, or torchvision with weights: used as is, never trained here
+        ckpt = Path(cfg.teacher.model.get("path") or cfg.teacher.model.get("weights"))
+        out_dir = cache_root(cfg) / "teachers" / f"user-{user_teacher_key(cfg, model.weights_digest)}"
         out_dir.mkdir(parents=True, exist_ok=True)
     else:
         out_dir = cache_root(cfg) / "teachers" / f"{cfg.teacher.model['name']}-{teacher_key(cfg)}"

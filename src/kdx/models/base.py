@@ -88,8 +88,11 @@ def read_state_dict(path: str | Path, where: str) -> dict[str, torch.Tensor]:
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise KdxError(f"{where}: {path} holds a {type(state).__name__}, not a state dict of tensors")
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise KdxError(f"{where}: {path} holds a {type(state).__name__}, not a state dict of tensors; save one "
+                       "with torch.save(model.state_dict(), path)")
+    if all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
     return state
 
 
@@ -101,3 +104,19 @@ def load_weights(model: nn.Module, path: str | Path, where: str) -> nn.Module:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         raise KdxError(f"{where}: {path} does not fit the configured model: {' '.join(lines[:3])[:400]}") from None
     return model
+
+
+def call_capturing(layer: nn.Module, call, layer_input: bool = True, where: str = "model"):
+    """`call()` with `layer`'s input (or output) caught by a forward hook: (call's result, that tensor
+    flattened to (N, -1)). How models kdx did not build give penultimate features from the same pass."""
+    captured: list = []
+    handle = layer.register_forward_hook(lambda m, inputs, out: captured.append(inputs[0] if layer_input else out))
+    try:
+        result = call()
+    finally:
+        handle.remove()
+    if not captured:
+        raise KdxError(f"{where}: the features layer did not run in the forward pass")
+    feats = captured[-1]
+    feats = feats if isinstance(feats, torch.Tensor) else getattr(feats, "logits", feats[0])
+    return result, feats.flatten(1)

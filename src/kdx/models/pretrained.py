@@ -22,7 +22,7 @@ from torch import nn
 
 from kdx.data.base import Dataset
 from kdx.errors import KdxError
-from kdx.models.base import Classifier
+from kdx.models.base import Classifier, call_capturing
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, what PIL's convert("L") uses
 
@@ -168,16 +168,8 @@ class PretrainedClassifier(Classifier):
         if not return_features:
             logits = self.call_net(z)
             return logits if self.order is None else logits[:, self.order]
-        captured: list[torch.Tensor] = []
-        handle = self.head_module().register_forward_hook(lambda m, inputs, out: captured.append(inputs[0]))
-        try:
-            logits = self.call_net(z)
-        finally:
-            handle.remove()
-        if not captured:
-            raise KdxError(f"model '{self.kind}': its head '{self.head_name}' did not run in the forward pass")
-        logits = logits if self.order is None else logits[:, self.order]
-        return logits, captured[-1].flatten(1)
+        logits, feats = call_capturing(self.head_module(), lambda: self.call_net(z), True, f"model '{self.kind}'")
+        return (logits if self.order is None else logits[:, self.order]), feats
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x, return_features=True)[1]

@@ -17,6 +17,7 @@ import torch
 
 from kdx.data.base import Dataset
 from kdx.errors import KdxError
+from kdx.models.base import read_state_dict
 from kdx.models.pretrained import PretrainedClassifier, Preprocess, files_digest, need_image
 from kdx.registry import MODELS
 
@@ -70,26 +71,7 @@ def final_layers(arch: str, kwargs: dict) -> list[str]:
 
 
 def load_state(path: str) -> dict[str, torch.Tensor]:
-    f = Path(path).expanduser()
-    if not f.is_file():
-        raise KdxError(f"model 'torchvision': weights file {f} does not exist")
-    try:
-        state = torch.load(f, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - pickle, zip and torch errors all mean the same here
-        raise KdxError(f"model 'torchvision': {f} is not a PyTorch checkpoint ({type(e).__name__}: "
-                       f"{str(e).splitlines()[0] if str(e) else ''}); expected a state dict saved with "
-                       f"torch.save(model.state_dict(), FILE), as torchvision publishes its weights") from None
-    if isinstance(state, dict):
-        for key in ("model", "state_dict"):  # a training checkpoint that wraps the state dict
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise KdxError(f"model 'torchvision': {f} holds a {type(state).__name__}, not a state dict of tensors; save "
-                       f"one with torch.save(model.state_dict(), FILE)")
-    if all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
+    return read_state_dict(Path(path).expanduser(), "model 'torchvision': weights")
 
 
 @MODELS.register(name="torchvision", context=("data",))

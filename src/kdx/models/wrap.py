@@ -8,6 +8,7 @@ from torch import nn
 
 from kdx.data.base import Dataset, as_float
 from kdx.errors import KdxError
+from kdx.models.base import call_capturing
 
 
 def _logits(out) -> torch.Tensor:
@@ -39,16 +40,7 @@ class ModuleClassifier(nn.Module):
         if self.feature_layer is None:
             raise KdxError(f"{self.where}: probes need penultimate features and this module has no nn.Linear head; "
                            "name the layer that gives them (features='avgpool', for example)")
-        captured = []
-        hook = self.feature_layer.register_forward_hook(
-            lambda m, inputs, output: captured.append(inputs[0] if self.feature_is_input else output))
-        try:
-            logits = _logits(self.module(x))
-        finally:
-            hook.remove()
-        feats = captured[-1]
-        feats = _logits(feats) if not isinstance(feats, torch.Tensor) else feats
-        return logits, feats.flatten(1)
+        return call_capturing(self.feature_layer, lambda: _logits(self.module(x)), self.feature_is_input, self.where)
 
 
 def wrap_model(module: nn.Module, data: Dataset, features: str | None = None, where: str = "model") -> nn.Module:
