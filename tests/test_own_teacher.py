@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -281,3 +283,27 @@ def test_cli_run_with_own_hf_teacher(digits, vit_dir, tmp_path, monkeypatch):
     x = as_float(digits.x_test)
     pred = processor_logits(path, raw, x)[:, [label2id[c] for c in digits.classes]].argmax(1)
     assert metrics["teacher"]["test_acc"] == pytest.approx(float((pred == digits.y_test).float().mean()), abs=1e-6)
+
+
+def test_study_with_a_save_pretrained_teacher_on_an_image_folder(tmp_path):
+    """The README's path, as a user types it: the example writes an image folder and a HF ViT, then
+    `kdx study configs/studies/own_teacher.yaml` (shrunk by command-line overrides) runs end to end."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    made = subprocess.run([sys.executable, str(root / "examples" / "own_teacher.py"), "--tiny"], cwd=tmp_path,
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert (tmp_path / "runs/own-teacher/hf-vit/config.json").exists()
+    study = subprocess.run([sys.executable, "-m", "kdx", "study", str(root / "configs/studies/own_teacher.yaml"),
+                            "seeds=[0]", "probe_source_n=300",
+                            "overrides=[distill.samples=512,eval.n=100,eval.bootstrap=50]"],
+                           cwd=tmp_path, capture_output=True, text=True, env=env, timeout=900)
+    assert study.returncode == 0, study.stderr[-3000:]
+    summary = (tmp_path / "runs/studies/own_teacher/summary.md").read_text()
+    for label in ("| train |", "| train-mixup |", "| uniform |", "| train+uniform |"):
+        assert label in summary
+    metrics = json.loads((tmp_path / "runs/studies/own_teacher/runs/train-s0/metrics.json").read_text())
+    assert metrics["teacher"]["arch"] == "hf" and metrics["teacher"]["test_acc"] > 0.3  # a trained ViT, not retrained

@@ -3,6 +3,7 @@ line, validated before any work; every model trains as teacher and as student in
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -53,9 +54,10 @@ def test_every_entry_selected_from_yaml_and_command_line(kind, name, tmp_path):
             obj = cfg
             for part in SECTION[kind].split("."):
                 obj = getattr(obj, part) if not isinstance(obj, dict) else obj[part]
-            assert obj == {"name": name, **REQUIRED.get((kind, name), {})}  # no other entry's args leak in
             registry = {"datasets": DATASETS, "models": MODELS, "sources": SOURCES}[kind]
-            registry.validate(obj, SECTION[kind])  # the entry accepts its own defaults
+            assert obj["name"] == name and REQUIRED.get((kind, name), {}).items() <= obj.items()
+            assert set(obj) - {"name"} <= set(registry.get(name).config_params())  # no other entry's args leak in
+            registry.validate(obj, SECTION[kind])
         elif kind == "losses":
             assert cfg.distill.loss == name and LOSSES.get(name).name == name
         else:
@@ -71,13 +73,14 @@ def test_the_walk_covers_every_registry():
     assert len(entries()) == sum(len(r.names()) for r in ALL.values())
 
 
-TINY = ["data.name=digits", "teacher.train.epochs=0.5", "teacher.train.batch_size=128", "distill.samples=256",
+TINY = ["data.name=digits", "teacher.train.epochs=1", "teacher.train.batch_size=128", "distill.samples=256",
         "distill.batch_size=128", "eval.n=100", "eval.bootstrap=50", "eval.distributions=[test]",
         "distill.log_every=1"]
 SMALL_CNN = ["channels=[8,16]", "hidden=32"]
 IMAGE_MODELS = {  # each model's smallest sensible size on 8x8 digits
     "cnn": SMALL_CNN, "mlp": ["hidden=[32]"], "resnet18": [], "mobilenet_v3_small": ["width_mult=0.25"],
     "vit": ["patch_size=4", "hidden_size=32", "layers=1", "heads=2", "mlp_size=64"],
+    "torchvision": ["arch=mobilenet_v3_small", "image_size=32", "normalize=data"],  # no weights: trained here
 }
 
 
@@ -88,7 +91,8 @@ def kdx_run(tmp_path, name: str, overrides: list[str]):
 
 
 def test_every_trainable_model_has_a_tiny_run_here():
-    assert set(IMAGE_MODELS) | {"hf", "torchvision"} >= set(MODELS.names()), "a new model needs a tiny run"
+    # `hf` needs a save_pretrained folder: tests/test_own_teacher.py runs it through `kdx run`
+    assert set(IMAGE_MODELS) | {"hf"} >= set(MODELS.names()), "a new model needs a tiny run"
 
 
 @pytest.mark.parametrize("model", sorted(IMAGE_MODELS))
@@ -101,6 +105,7 @@ def test_model_as_teacher_and_as_student(model, tmp_path):
     assert as_teacher["teacher"]["arch"] == model and as_student["student"]["arch"] == model
     for m in (as_teacher, as_student):
         assert m["eval"]["test"]["n"] > 0 and m["train"]["steps"] == 2
-    # the teacher was really trained: a model family that cannot be built would have failed above, and a
-    # teacher that learned nothing sits at chance (10%) on digits
-    assert as_teacher["teacher"]["test_acc"] > 0.15 or model in ("vit", "mobilenet_v3_small")
+    # the teacher really trained (one epoch, 12 steps): its loss fell
+    log = Path(as_teacher["teacher"]["checkpoint"]).parent / "log.jsonl"
+    losses = [json.loads(line)["loss"] for line in log.read_text().splitlines()]
+    assert len(losses) == 12 and sum(losses[-3:]) < sum(losses[:3]), losses
