@@ -32,7 +32,7 @@ from kdx.models.wrap import wrap_model
 from kdx.probes import ProbeOptions
 from kdx.probes import probe as probe_run
 from kdx.rundir import CONFIG, FinishedRun
-from kdx.run import distill_and_evaluate, prepare_run_dir, validate_training
+from kdx.run import build_source, distill_and_evaluate, prepare_run_dir, validate_training
 
 
 @dataclasses.dataclass
@@ -81,13 +81,14 @@ def distill_student(teacher: nn.Module, student: nn.Module, data: Dataset, sourc
                               teacher=dataclasses.replace(cfg.teacher, model={"name": f"python:{type(teacher).__name__}"}),
                               student=dataclasses.replace(cfg.student, model={"name": f"python:{type(student).__name__}"}))
     source_spec = validate_training(cfg)
-    run_dir = Path(run_dir) if run_dir is not None else None
-    if run_dir is not None:
-        prepare_run_dir(run_dir, resume=False, overwrite=False)
-        write_text(run_dir / CONFIG, kconfig.to_yaml(cfg).rstrip() + f"\nkdx_version: {kdx.__version__}\n")
     t = _user_teacher(teacher, data, cfg, teacher_features, None)
     s = wrap_model(student, data, student_features, "student")
-    metrics = distill_and_evaluate(cfg, data, t, s, source_spec, run_dir)
+    source = build_source(cfg, data)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    if run_dir is not None:  # made once nothing can be refused any more, as `kdx run` does
+        prepare_run_dir(run_dir, resume=False, overwrite=False)
+        write_text(run_dir / CONFIG, kconfig.to_yaml(cfg).rstrip() + f"\nkdx_version: {kdx.__version__}\n")
+    metrics = distill_and_evaluate(cfg, data, t, s, source, source_spec, run_dir)
     return DistillResult(run_dir, cfg, data, t, s.eval(), metrics)
 
 

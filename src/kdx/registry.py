@@ -33,8 +33,8 @@ class Entry:
 
 
 class Registry:
-    def __init__(self, kind: str, package: str):
-        self.kind, self.package = kind, package
+    def __init__(self, kind: str, package: str, plural: str | None = None):
+        self.kind, self.package, self.plural = kind, package, plural or f"{kind}s"
         self._entries: dict[str, Entry] = {}
         self._loaded = False
 
@@ -65,7 +65,7 @@ class Registry:
         self._load()
         if name not in self._entries:
             raise KdxError(
-                f"unknown {self.kind} '{name}'. Registered {self.kind}s: {', '.join(self.names())} "
+                f"unknown {self.kind} '{name}'. Registered {self.plural}: {', '.join(self.names())} "
                 f"(`kdx list` describes them)"
             )
         return self._entries[name]
@@ -109,6 +109,6 @@ class Registry:
 DATASETS = Registry("dataset", "kdx.data")
 MODELS = Registry("model", "kdx.models")
 SOURCES = Registry("source", "kdx.sampling")
-LOSSES = Registry("loss", "kdx.distill.losses")
+LOSSES = Registry("loss", "kdx.distill.losses", "losses")
 HELDOUT = Registry("held-out distribution", "kdx.eval.heldout")
 ALL = {"datasets": DATASETS, "models": MODELS, "sources": SOURCES, "losses": LOSSES, "held-out": HELDOUT}

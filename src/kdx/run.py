@@ -17,17 +17,17 @@ import torch.distributed as dist
 import kdx
 from kdx import config as kconfig
 from kdx.data import load_dataset
+from kdx.device import resolve_device
 from kdx.distill.loop import distill
 from kdx.distill.losses import NEEDS_LABELS
-from kdx.device import resolve_device
-from kdx.models import build_model
 from kdx.distill.teacher import Teacher, get_teacher
 from kdx.errors import KdxError
 from kdx.eval import evaluate, heldout
 from kdx.io import save_torch, write_json, write_text
-from kdx.models import load_weights, num_params
+from kdx.models import build_model, load_weights, num_params, read_state_dict
 from kdx.registry import DATASETS, HELDOUT, LOSSES, MODELS, SOURCES
 from kdx.rundir import CHECKPOINT, CONFIG, METRICS, STUDENT
+from kdx.sampling.base import Source
 
 
 def validate_training(cfg: kconfig.RunConfig) -> dict:
@@ -47,8 +47,8 @@ def validate(cfg: kconfig.RunConfig) -> dict:
     MODELS.validate(cfg.teacher.model, "teacher.model")
     MODELS.validate(cfg.student.model, "student.model")
     for key, f in (("teacher.checkpoint", cfg.teacher.checkpoint), ("student.init", cfg.student.init)):
-        if f and not Path(f).is_file():
-            raise KdxError(f"{key}: {f} does not exist (or is not a file); give the path of a weights file")
+        if f:
+            read_state_dict(f, key)  # a missing or unreadable file is named now, before any work
     return validate_training(cfg)
 
 
@@ -67,13 +67,17 @@ def default_name(config_path: str | None, cfg: kconfig.RunConfig) -> str:
     return f"{stem}-{cfg.source['name']}-s{cfg.seed}"
 
 
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse an existing run directory unless resuming or overwriting; creates nothing."""
+    if run_dir.exists() and any(run_dir.iterdir()) and not (resume or overwrite):
+        raise KdxError(f"run directory {run_dir} exists; pass --resume to continue it (or skip it if "
+                       "finished) or --overwrite to start again")
+
+
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if overwrite:
-            shutil.rmtree(run_dir)
-        elif not resume:
-            raise KdxError(f"run directory {run_dir} exists; pass --resume to continue it (or skip it if "
-                           "finished) or --overwrite to start again")
+    check_run_dir(run_dir, resume, overwrite)
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -98,27 +102,22 @@ def execute(cfg: kconfig.RunConfig, run_dir: Path, resume: bool = False, overwri
     ddp = dist.is_initialized()
     main = not ddp or dist.get_rank() == 0  # the process that writes files and prints
     source_spec = validate(cfg)
-    if main:
-        prepare_run_dir(run_dir, resume, overwrite)
-    if ddp:
-        dist.barrier()  # the others look at run_dir once rank 0 has prepared it
-    if (run_dir / METRICS).exists():
+    check_run_dir(run_dir, resume, overwrite)
+    if resume and (run_dir / METRICS).exists():
         if main:
             print(f"{run_dir}: finished already; nothing to do")
         return run_dir
-    resolved = kconfig.to_dict(cfg)
-    resolved["kdx_version"] = kdx.__version__
     config_file = run_dir / CONFIG
-    if main and resume and config_file.exists():
+    if resume and config_file.exists():
         from omegaconf import OmegaConf
 
         old = OmegaConf.to_container(OmegaConf.load(config_file))
-        if old != resolved:
+        if old != {**kconfig.to_dict(cfg), "kdx_version": kdx.__version__}:
             raise KdxError(f"{run_dir} was started with another config; --resume needs the same config and "
                            "overrides (compare with its config.yaml), or use --overwrite")
-    if main:
-        write_text(config_file, kconfig.to_yaml(cfg).rstrip() + f"\nkdx_version: {kdx.__version__}\n")
 
+    # Everything that can fail on bad input (data, teacher, student weights) runs before the run directory
+    # is made, so a refused run leaves nothing behind to --overwrite.
     data = load_dataset(cfg.data)
     t0 = time.perf_counter()
     if ddp and not main:
@@ -127,25 +126,36 @@ def execute(cfg: kconfig.RunConfig, run_dir: Path, resume: bool = False, overwri
     if ddp and main:
         dist.barrier()
     teacher_seconds = time.perf_counter() - t0
+    source = build_source(cfg, data)
     student = build_model(cfg.student.model, data, "student.model", cfg.seed)
     if cfg.student.init:
         load_weights(student, cfg.student.init, "student.init")
-    distill_and_evaluate(cfg, data, teacher, student, source_spec, run_dir, resume, ddp, teacher_seconds)
+    if main:
+        prepare_run_dir(run_dir, resume, overwrite)
+        write_text(config_file, kconfig.to_yaml(cfg).rstrip() + f"\nkdx_version: {kdx.__version__}\n")
+    if ddp:
+        dist.barrier()  # the others write into run_dir once rank 0 has made it
+    distill_and_evaluate(cfg, data, teacher, student, source, source_spec, run_dir, resume, ddp, teacher_seconds)
     if ddp:
         dist.barrier()  # every rank returns once rank 0 has written everything
     return run_dir
 
 
-def distill_and_evaluate(cfg: kconfig.RunConfig, data, teacher: Teacher, student: torch.nn.Module,
+def build_source(cfg: kconfig.RunConfig, data) -> Source:
+    """The run's source, checked against the loss (one-hot parts need labels)."""
+    source = SOURCES.build(cfg.source, "source", data=data, seed=cfg.seed)
+    check_source_fits_loss(cfg.distill, source)
+    return source
+
+
+def distill_and_evaluate(cfg: kconfig.RunConfig, data, teacher: Teacher, student: torch.nn.Module, source: Source,
                          source_spec: dict, run_dir: Path | None = None, resume: bool = False, ddp: bool = False,
                          teacher_seconds: float | None = None) -> dict | None:
     """The part of a run that both `kdx run` and the Python API (kdx.distill_student) go through: the
     source, the loop, the student saved, eval on the held-out distributions, metrics.json. Returns the
     metrics (None on ranks other than 0)."""
     main = not ddp or dist.get_rank() == 0
-    source = SOURCES.build(cfg.source, "source", data=data, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
-    check_source_fits_loss(cfg.distill, source)
     desc = run_dir.name if run_dir else "distill"
     train_stats = distill(student, source, cfg.distill, cfg.seed, teacher, run_dir, resume, desc, ddp)
     if main and run_dir:
