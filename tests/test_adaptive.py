@@ -382,7 +382,7 @@ def test_state_round_trip_resumes_the_same_stream():
     assert ma.history == mb.history and torch.equal(ma.weights, mb.weights)
 
 
-def test_registered_sources_build_through_the_registry_and_train_a_step(digits_teacher_light):
+def test_registered_sources_build_through_the_registry_and_make_batches(digits_teacher_light):
     """adaptive over every kind of candidate, and adaptive_mixture over real sources, on digits."""
     data, teacher = digits_teacher_light
     student = kdx_student(data)
