@@ -59,6 +59,11 @@ class Source:
     def load_state_dict(self, state: dict) -> None:
         pass
 
+    def accounting(self) -> dict:
+        """The source's own model forwards (e.g. scoring candidates: kdx.sampling.adaptive), as counts
+        of inputs; the loop adds its own. Empty for sources that run no model."""
+        return {}
+
 
 class PoolSource(Source):
     """A fixed pool of stored inputs, drawn without replacement in per-epoch permutations."""

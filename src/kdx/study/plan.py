@@ -35,6 +35,12 @@ class StudyConfig:
         default_factory=lambda: ["test", "train_subset", "gaussian_noise-2", "rotation-2", "uniform_noise"])
 
 
+# keys of a source spec that belong to the study, not to the source: `label` names the run;
+# `samples_scale` multiplies distill.samples for that source's runs (e.g. equal teacher forwards
+# for a source that scores 2 candidates per input trained on: samples_scale 0.5)
+STUDY_KEYS = ("label", "samples_scale")
+
+
 @dataclasses.dataclass
 class PlannedRun:
     name: str
@@ -46,7 +52,8 @@ def _label(spec: dict) -> str:
     """A short, filesystem-safe name for a source or student spec: its label, or name+args."""
     if "label" in spec:
         return str(spec["label"])
-    args = "-".join(f"{k}{v}" for k, v in spec.items() if k != "name" and not isinstance(v, (list, dict)))
+    args = "-".join(f"{k}{v}" for k, v in spec.items()
+                    if k not in ("name", *STUDY_KEYS) and not isinstance(v, (list, dict)))
     return re.sub(r"[^A-Za-z0-9_.+-]", "", spec["name"] + ("-" + args if args else ""))
 
 
@@ -59,10 +66,12 @@ def plan(study_path: str | Path, overrides: list[str] = ()) -> tuple[StudyConfig
     axes = {"source": study.sources, "loss": study.loss or [None], "temperature": study.temperature or [None],
             "switch_at": study.switch_at or ["base"], "student": study.student or [None], "seed": study.seeds}
     runs = []
-    strip = lambda spec: {k: v for k, v in spec.items() if k != "label"}  # noqa: E731
+    strip = lambda spec: {k: v for k, v in spec.items() if k not in STUDY_KEYS}  # noqa: E731
     for source, loss, temp, switch, student, seed in itertools.product(*axes.values()):
         distill = dataclasses.replace(base_cfg.distill, **{k: v for k, v in
                                                            {"loss": loss, "temperature": temp}.items() if v is not None})
+        if "samples_scale" in source:
+            distill = dataclasses.replace(distill, samples=max(1, round(distill.samples * float(source["samples_scale"]))))
         if switch != "base":
             distill = dataclasses.replace(distill, switch_at=switch)
         cfg = dataclasses.replace(base_cfg, source=strip(source), seed=seed, distill=distill)
