@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from kdx.models import predict
-from kdx.probes.neighbors import Projection, kmeans, search, self_neighbors
+from kdx.neighbors import Projection, kmeans, search, self_neighbors
 from kdx.rundir import load_run
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-import kdx.cli
+from kdx.cli import app
 from conftest import FAST
 from kdx.data.base import Dataset
 from kdx.errors import KdxError
@@ -22,7 +22,6 @@ from kdx.sampling.adaptive import SCORES, AdaptiveSource, pick_rows, power_floor
 from kdx.sampling.bandit import AdaptiveMixture
 from kdx.sampling.base import Batch, Source, step_generator
 
-kdx.cli._register_all()
 CPU = torch.device("cpu")
 K = 6  # classes of the stub models
 RULES = [s for s in SCORES if s != "region"]
@@ -396,7 +395,7 @@ def test_registered_sources_build_through_the_registry_and_make_batches(digits_t
              {"name": "adaptive_mixture", "components": [{"name": "train"}, {"name": "noise", "weight": 3}]}]
     for spec in specs:
         src = SOURCES.build(spec, "source", data=data, seed=0)
-        src.setup(CPU, teacher.outputs, teacher=teacher.model, student=student)
+        src.setup(CPU, teacher.logits, teacher=teacher.model, student=student)
         b = src.batch(0, 24)
         assert b.x.shape == (24, *data.input_shape) and torch.isfinite(b.x).all()
         assert src.accounting()["candidates_drawn"] >= 24
@@ -405,16 +404,16 @@ def test_registered_sources_build_through_the_registry_and_make_batches(digits_t
 @pytest.fixture(scope="module")
 def digits_teacher_light(kdx_cache):
     from kdx import config as kconfig
-    from kdx.data import load
+    from kdx.data import load_dataset
     from kdx.distill.teacher import get_teacher
 
     cfg = kconfig.load_config(None, TINY)
-    data = load(cfg.data)
+    data = load_dataset(cfg.data)
     return data, get_teacher(cfg, data)
 
 
 def kdx_student(data):
-    from kdx.distill.teacher import build_model
+    from kdx.models import build_model
 
     return build_model({"name": "cnn", "channels": [8, 16], "hidden": 32}, data, "student", 0)
 
@@ -474,7 +473,7 @@ def test_cli_adaptive_run_beats_chance(digits_teacher_light, tmp_path):
 
     args = ["run", *TINY, "distill.samples=6400", "source.name=adaptive", "source.candidates.name=train",
             "source.score=kl", "--runs-dir", str(tmp_path), "--name", "cli"]
-    res = CliRunner().invoke(kdx.cli.app, args)
+    res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "cli" / "metrics.json").read_text())
     assert m["source"]["name"] == "adaptive" and m["source"]["candidates"] == {"name": "train"}
@@ -482,37 +481,7 @@ def test_cli_adaptive_run_beats_chance(digits_teacher_light, tmp_path):
     assert m["eval"]["test"]["student_acc"] > 0.6  # 10 classes: chance is 0.1
 
 
-def _typed_without_spec_args(schema):
-    """kdx.config's, for schemas where a registry section's parent is a list (StudyConfig.student):
-    OmegaConf.select(typed, "student.model") raises there ("Index 'model' (str) is not an int"), so
-    at a1ba5f9 no study plans. Used only where that bug is present (config.py is not this branch's)."""
-    from omegaconf import DictConfig, OmegaConf
-
-    from kdx.config import SPEC_SECTIONS
-
-    typed = OmegaConf.structured(schema)
-    for sec in SPEC_SECTIONS:
-        parent, _, last = sec.rpartition(".")
-        node = OmegaConf.select(typed, parent) if parent else typed
-        if isinstance(node, DictConfig) and node.get(last) is not None:
-            OmegaConf.update(typed, sec, {}, merge=False)
-    return typed
-
-
-@pytest.fixture
-def plannable_studies(monkeypatch):
-    import kdx.config
-    from kdx.study import plan
-
-    try:
-        plan(Path(__file__).parents[1] / "configs" / "studies" / "sources_mnist1d.yaml")
-    except KdxError as e:
-        if "Index 'model'" not in str(e):
-            raise
-        monkeypatch.setattr(kdx.config, "_typed_without_spec_args", _typed_without_spec_args)
-
-
-def test_shipped_studies_plan_with_equal_teacher_forwards(plannable_studies):
+def test_shipped_studies_plan_with_equal_teacher_forwards():
     """Both studies expand and validate (no run); the budgets give every run the same teacher forwards."""
     from kdx.study import plan
 
@@ -535,3 +504,22 @@ def test_shipped_studies_plan_with_equal_teacher_forwards(plannable_studies):
     study, runs = plan(root / "adaptive_limited.yaml")
     assert any(r.cfg.source["name"] == "adaptive_mixture" for r in runs)
     assert all(r.cfg.data.get("train_split") == 0.2 for r in runs)
+
+
+def test_metrics_account_for_every_forward(digits_teacher, tmp_path):
+    """metrics.json's train.accounting adds the loop's teacher forwards and cache lookups to the source's
+    scoring forwards: a fixed pool is all lookups; a kl-scored adaptive run doubles the teacher's work."""
+    from conftest import run_fast
+    from kdx.rundir import read_metrics
+
+    fixed = read_metrics(run_fast(tmp_path, "distill.samples=1280", name="fixed"))["train"]["accounting"]
+    assert fixed == {"samples_trained": 1280, "teacher_forwards": 0, "teacher_cache_lookups": 1280,
+                     "teacher_queries": 1280, "student_forwards": 1280, "source": {}}
+    noise = read_metrics(run_fast(tmp_path, "distill.samples=1280", "source.name=noise", name="noise"))
+    assert noise["train"]["accounting"]["teacher_forwards"] == 1280
+    adaptive = read_metrics(run_fast(tmp_path, "distill.samples=1280", "source.name=adaptive",
+                                     "source.candidates.name=noise", "source.score=kl", name="adaptive"))
+    cost = adaptive["train"]["accounting"]
+    # 2x oversampled candidates, all scored by both models; the chosen rows' logits are passed on
+    assert cost["source"]["teacher_forwards"] == 2560 and cost["teacher_forwards"] == 2560
+    assert cost["teacher_cache_lookups"] == 1280 and cost["student_forwards"] == 1280 + 2560

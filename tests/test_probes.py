@@ -13,7 +13,7 @@ from kdx.errors import KdxError
 from kdx.probes import deviation, regions
 from kdx.theory import eigen
 from kdx.cli.probe import probe_app
-from kdx.probes.neighbors import kmeans, self_neighbors
+from kdx.neighbors import kmeans, self_neighbors
 
 
 def test_phi_is_exact_from_logits_and_clips_probabilities_at_1e_9():

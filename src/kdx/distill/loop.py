@@ -88,6 +88,8 @@ def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, seed: 
     sched = build_schedule(opt, cfg.schedule, steps, cfg.warmup)
 
     start = 0
+    # Inputs the teacher ran on here, and inputs whose logits the source looked up (cached for fixed inputs)
+    counts = {"teacher_forwards": 0, "teacher_cache_lookups": 0}
     ckpt_path = run_dir / CHECKPOINT if run_dir else None
     if resume and ckpt_path and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
@@ -95,12 +97,14 @@ def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, seed: 
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["schedule"])
         source.load_state_dict(state["source"])
+        counts = state.get("counts", counts)
         start = state["step"]
 
     def save_checkpoint(step: int):
         if ckpt_path:
             save_torch(ckpt_path, {"student": student.state_dict(), "optimizer": opt.state_dict(),
-                                   "schedule": sched.state_dict(), "source": source.state_dict(), "step": step})
+                                   "schedule": sched.state_dict(), "source": source.state_dict(), "step": step,
+                                   "counts": dict(counts)})
 
     log = open(run_dir / LOG, "a") if run_dir and rank == 0 else None
     bar = tqdm(total=steps, initial=start, desc=desc, disable=rank > 0 or not sys.stderr.isatty(), leave=False)
@@ -115,6 +119,9 @@ def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, seed: 
             if t_logits is None and loss_name not in NEEDS_LABELS:
                 with torch.no_grad():
                     t_logits = teacher_forward(x)
+                counts["teacher_forwards"] += len(x)
+            elif t_logits is not None:
+                counts["teacher_cache_lookups"] += len(x)
             s_logits = forward(x)
             loss = LOSSES.get(loss_name).fn(s_logits.float(), None if t_logits is None else t_logits.float(),
                                             batch.y, cfg.temperature)
@@ -155,7 +162,26 @@ def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, seed: 
     trained = (steps - start) * cfg.batch_size
     return {"steps": steps, "samples": steps * cfg.batch_size, "seconds": seconds,
             "samples_per_s": trained / max(seconds, 1e-9), "resumed_from_step": start,
-            "final_loss": value, **peak_memory(device, ddp)}
+            "final_loss": value, "accounting": accounting(counts, source, steps * cfg.batch_size, ddp, device),
+            **peak_memory(device, ddp)}
+
+
+def accounting(counts: dict, source: Source, samples: int, ddp: bool, device: torch.device) -> dict:
+    """What the run cost in model forwards, so studies can compare sources at equal teacher queries, not
+    only at equal steps: the loop's own counts plus the source's (an adaptive source scores candidates).
+    Counts are inputs, summed over ranks; `teacher_queries` = forwards + cache lookups."""
+    extra = source.accounting()
+    numbers = {k: v for k, v in extra.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    teacher = counts["teacher_forwards"] + numbers.get("teacher_forwards", 0)
+    student = numbers.get("student_forwards", 0)  # scoring forwards (no grad); training adds `samples`
+    totals = [teacher, counts["teacher_cache_lookups"], student]
+    if ddp:
+        t = torch.tensor(totals, dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        totals = [int(v) for v in t.tolist()]
+    return {"samples_trained": samples, "teacher_forwards": totals[0], "teacher_cache_lookups": totals[1],
+            "teacher_queries": totals[0] + totals[1], "student_forwards": samples + totals[2],
+            "source": extra}
 
 
 def peak_memory(device: torch.device, ddp: bool = False) -> dict:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from kdx.io import pyplot, save_figure
-from kdx.probes.neighbors import search, self_neighbors
+from kdx.neighbors import search, self_neighbors
 
 UMAP_NEIGHBORS = 15
 

@@ -16,7 +16,7 @@ from kdx.models import predict
 from kdx.errors import KdxError
 from kdx.probes import deviation, maps, regions
 from kdx.io import read_parquet_meta, save_arrays, save_csv, save_json, save_parquet
-from kdx.probes.neighbors import Projection, kmeans, search
+from kdx.neighbors import Projection, kmeans, search
 from kdx.rundir import PROBES, STUDENT, load_run
 
 DEFAULT_ON = ["train_subset", "test"]

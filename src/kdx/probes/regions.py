@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from kdx.io import pyplot, save_figure
-from kdx.probes.neighbors import search
+from kdx.neighbors import search
 
 
 def coverage(eval_features: np.ndarray, source_features: np.ndarray) -> np.ndarray:

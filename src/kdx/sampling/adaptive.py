@@ -48,6 +48,8 @@ import torch
 
 from kdx.data.base import Dataset, as_float
 from kdx.errors import KdxError
+from kdx.models import predict
+from kdx.neighbors import Projection, kmeans
 from kdx.registry import SOURCES
 from kdx.sampling.base import Batch, PoolSource, Source, step_generator
 
@@ -140,14 +142,10 @@ class Scorer:
         self.counts = dict.fromkeys(COUNTS, 0)
 
     def run_teacher(self, x: torch.Tensor, features: bool = False):
-        from kdx.distill.teacher import predict  # here: kdx.distill imports kdx.sampling
-
         self.counts["teacher_forwards"] += len(x)
         return predict(self.teacher, x, batch_size=max(1024, len(x)), features=features)
 
     def run_student(self, x: torch.Tensor) -> torch.Tensor:
-        from kdx.distill.teacher import predict
-
         self.counts["student_forwards"] += len(x)
         return predict(self.student, x, batch_size=max(1024, len(x)))
 
@@ -228,7 +226,6 @@ class AdaptiveSource(Source):
     # ---- regions ----------------------------------------------------------------------------
     def _regions(self) -> None:
         """k-means regions of the teacher's features over the pool, once (kept in the state)."""
-        from kdx.probes.neighbors import Projection, kmeans
 
         logits, feats = self.scorer.run_teacher(self.cand.x, features=True)
         feats = feats.cpu().numpy()

@@ -13,6 +13,7 @@ import numpy as np
 
 from kdx.eval.statistics import mean_interval
 from kdx.io import figure_png, pyplot, write_text
+from kdx.rundir import read_metrics
 
 METRICS = ["n", "teacher_acc", "student_acc", "agreement", "kl_teacher_student", "tv", "teacher_nll", "student_nll",
            "teacher_ece", "student_ece", "acc_diff", "acc_diff_ci", "mcnemar_p"]
@@ -33,7 +34,7 @@ def collect(runs, out: Path) -> list[dict]:
     rows = []
     for r in runs:
         run_dir = out / "runs" / r.name
-        m = json.loads((run_dir / "metrics.json").read_text())
+        m = read_metrics(run_dir)
         slopes = _slopes(run_dir)
         for dist, e in m["eval"].items():
             row = {"run": r.name, **{k: v for k, v in r.axes.items()}, "distribution": dist}
@@ -44,6 +45,9 @@ def collect(runs, out: Path) -> list[dict]:
                     row[k] = e[k]
             row["deviation_slope"] = slopes.get(dist)
             row["train_seconds"] = m["train"]["seconds"]
+            cost = m["train"].get("accounting", {})  # runs written before kdx counted forwards lack it
+            for k in ("teacher_queries", "teacher_forwards", "student_forwards"):
+                row[k] = cost.get(k)
             rows.append(row)
     return rows
 
