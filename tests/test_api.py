@@ -46,7 +46,7 @@ def user_teacher(digits):
     net = Net(32)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     x, y = digits.x_train.float() / 255, digits.y_train
-    for _ in range(25):
+    for _ in range(12):
         for i in range(0, len(x), 64):
             opt.zero_grad()
             nn.functional.cross_entropy(net(x[i:i + 64]), y[i:i + 64]).backward()
