@@ -8,7 +8,7 @@ import dataclasses
 import torch
 
 from kdx.data import load_dataset
-from kdx.data.base import Dataset, as_float
+from kdx.data.base import Dataset, model_input
 from kdx.data.transforms import gaussian_blur, rotate, translate
 from kdx.errors import KdxError
 from kdx.registry import HELDOUT
@@ -42,7 +42,7 @@ def load(name: str, data: Dataset, n: int, seed: int) -> HeldOut:
 def _test_subset(data: Dataset, n: int, seed: int):
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(data.x_test), generator=g)[:n]
-    return as_float(data.x_test[idx]), data.y_test[idx], g
+    return model_input(data.x_test[idx]), data.y_test[idx], g
 
 
 def _severity(severity: int, levels: tuple) -> float:

@@ -11,7 +11,7 @@ import hashlib
 
 import torch
 
-from kdx.data.base import Dataset, as_float
+from kdx.data.base import Dataset, model_input
 
 
 @dataclasses.dataclass
@@ -106,7 +106,7 @@ class PoolSource(Source):
         from kdx.sampling.augment import AUGMENTS
 
         idx = self.indices(n)
-        x, y = as_float(self.x[idx]), (self.y[idx] if self.y is not None else None)
+        x, y = model_input(self.x[idx]), (self.y[idx] if self.y is not None else None)
         if self.augment == "none":
             return Batch(x, y, self.cached_logits[idx] if self.cached_logits is not None else None)
         g = step_generator(self.seed, step, self.device, "augment")
