@@ -26,6 +26,7 @@ import torch
 from kdx.errors import KdxError
 
 MODALITIES = ("image", "signal", "text")
+PLURAL = {"image": "images", "signal": "signals", "text": "text"}
 
 
 @dataclasses.dataclass
@@ -124,8 +125,8 @@ class Dataset:
         """Refuse data of another modality: `what` (e.g. "held-out 'blur'") needs one of `modalities`."""
         modalities = (modalities,) if isinstance(modalities, str) else tuple(modalities)
         if self.modality not in modalities:
-            raise KdxError(f"{what} needs {' or '.join(m + ' data' for m in modalities)}; dataset '{self.name}' "
-                           f"holds {self.modality}" + (f": use {instead}" if instead else ""))
+            raise KdxError(f"{what} needs {' or '.join(PLURAL[m] for m in modalities)}; dataset '{self.name}' "
+                           f"holds {PLURAL[self.modality]}" + (f": use {instead}" if instead else ""))
 
     # -- continuous modalities: the input box
     def channel_view(self, v: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """Registered models, and the helpers every stage uses on them; importing this package registers them all."""
-from kdx.models import cnn, torchvision_models, vit  # noqa: F401
+from kdx.models import cnn, text, torchvision_models, vit  # noqa: F401
 from kdx.models.base import Classifier, build_model, load_weights, num_params, predict, read_state_dict
 
 __all__ = ["Classifier", "build_model", "load_weights", "num_params", "predict", "read_state_dict"]
