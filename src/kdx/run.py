@@ -23,7 +23,7 @@ from kdx.device import resolve_device
 from kdx.models import build_model
 from kdx.distill.teacher import get_teacher
 from kdx.errors import KdxError
-from kdx.eval import evaluate, heldout
+from kdx.eval import distribution_names, evaluate, heldout
 from kdx.io import save_torch, write_json, write_text
 from kdx.models import load_weights, num_params
 from kdx.registry import DATASETS, HELDOUT, LOSSES, MODELS, SOURCES
@@ -111,6 +111,7 @@ def execute(cfg: kconfig.RunConfig, run_dir: Path, resume: bool = False, overwri
         write_text(config_file, kconfig.to_yaml(cfg).rstrip() + f"\nkdx_version: {kdx.__version__}\n")
 
     data = load_dataset(cfg.data)
+    heldout.check(distribution_names(cfg.eval, data), data, cfg.eval.n, cfg.eval.seed)  # fits the data? before training
     t0 = time.perf_counter()
     if ddp and not main:
         dist.barrier()  # rank 0 finds or trains (in one process) the teacher; the others then load it
