@@ -29,7 +29,7 @@ def _corpus(n: int, seed: int):
         label = i % len(TOPICS)
         words = TOPICS[list(TOPICS)[label]].split()
         length = rng.randint(5, 30)
-        text = " ".join(rng.choice(words) if rng.random() < 0.35 else rng.choice(COMMON) for _ in range(length))
+        text = " ".join(rng.choice(words) if rng.random() < 0.5 else rng.choice(COMMON) for _ in range(length))
         short = " ".join(rng.choice(words) if rng.random() < 0.5 else rng.choice(COMMON) for _ in range(3))
         rows.append({"text": text, "label": label, "short": short})
     return rows
@@ -53,8 +53,9 @@ def text_args(corpus_dir):
         "data.name=hf_text", f"data.path={corpus_dir}", "data.max_length=24", "data.vocab_size=200",
         "data.domain_column=short",
         "teacher.model.name=bert", "teacher.model.layers=1", "teacher.model.hidden=32", "teacher.model.heads=2",
-        "teacher.model.intermediate=64", "teacher.train.epochs=12", "teacher.train.batch_size=32",
+        "teacher.model.intermediate=64", "teacher.train.epochs=20", "teacher.train.batch_size=32",
         "teacher.train.optimizer=adamw", "teacher.train.lr=0.003", "teacher.train.weight_decay=0.01",
+        "teacher.train.schedule=cosine",
         "student.model.name=bag_of_embeddings", "student.model.dim=16", "student.model.hidden=[32]",
         "distill.samples=4000", "distill.batch_size=64", "distill.optimizer=adamw", "distill.lr=0.01",
         "distill.checkpoint_every=5", "distill.log_every=5", "eval.n=200", "eval.bootstrap=100",
@@ -131,7 +132,7 @@ def test_every_text_source_yields_valid_ids_and_masks(text_teacher, spec):
             top[[data.pad_id, *data.special_ids]] = 0
             assert counts[top.argmax()] > counts[data.candidate_ids()].float().mean() * 3
     if spec.get("augment") == "word_dropout":  # a view, shorter than the stored input
-        assert (x != data.pad_id).sum() < (data.x_train != data.pad_id).float().mean() * 200
+        assert (x != data.pad_id).sum() < (data.x_train != data.pad_id).sum(1).float().mean() * 200 * 0.9
 
 
 def test_tokenizer_dir_missing_a_file_is_a_clear_error(text_teacher, tmp_path, corpus_dir):

@@ -222,9 +222,9 @@ def truncation(data: Dataset, n: int, seed: int, severity: int = 2):
     x = data.x_test[idx].clone()
     bos, eos = template(data)
     lengths = (x != data.pad_id).sum(1)
-    inner = lengths - (bos is not None) - (eos is not None)
-    keep = (inner.float() * _severity(severity, (0.75, 0.50, 0.25))).ceil().long().clamp_min(1)
-    new_len = keep + (bos is not None) + (eos is not None)
+    ends = int(bos is not None) + int(eos is not None)
+    keep = ((lengths - ends).float() * _severity(severity, (0.75, 0.50, 0.25))).ceil().long().clamp_min(1)
+    new_len = keep + ends
     pos = torch.arange(x.shape[1]).expand_as(x)
     x = x.masked_fill(pos >= new_len.view(-1, 1), data.pad_id)
     if eos is not None:
