@@ -141,7 +141,7 @@ def downstream(data: Dataset, n: int, seed: int, dataset: str = ""):
     """The held-out (test) split of a registered downstream dataset, e.g. downstream:fashion_mnist_upper."""
     other = load_dataset({"name": dataset}, f"held-out downstream:{dataset}")
     if other.modality != data.modality:
-        raise KdxError(f"held-out downstream:{dataset} holds {other.modality}, the teacher takes {data.modality}")
+        raise KdxError(f"held-out downstream:{dataset} has {other.modality} inputs, the teacher takes {data.modality} inputs")
     if data.is_text:  # another corpus, tokenised as the teacher's data
         idx = torch.randperm(len(other.x_test), generator=torch.Generator().manual_seed(seed))[:n]
         x = data.encode([other.texts["test"][i] for i in idx.tolist()])

@@ -19,7 +19,7 @@ def downstream(data: Dataset, seed: int, dataset: str = "fashion_mnist_shifted",
     if split not in splits:
         raise KdxError(f"source 'downstream': split must be one of {', '.join(splits)} for dataset '{other.name}', got '{split}'")
     if other.modality != data.modality:
-        raise KdxError(f"source 'downstream': dataset '{other.name}' holds {other.modality}, the teacher takes {data.modality}")
+        raise KdxError(f"source 'downstream': dataset '{other.name}' has {other.modality} inputs, the teacher takes {data.modality} inputs")
     x = other.x_train if split == "train" else other.x_test if split == "test" else other.extra[split][0]
     if data.is_text and other is not data:  # another corpus: its raw texts, tokenised as the teacher's data
         x = data.encode(other.texts[split])
