@@ -229,3 +229,25 @@ def test_a_text_run_with_an_image_held_out_set_fails_before_training(text_teache
     with pytest.raises(KdxError, match="held-out 'blur' needs images"):
         run(None, text_args(corpus_dir) + ["eval.distributions=[test,blur-2]"], str(tmp_path), "r")
     assert not (tmp_path / "r" / "log.jsonl").exists()
+
+
+def test_probe_and_explorer_work_on_text_and_show_decoded_inputs(text_teacher, corpus_dir, tmp_path):
+    import numpy as np
+
+    from kdx.explore import build
+    from kdx.probes import ProbeOptions, probe
+    from kdx.run import run
+
+    _, data, _ = text_teacher
+    run_dir = run(None, text_args(corpus_dir) + ["source.name=noise", "source.kind=unigram", "distill.samples=640",
+                                                 "eval.distributions=[test,train_subset]"], str(tmp_path), "p")
+    summary = probe(run_dir, ProbeOptions(source_n=300, map_source_n=100, map_epochs=20, regions=4, resamples=50))
+    assert summary["map"] == "computed"
+    dev = json.loads((run_dir / "probes" / "deviation.json").read_text())
+    assert "slope" in dev["distributions"]["test"]["teacher_top1"]
+    kept = np.load(run_dir / "probes" / "map_arrays.npz")["distill_x"]
+    assert kept.dtype == np.int32 and kept.max() < data.vocab_size  # token ids kept exactly
+    page = (build(run_dir, tmp_path / "page", False) / "index.html").read_text()
+    assert '"texts":[' in page
+    for text in data.decode(data.x_test[:3]):  # the test points' decoded inputs are on the page
+        assert json.dumps(text)[1:-1] in page
