@@ -251,3 +251,24 @@ def test_probe_and_explorer_work_on_text_and_show_decoded_inputs(text_teacher, c
     assert '"texts":[' in page
     for text in data.decode(data.x_test[:3]):  # the test points' decoded inputs are on the page
         assert json.dumps(text)[1:-1] in page
+
+
+def test_bert_from_a_save_pretrained_folder(text_teacher, tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from kdx.models import build_model, predict
+
+    _, data, _ = text_teacher
+    cfg = BertConfig(vocab_size=data.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=data.max_length, num_labels=data.num_classes)
+    BertForSequenceClassification(cfg).save_pretrained(str(tmp_path / "bert"))
+    model = build_model({"name": "bert", "path": str(tmp_path / "bert")}, data, "teacher.model", 0)
+    assert model.weight_files == [str(tmp_path / "bert")]  # arrives trained: used as it is
+    logits, feats = predict(model, data.x_test[:8], features=True)
+    assert logits.shape == (8, data.num_classes) and feats.shape == (8, 16)
+    small = BertConfig(vocab_size=10, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    BertForSequenceClassification(small).save_pretrained(str(tmp_path / "small"))
+    with pytest.raises(KdxError, match="takes 10 tokens.*tokenise with its tokenizer"):
+        build_model({"name": "bert", "path": str(tmp_path / "small")}, data, "teacher.model", 0)
+    with pytest.raises(KdxError, match="no config.json"):
+        build_model({"name": "bert", "path": str(tmp_path)}, data, "teacher.model", 0)
