@@ -161,7 +161,7 @@ def test_tokenizer_dir_missing_a_file_is_a_clear_error(text_teacher, tmp_path, c
 
 def test_text_run_killed_resumes_bit_identical(text_teacher, corpus_dir, tmp_path):
     args = text_args(corpus_dir) + [
-        "source.name=mixture", "distill.samples=6400", "distill.checkpoint_every=10",
+        "source.name=mixture", "distill.samples=3200", "distill.checkpoint_every=10",
         "source.components=[{name: train, augment: word_swap}, {name: noise, kind: unigram}, "
         "{name: hotflip, batch: 64, pool_size: 256, refresh_every: 4}]",
         "eval.distributions=[test,typos-2,random_tokens]"]
