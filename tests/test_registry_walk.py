@@ -88,7 +88,9 @@ def kdx_run(tmp_path, name: str, overrides: list[str]):
 
 
 def test_every_trainable_model_has_a_tiny_run_here():
-    assert set(IMAGE_MODELS) | {"hf", "torchvision"} >= set(MODELS.names()), "a new model needs a tiny run"
+    from test_text import TEXT_MODELS  # the text models' tiny runs are in tests/test_text.py
+
+    assert set(IMAGE_MODELS) | set(TEXT_MODELS) | {"hf", "torchvision"} >= set(MODELS.names()), "a new model needs a tiny run"
 
 
 @pytest.mark.parametrize("model", sorted(IMAGE_MODELS))

@@ -272,3 +272,22 @@ def test_bert_from_a_save_pretrained_folder(text_teacher, tmp_path):
         build_model({"name": "bert", "path": str(tmp_path / "small")}, data, "teacher.model", 0)
     with pytest.raises(KdxError, match="no config.json"):
         build_model({"name": "bert", "path": str(tmp_path)}, data, "teacher.model", 0)
+
+
+# each text model's smallest sensible size (tests/test_registry_walk.py checks every model has a tiny run)
+TEXT_MODELS = {"bert": ["layers=1", "hidden=16", "heads=2", "intermediate=32"],
+               "bag_of_embeddings": ["dim=16", "hidden=[16]"], "text_cnn": ["dim=16", "channels=16", "kernels=[3]"]}
+
+
+@pytest.mark.parametrize("model", sorted(TEXT_MODELS))
+def test_text_model_as_teacher_and_as_student(model, corpus_dir, tmp_path):
+    from kdx.run import run
+
+    base = text_args(corpus_dir) + ["teacher.train.epochs=1", "distill.samples=256", "eval.distributions=[test]"]
+    args = TEXT_MODELS[model]
+    for role, other in (("teacher", "student"), ("student", "teacher")):
+        spec = [f"{role}.model.name={model}", *(f"{role}.model.{a}" for a in args),
+                f"{other}.model.name=bag_of_embeddings", f"{other}.model.dim=16", f"{other}.model.hidden=[16]"]
+        base_no_models = [a for a in base if not a.startswith(("teacher.model.", "student.model."))]
+        m = json.loads((run(None, base_no_models + spec, str(tmp_path), role) / "metrics.json").read_text())
+        assert m[role]["arch"] == model and m["eval"]["test"]["n"] == 400
