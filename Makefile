@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 RUNS   ?= runs
 
-.PHONY: install demo test fashion-mnist chromium clean
+.PHONY: install demo demo-text test fashion-mnist chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,21 @@ fashion-mnist: install
 # writes report.html under $(RUNS)/studies/sources_mnist1d/. A second `make demo` reuses everything.
 demo: install
 	$(BIN)/kdx study configs/studies/sources_mnist1d.yaml --runs-dir $(RUNS)
+
+# Text: Debian package descriptions -> Section, built offline from apt's lists (fetching the English
+# Translation files first when they are absent), then the sources_text study (7 sources x 3 seeds, BERT
+# teacher). One thread a process: on the shared 2-core CPU two-thread torch ran BERT training 15x slower.
+# configs/text_debian.yaml's data.path
+DEBIAN = data/debian-descriptions
+demo-text: install
+	@if [ ! -f $(DEBIAN)/dataset_dict.json ]; then \
+	  if ! ls /var/lib/apt/lists/*_i18n_Translation-en* >/dev/null 2>&1; then \
+	    if [ "$$(id -u)" = 0 ]; then apt-get -o Acquire::Languages=en update -q; \
+	    else sudo apt-get -o Acquire::Languages=en update -q; fi; \
+	  fi; \
+	  $(BIN)/kdx data build debian-descriptions --out $(DEBIAN); \
+	fi
+	OMP_NUM_THREADS=1 $(BIN)/kdx study configs/studies/sources_text.yaml --runs-dir $(RUNS) --workers 2
 
 # Chromium for the explorer's browser tests (playwright drives /usr/bin/chromium; its own browser
 # download is not used). Without root or apt those tests skip, saying why.

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdx.data.base import as_float
+from kdx.data.base import model_input
 from kdx.errors import KdxError
 from kdx.models.hf import match_labels
 from kdx.models.torchvision_pretrained import expected_input
@@ -70,7 +70,7 @@ def processor_logits(path, model, x01):
 def test_hf_vit_matches_processor_and_model_in_dataset_order(digits, vit_dir):
     path, raw = vit_dir
     wrapped = build(digits, name="hf", path=str(path))
-    x = as_float(digits.x_test[:12])
+    x = model_input(digits.x_test[:12])
     with torch.no_grad():
         logits, feats = wrapped(x, return_features=True)
     label2id = {v: k for k, v in SHUFFLED.items()}
@@ -102,7 +102,7 @@ def test_hf_cnn_with_resize_and_crop(digits, tmp_path, kind):
                                         image_mean=IMAGENET[0], image_std=IMAGENET[1]).save_pretrained(tmp_path)
     wrapped = build(digits, name="hf", path=str(tmp_path))
     assert wrapped.prep.resize == ("shortest", 18, 0) and wrapped.prep.crop == (16, 16)
-    x = as_float(digits.x_test[:6])
+    x = model_input(digits.x_test[:6])
     with torch.no_grad():
         logits, feats = wrapped(x, return_features=True)
     torch.testing.assert_close(logits, processor_logits(tmp_path, raw, x), atol=1e-4, rtol=1e-4)
@@ -126,7 +126,7 @@ def test_processor_families_reproduced(digits, processor):
     assert "away from the processor's" in check_against_processor(wrong, proc, digits)
     # a network whose head was not found still gives logits; features are refused with the reason
     headless = PretrainedClassifier(nn.Flatten(), model.prep, 1, None, "no nn.Linear with 10 outputs", name="hf")
-    x = as_float(digits.x_test[:1])
+    x = model_input(digits.x_test[:1])
     assert headless(x).shape[0] == 1
     with pytest.raises(KdxError, match="cannot give penultimate features: no nn.Linear with 10 outputs"):
         headless(x, return_features=True)
@@ -135,7 +135,7 @@ def test_processor_families_reproduced(digits, processor):
 def test_hf_gradients_reach_the_inputs(digits, vit_dir):
     """Inversion and Langevin synthesis differentiate the teacher with respect to its raw inputs."""
     wrapped = build(digits, name="hf", path=str(vit_dir[0]))
-    x = as_float(digits.x_test[:3]).requires_grad_(True)
+    x = model_input(digits.x_test[:3]).requires_grad_(True)
     wrapped(x).logsumexp(1).sum().backward()
     assert x.grad is not None and x.grad.shape == x.shape and x.grad.abs().sum() > 0
 
@@ -165,7 +165,7 @@ def test_hf_label_mismatch_names_labels_and_label_map(digits, tmp_path):
     msg = str(e.value)
     assert "No label for '0', '1'" in msg and "'nine', 'eight'" in msg and "teacher.model.label_map" in msg
     wrapped = build(digits, name="hf", path=str(tmp_path), label_map={str(i): w for i, w in enumerate(words)})
-    x = as_float(digits.x_test[:4])
+    x = model_input(digits.x_test[:4])
     with torch.no_grad():
         torch.testing.assert_close(wrapped(x), processor_logits(tmp_path, raw, x).flip(1), atol=1e-5, rtol=1e-5)
 
@@ -193,7 +193,7 @@ def test_hf_without_processor_resizes_to_config(digits, tmp_path, capsys):
     raw = save_vit(tmp_path, {i: str(i) for i in range(10)}, processor=False)
     wrapped = build(digits, name="hf", path=str(tmp_path))
     assert "no preprocessor_config.json" in capsys.readouterr().err
-    x = as_float(digits.x_test[:4])
+    x = model_input(digits.x_test[:4])
     z = F.interpolate(x.repeat(1, 3, 1, 1), size=(16, 16), mode="bilinear", antialias=True, align_corners=False)
     with torch.no_grad():
         torch.testing.assert_close(wrapped(x), raw(pixel_values=z).logits, atol=1e-5, rtol=1e-5)
@@ -213,7 +213,7 @@ def resnet18_file(tmp_path_factory):
 def test_torchvision_matches_raw_model(digits, resnet18_file):
     path, raw = resnet18_file
     wrapped = build(digits, name="torchvision", arch="resnet18", weights=str(path), image_size=32)
-    x = as_float(digits.x_test[:8])
+    x = model_input(digits.x_test[:8])
     z = F.interpolate(x.repeat(1, 3, 1, 1), size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
     z = (z - torch.tensor(IMAGENET[0]).view(1, 3, 1, 1)) / torch.tensor(IMAGENET[1]).view(1, 3, 1, 1)
     with torch.no_grad():
@@ -255,7 +255,7 @@ def test_torchvision_defaults_and_untrained(digits):
     wrapped = build(digits, name="torchvision", arch="squeezenet1_1", image_size=48, normalize="data")
     assert wrapped.prep.resize == ("exact", 48, 48) and not wrapped.arrives_trained
     with torch.no_grad():
-        logits, feats = wrapped(as_float(digits.x_test[:2]), return_features=True)
+        logits, feats = wrapped(model_input(digits.x_test[:2]), return_features=True)
     assert logits.shape == (2, 10) and feats.shape[0] == 2
     torch.testing.assert_close(wrapped.mean, digits.mean.repeat(3))
 
@@ -280,7 +280,7 @@ def test_cli_run_with_own_hf_teacher(digits, vit_dir, tmp_path, monkeypatch):
     # the teacher is the saved model as is: never trained, its test accuracy the pipeline's own
     assert not list((tmp_path / "cache").rglob("recipe.json")), "kdx trained (fine-tuned) a teacher that arrived trained"
     label2id = {v: k for k, v in SHUFFLED.items()}
-    x = as_float(digits.x_test)
+    x = model_input(digits.x_test)
     pred = processor_logits(path, raw, x)[:, [label2id[c] for c in digits.classes]].argmax(1)
     assert metrics["teacher"]["test_acc"] == pytest.approx(float((pred == digits.y_test).float().mean()), abs=1e-6)
 

@@ -61,7 +61,7 @@ def synthesize_pool(cfg, data, teacher, n: int) -> dict:
 
 def save_pool(out: Path, data, x: torch.Tensor, teacher_model, params: dict) -> torch.Tensor:
     """Write the pool as a DatasetDict (train: the N inputs; test: a copy of the first rows) with columns
-    image (or input, for signals), label (the teacher's top-1 class) and teacher_logits; the parameters
+    image (or input, for signals; input_ids and text, for text), label (the teacher's top-1 class) and teacher_logits; the parameters
     go in the dataset's description and in synth.json. Returns the logits stored."""
     import datasets
     import numpy as np
@@ -74,6 +74,10 @@ def save_pool(out: Path, data, x: torch.Tensor, teacher_model, params: dict) -> 
         arrays = u8.permute(0, 2, 3, 1).numpy()
         inputs = {"image": [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arrays]}
         input_feature = {"image": datasets.Image()}
+    elif data.is_text:  # token ids exactly, and their decoded text (read back with hf_text, text_column: text)
+        logits = predict(teacher_model, x).cpu()
+        inputs = {"input_ids": x.numpy().astype(np.int64), "text": data.decode(x)}
+        input_feature = {"input_ids": datasets.List(datasets.Value("int64")), "text": datasets.Value("string")}
     else:
         logits = predict(teacher_model, x).cpu()
         inputs = {"input": x.numpy().astype(np.float32)}

@@ -22,7 +22,7 @@ from kdx.distill.loop import distill
 from kdx.distill.losses import NEEDS_LABELS
 from kdx.distill.teacher import Teacher, get_teacher
 from kdx.errors import KdxError
-from kdx.eval import evaluate, heldout
+from kdx.eval import distribution_names, evaluate, heldout
 from kdx.io import save_torch, write_json, write_text
 from kdx.models import build_model, load_weights, num_params, read_state_dict
 from kdx.registry import DATASETS, HELDOUT, LOSSES, MODELS, SOURCES
@@ -119,6 +119,7 @@ def execute(cfg: kconfig.RunConfig, run_dir: Path, resume: bool = False, overwri
     # Everything that can fail on bad input (data, teacher, student weights) runs before the run directory
     # is made, so a refused run leaves nothing behind to --overwrite.
     data = load_dataset(cfg.data)
+    heldout.check(distribution_names(cfg.eval, data), data, cfg.eval.n, cfg.eval.seed)  # fits the data? before training
     t0 = time.perf_counter()
     if ddp and not main:
         dist.barrier()  # rank 0 finds or trains (in one process) the teacher; the others then load it

@@ -58,17 +58,41 @@ def teacher_cmd(config: Optional[Path] = typer.Argument(None), overrides: Option
     print(f"checkpoint: {t.checkpoint}\ntest_acc: {t.test_acc:.4f}")
 
 
+BUILDABLE = ("debian-descriptions",)
+
+
 @app.command("data")
-def data_cmd(config: Optional[Path] = typer.Argument(None), overrides: Optional[List[str]] = typer.Argument(None),
-             data_root: Optional[Path] = DATA_ROOT):
-    """Load (and, with data.download=true where supported, fetch) the config's dataset; print its shape."""
+def data_cmd(config: Optional[Path] = typer.Argument(None, help="a run config, or `build CORPUS` (debian-descriptions)"),
+             overrides: Optional[List[str]] = typer.Argument(None),
+             data_root: Optional[Path] = DATA_ROOT,
+             out: Optional[Path] = typer.Option(None, "--out", help="with `build`: the folder to write the corpus to"),
+             lists_dir: Path = typer.Option(Path("/var/lib/apt/lists"), "--lists-dir",
+                                            help="with `build debian-descriptions`: apt's lists folder")):
+    """Load (and, with data.download=true where supported, fetch) the config's dataset and print its shape;
+    or `kdx data build debian-descriptions --out DIR`: build that corpus offline from apt's lists."""
     from kdx import config as kconfig
     from kdx.data import load_dataset
 
+    if config is not None and str(config) == "build":
+        corpus = (overrides or [None])[0]
+        if corpus not in BUILDABLE or len(overrides or []) != 1:
+            raise KdxError(f"kdx data build CORPUS --out DIR: the corpora it builds: {', '.join(BUILDABLE)}")
+        if out is None:
+            raise KdxError(f"kdx data build {corpus} needs --out DIR, the folder to write it to")
+        from kdx.data.debian import UPDATE_HINT, build_debian_descriptions
+
+        try:
+            dsd = build_debian_descriptions(out, lists_dir)
+        except FileNotFoundError as e:
+            raise KdxError(f"{e}; run `{UPDATE_HINT}` (as root) to fetch apt's English descriptions") from None
+        print(f"wrote {out}: " + ", ".join(f"{k} {len(v)}" for k, v in dsd.items())
+              + f" examples, {dsd['train'].features['label'].num_classes} classes (see {out}/class_counts.md)")
+        return
     config, overrides = split_args(config, overrides, data_root)
     d = load_dataset(kconfig.load_config(config, overrides).data)
     print(f"{d.name}: train {tuple(d.x_train.shape)} test {tuple(d.x_test.shape)} {d.num_classes} classes, "
-          f"{d.x_train.dtype}")
+          f"{d.x_train.dtype}" + (f", vocabulary {d.vocab_size}, mean length {d.lengths.float().mean():.1f} tokens"
+                                  if d.is_text else ""))
 
 
 @app.command("compare")

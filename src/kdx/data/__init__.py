@@ -1,8 +1,8 @@
 """Registered datasets; importing this module registers them all."""
 import json
 
-from kdx.data import cifar, digits, fashion_mnist, hf, image_folder, mnist1d  # noqa: F401
-from kdx.data.base import Dataset, as_float
+from kdx.data import cifar, digits, fashion_mnist, hf, image_folder, mnist1d, text  # noqa: F401
+from kdx.data.base import Dataset, model_input
 from kdx.data.tensors import from_dataset, from_tensors
 from kdx.registry import DATASETS
 
@@ -19,4 +19,4 @@ def load_dataset(spec: dict, where: str = "data") -> Dataset:
     return _LOADED[key]
 
 
-__all__ = ["Dataset", "as_float", "from_dataset", "from_tensors", "load_dataset"]
+__all__ = ["Dataset", "from_dataset", "from_tensors", "load_dataset", "model_input"]

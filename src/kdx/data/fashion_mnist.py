@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from kdx.data.base import Dataset, as_float, data_root
+from kdx.data.base import Dataset, model_input, data_root
 from kdx.data.idx import find_idx_split, read_idx
 from kdx.data.transforms import gaussian_blur, rotate
 from kdx.errors import KdxError
@@ -71,7 +71,7 @@ def fashion_mnist_shifted(root: str | None = None, max_degrees: float = 30.0, bl
     gen = torch.Generator().manual_seed(seed)
 
     def shift(x):
-        y = gaussian_blur(rotate(as_float(x), max_degrees, gen), blur_sigma)
+        y = gaussian_blur(rotate(model_input(x), max_degrees, gen), blur_sigma)
         return (y.clamp(0, 1) * 255).round().to(torch.uint8)
 
     return Dataset("fashion_mnist_shifted", shift(base.x_train), base.y_train, shift(base.x_test), base.y_test, CLASSES)

@@ -1,6 +1,8 @@
 """Held-out distributions, registered and named: `test`, `train_subset`, `blur-2` (corruption at
-severity 2), `downstream:fashion_mnist_upper`, `uniform_noise`. Each returns a fixed set of
-inputs (a function of the dataset and the eval seed) and labels where it has them."""
+severity 2), `downstream:fashion_mnist_upper`, `uniform_noise`; for text `typos-2`, `word_dropout-2`,
+`truncation-2`, `domain`, `random_tokens`; `class_subset` for any data. Each returns a fixed set of
+inputs (a function of the dataset and the eval seed) and labels where it has them. Corruptions of
+pixels and signal values refuse text, and the text ones refuse images and signals, naming what works."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +10,7 @@ import dataclasses
 import torch
 
 from kdx.data import load_dataset
-from kdx.data.base import Dataset, as_float
+from kdx.data.base import Dataset, model_input
 from kdx.data.transforms import gaussian_blur, rotate, translate
 from kdx.errors import KdxError
 from kdx.registry import HELDOUT
@@ -34,15 +36,39 @@ def parse(name: str) -> dict:
     return {"name": name}
 
 
+TEXT_SETS = "test, train_subset, typos-N, word_dropout-N, truncation-N, class_subset, domain, random_tokens"
+CONTINUOUS_SETS = "test, train_subset, class_subset, gaussian_noise-N, blur-N, contrast-N, translation-N, uniform_noise"
+
+
 def load(name: str, data: Dataset, n: int, seed: int) -> HeldOut:
-    x, y = HELDOUT.build(parse(name), f"eval.distributions: '{name}'", data=data, n=n, seed=seed)
-    return HeldOut(name, x, y)
+    """The named set, made once per process and dataset (a run checks them all before training)."""
+    made = data.__dict__.setdefault("_heldout_made", {})  # kept on the dataset: gone with it
+    if (name, n, seed) not in made:
+        x, y = HELDOUT.build(parse(name), f"eval.distributions: '{name}'", data=data, n=n, seed=seed)
+        made[(name, n, seed)] = HeldOut(name, x, y)
+    return made[(name, n, seed)]
 
 
-def _test_subset(data: Dataset, n: int, seed: int):
+def check(names: list[str], data: Dataset, n: int, seed: int) -> None:
+    """Make every named set now, so one that does not fit the data fails before training, not after."""
+    for name in names:
+        load(name, data, n, seed)
+
+
+def _continuous(data: Dataset, what: str) -> None:
+    data.require(("image", "signal"), f"held-out '{what}'", TEXT_SETS)
+
+
+def _text(data: Dataset, what: str) -> None:
+    data.require("text", f"held-out '{what}'", CONTINUOUS_SETS)
+
+
+def _test_subset(data: Dataset, n: int, seed: int, what: str = ""):
+    if what:
+        _continuous(data, what)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(data.x_test), generator=g)[:n]
-    return as_float(data.x_test[idx]), data.y_test[idx], g
+    return model_input(data.x_test[idx]), data.y_test[idx], g
 
 
 def _severity(severity: int, levels: tuple) -> float:
@@ -67,7 +93,7 @@ def train_subset(data: Dataset, n: int, seed: int):
 @HELDOUT.register(context=_CTX)
 def gaussian_noise(data: Dataset, n: int, seed: int, severity: int = 2):
     """Test inputs plus Gaussian noise of 0.08/0.16/0.32 of the input range, clipped to the box."""
-    x, y, g = _test_subset(data, n, seed)
+    x, y, g = _test_subset(data, n, seed, "gaussian_noise")
     scale = data.channel_view(data.hi - data.lo) * _severity(severity, (0.08, 0.16, 0.32))
     return data.clip_to_box(x + scale * torch.randn(x.shape, generator=g)), y
 
@@ -75,14 +101,14 @@ def gaussian_noise(data: Dataset, n: int, seed: int, severity: int = 2):
 @HELDOUT.register(context=_CTX)
 def blur(data: Dataset, n: int, seed: int, severity: int = 2):
     """Test inputs with Gaussian blur of sigma 0.5/1/1.5 pixels (steps for signals)."""
-    x, y, _ = _test_subset(data, n, seed)
+    x, y, _ = _test_subset(data, n, seed, "blur")
     return gaussian_blur(x, _severity(severity, (0.5, 1.0, 1.5))), y
 
 
 @HELDOUT.register(context=_CTX)
 def contrast(data: Dataset, n: int, seed: int, severity: int = 2):
     """Test inputs with contrast cut to 0.6/0.4/0.2 around each input's mean."""
-    x, y, _ = _test_subset(data, n, seed)
+    x, y, _ = _test_subset(data, n, seed, "contrast")
     m = x.mean(dim=tuple(range(1, x.ndim)), keepdim=True)
     return m + _severity(severity, (0.6, 0.4, 0.2)) * (x - m), y
 
@@ -90,8 +116,7 @@ def contrast(data: Dataset, n: int, seed: int, severity: int = 2):
 @HELDOUT.register(context=_CTX)
 def rotation(data: Dataset, n: int, seed: int, severity: int = 2):
     """Test images rotated by up to 15/30/45 degrees."""
-    if not data.is_image:
-        raise KdxError(f"held-out 'rotation' needs images; '{data.name}' holds signals")
+    data.require("image", "held-out 'rotation'", TEXT_SETS if data.is_text else CONTINUOUS_SETS)
     x, y, g = _test_subset(data, n, seed)
     return rotate(x, _severity(severity, (15, 30, 45)), g), y
 
@@ -99,14 +124,14 @@ def rotation(data: Dataset, n: int, seed: int, severity: int = 2):
 @HELDOUT.register(context=_CTX)
 def translation(data: Dataset, n: int, seed: int, severity: int = 2):
     """Test inputs shifted by up to 10/20/30% of their size."""
-    x, y, g = _test_subset(data, n, seed)
+    x, y, g = _test_subset(data, n, seed, "translation")
     return translate(x, _severity(severity, (0.1, 0.2, 0.3)), g), y
 
 
 @HELDOUT.register(context=_CTX)
 def inversion(data: Dataset, n: int, seed: int, severity: int = 2):
     """Test inputs blended toward their inversion in the box, by 0.3/0.6/1.0."""
-    x, y, _ = _test_subset(data, n, seed)
+    x, y, _ = _test_subset(data, n, seed, "inversion")
     a = _severity(severity, (0.3, 0.6, 1.0))
     return (1 - a) * x + a * (data.channel_view(data.lo + data.hi) - x), y
 
@@ -115,6 +140,12 @@ def inversion(data: Dataset, n: int, seed: int, severity: int = 2):
 def downstream(data: Dataset, n: int, seed: int, dataset: str = ""):
     """The held-out (test) split of a registered downstream dataset, e.g. downstream:fashion_mnist_upper."""
     other = load_dataset({"name": dataset}, f"held-out downstream:{dataset}")
+    if other.modality != data.modality:
+        raise KdxError(f"held-out downstream:{dataset} has {other.modality} inputs, the teacher takes {data.modality} inputs")
+    if data.is_text:  # another corpus, tokenised as the teacher's data
+        idx = torch.randperm(len(other.x_test), generator=torch.Generator().manual_seed(seed))[:n]
+        x = data.encode([other.texts["test"][i] for i in idx.tolist()])
+        return x, other.y_test[idx] if other.classes == data.classes else None
     if other.input_shape != data.input_shape:
         raise KdxError(f"held-out downstream:{dataset} has inputs {other.input_shape}, the teacher takes {data.input_shape}")
     idx = torch.randperm(len(other.x_test), generator=torch.Generator().manual_seed(seed))[:n]
@@ -125,4 +156,97 @@ def downstream(data: Dataset, n: int, seed: int, dataset: str = ""):
 @HELDOUT.register(context=_CTX)
 def uniform_noise(data: Dataset, n: int, seed: int):
     """Uniform noise over the train set's per-channel input box (no labels)."""
+    _continuous(data, "uniform_noise")
     return data.uniform_in_box(n, torch.Generator().manual_seed(seed)), None
+
+
+@HELDOUT.register(context=_CTX)
+def class_subset(data: Dataset, n: int, seed: int, classes: int = 0):
+    """Test inputs of the first half of the classes only (a label shift; `classes`: how many, 0 = half)."""
+    k = classes or max(1, data.num_classes // 2)
+    idx = (data.y_test < k).nonzero().flatten()
+    return data.x_test[idx], data.y_test[idx]
+
+
+def _text_subset(data: Dataset, n: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data.x_test), generator=g)[:n]
+    return idx, g
+
+
+@HELDOUT.register(context=_CTX)
+def typos(data: Dataset, n: int, seed: int, severity: int = 2):
+    """Test texts with character typos (swap, drop, insert, replace) in 10/25/50% of the words, re-tokenised."""
+    import random
+    import string
+
+    _text(data, "typos")
+    idx, _ = _text_subset(data, n, seed)
+    p = _severity(severity, (0.10, 0.25, 0.50))
+    rng = random.Random(seed * 31 + severity)
+    letters = string.ascii_lowercase
+
+    def typo(word: str) -> str:
+        if len(word) < 2 or rng.random() >= p:
+            return word
+        i, op = rng.randrange(len(word) - 1), rng.randrange(4)
+        if op == 0:
+            return word[:i] + word[i + 1] + word[i] + word[i + 2:]
+        if op == 1:
+            return word[:i] + word[i + 1:]
+        if op == 2:
+            return word[:i] + rng.choice(letters) + word[i:]
+        return word[:i] + rng.choice(letters) + word[i + 1:]
+
+    texts = [" ".join(typo(w) for w in data.texts["test"][i].split()) for i in idx.tolist()]
+    return data.encode(texts), data.y_test[idx]
+
+
+@HELDOUT.register(context=_CTX)
+def word_dropout(data: Dataset, n: int, seed: int, severity: int = 2):
+    """Test texts with 10/25/50% of their words dropped (the token-level view the train source's augment makes)."""
+    from kdx.sampling.text import word_dropout as drop
+
+    _text(data, "word_dropout")
+    idx, g = _text_subset(data, n, seed)
+    return drop(data.x_test[idx], g, data, _severity(severity, (0.10, 0.25, 0.50))), data.y_test[idx]
+
+
+@HELDOUT.register(context=_CTX)
+def truncation(data: Dataset, n: int, seed: int, severity: int = 2):
+    """Test texts cut to their first 75/50/25% of tokens (the closing special token kept)."""
+    from kdx.sampling.text import template
+
+    _text(data, "truncation")
+    idx, _ = _text_subset(data, n, seed)
+    x = data.x_test[idx].clone()
+    bos, eos = template(data)
+    lengths = (x != data.pad_id).sum(1)
+    ends = int(bos is not None) + int(eos is not None)
+    keep = ((lengths - ends).float() * _severity(severity, (0.75, 0.50, 0.25))).ceil().long().clamp_min(1)
+    new_len = keep + ends
+    pos = torch.arange(x.shape[1]).expand_as(x)
+    x = x.masked_fill(pos >= new_len.view(-1, 1), data.pad_id)
+    if eos is not None:
+        x.scatter_(1, (new_len - 1).view(-1, 1), eos)
+    return x, data.y_test[idx]
+
+
+@HELDOUT.register(context=_CTX)
+def domain(data: Dataset, n: int, seed: int):
+    """The dataset's domain-shifted test set (debian_descriptions: the test packages' one-line synopses)."""
+    if "domain" not in data.extra:
+        raise KdxError(f"held-out 'domain': dataset '{data.name}' has no domain-shifted test set "
+                       "(debian_descriptions has one; hf_text with data.domain_column=COLUMN)")
+    x, y = data.extra["domain"]
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
+    return x[idx], None if y is None else y[idx]
+
+
+@HELDOUT.register(context=_CTX)
+def random_tokens(data: Dataset, n: int, seed: int):
+    """Uniformly random token sequences with the train set's lengths (no labels): text's uniform_noise."""
+    from kdx.sampling.text import random_sequences
+
+    _text(data, "random_tokens")
+    return random_sequences(data, n, torch.Generator().manual_seed(seed), "cpu", "uniform"), None

@@ -27,6 +27,14 @@ window.kdx = (() => {
   function thumb(id, scale) {
     const {w, h, per_row} = D.thumb, per = per_row * per_row, j = id % per;
     const el = document.createElement("div");
+    if (D.texts) {  // text data: the decoded input instead of a thumbnail
+      el.className = "th txt";
+      el.dataset.id = id;
+      el.title = `${id} ${item(id)}: teacher ${className(C.teacher_class[id])}, student ${className(C.student_class[id])}`;
+      el.textContent = D.texts[id];
+      Object.assign(el.style, {width: `${w * scale * 3}px`, maxHeight: `${h * scale * 1.5}px`});
+      return el;
+    }
     el.className = `th s${Math.floor(id / per)}`;
     el.dataset.id = id;
     el.title = `${id} ${item(id)}: teacher ${className(C.teacher_class[id])}, student ${className(C.student_class[id])}`;

@@ -53,7 +53,9 @@ def page_data(view: View, runs: list[str]) -> dict:
                             "mean_deviation", "mean_disagreement", "coverage_median"]]
     return {"name": view.name, "runs": runs, "n": n, "n_eval": int((kinds == "eval").sum()), "k": k,
             "classes": view.classes, "sources": sources, "cols": {c: _array(np.asarray(v)) for c, v in cols.items()},
-            "thumb": {"w": w, "h": h, "per_row": th.PER_ROW, "sheets": th.sheets(view.thumbs, view.lossy)},
+            "thumb": ({"w": 40, "h": 40, "per_row": th.PER_ROW, "sheets": []} if view.texts is not None else
+                      {"w": w, "h": h, "per_row": th.PER_ROW, "sheets": th.sheets(view.thumbs, view.lossy)}),
+            "texts": view.texts,  # text data: the decoded inputs, shown where images show thumbnails
             "regions": json.loads(regions.to_json(orient="records")), "color_by": COLOR_BY,
             "palettes": _palettes()}
 

@@ -10,7 +10,7 @@ import io
 import numpy as np
 import torch
 
-from kdx.data.base import as_float
+from kdx.data.base import model_input
 
 PER_ROW = 64  # thumbnails per sheet row; a sheet holds PER_ROW**2
 MAX_SIDE = 32  # larger images are shrunk to this side
@@ -21,7 +21,7 @@ def images(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> np.ndarray:
     """Inputs in stored or data space -> uint8 thumbnails (N, h, w, c): images as they are (shrunk if
     large), 1-D signals (N, C, L) as line plots over the train set's range [lo, hi] per channel."""
     if x.ndim == 4:
-        img = (as_float(x).clamp(0, 1) * 255).round().to(torch.uint8)
+        img = (model_input(x).clamp(0, 1) * 255).round().to(torch.uint8)
         if max(img.shape[2:]) > MAX_SIDE:
             scale = MAX_SIDE / max(img.shape[2:])
             size = [max(1, round(s * scale)) for s in img.shape[2:]]

@@ -13,14 +13,18 @@ from kdx.errors import KdxError
 from kdx.explore import thumbs as th
 
 
+TEXT_CHARS = 400  # of each decoded text input, what the page keeps
+
+
 @dataclasses.dataclass
 class View:
     name: str  # the run's directory name, shown in a study's run selector
     points: pd.DataFrame  # map.parquet: one row per point, `id` = row number
-    thumbs: np.ndarray  # (N, h, w, c) uint8, row i the input of point i
+    thumbs: np.ndarray  # (N, h, w, c) uint8, row i the input of point i (text: (N, 0, 0, 1), none)
     lossy: bool  # thumbnails are photographs (WebP) rather than line plots (PNG)
     regions: pd.DataFrame  # regions.csv, most underfit first
     classes: list[str]
+    texts: list[str] | None = None  # text data: point i's decoded input, shown instead of a thumbnail
 
 
 def check_probed(run_dir: Path, probe: bool = False, log=print) -> None:
@@ -63,13 +67,22 @@ def load_view(run_dir, probe: bool = False, log=print) -> View:
         if g["kind"].iloc[0] == "eval":
             x = heldout.load(source, data, meta["eval_n"], meta["eval_seed"]).x[rows]
         else:
-            x = torch.from_numpy(np.load(probes / "map_arrays.npz")["distill_x"].astype(np.float32))[rows]
-        inputs.append((g["id"].to_numpy(), th.images(x, data.lo, data.hi)))
+            arr = np.load(probes / "map_arrays.npz")["distill_x"]
+            x = torch.from_numpy(arr.astype(np.float32 if arr.dtype.kind == "f" else np.int64))[rows]
+        inputs.append((g["id"].to_numpy(), data.decode(x) if data.is_text else th.images(x, data.lo, data.hi)))
+    regions = pd.read_csv(probes / "regions.csv")
+    if data.is_text:  # the decoded text is the point's "thumbnail"
+        texts = [""] * len(points)
+        for ids, t in inputs:
+            for i, s in zip(ids.tolist(), t):
+                texts[i] = s[:TEXT_CHARS]
+        return View(run_dir.name, points, np.zeros((len(points), 0, 0, 1), np.uint8), False, regions,
+                    list(data.classes), texts)
     first = inputs[0][1]
     thumbs = np.zeros((len(points), *first.shape[1:]), np.uint8)
     for ids, t in inputs:
         thumbs[ids] = t
-    return View(run_dir.name, points, thumbs, data.is_image, pd.read_csv(probes / "regions.csv"), list(data.classes))
+    return View(run_dir.name, points, thumbs, data.is_image, regions, list(data.classes))
 
 
 def run_dirs(target: Path) -> list[Path]:

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kdx.data.base import Dataset, as_float
+from kdx.data.base import Dataset, model_input
 from kdx.device import autocast
 from kdx.errors import KdxError
 from kdx.registry import MODELS
@@ -55,7 +55,7 @@ def predict(model: torch.nn.Module, x_stored: torch.Tensor, batch_size: int = 10
     model.eval()
     logits, feats = [], []
     for i in range(0, len(x_stored), batch_size):
-        x = as_float(x_stored[i:i + batch_size].to(device))
+        x = model_input(x_stored[i:i + batch_size].to(device))
         if x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device):

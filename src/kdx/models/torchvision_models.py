@@ -4,14 +4,13 @@ from __future__ import annotations
 from torch import nn
 
 from kdx.data.base import Dataset
-from kdx.errors import KdxError
 from kdx.models.base import Classifier
 from kdx.registry import MODELS
 
 
 def _need_image(data: Dataset, name: str):
-    if not data.is_image:
-        raise KdxError(f"model '{name}' needs image data (N, C, H, W); dataset '{data.name}' holds signals: use 'cnn' or 'mlp'")
+    data.require("image", f"model '{name}'", "'cnn' or 'mlp'" if data.modality == "signal"
+                 else "a text model: bert, bag_of_embeddings or text_cnn")
 
 
 @MODELS.register(context=("data",))

@@ -26,8 +26,8 @@ def vit(data: Dataset, patch_size: int = 4, hidden_size: int = 128, layers: int 
     """transformers ViT from ViTConfig (random init), patch size and depth by config."""
     from transformers import ViTConfig, ViTForImageClassification
 
-    if not data.is_image:
-        raise KdxError(f"model 'vit' needs image data; dataset '{data.name}' holds signals")
+    data.require("image", "model 'vit'", "'cnn' or 'mlp'" if data.modality == "signal"
+                 else "a text model: bert, bag_of_embeddings or text_cnn")
     c, h, w = data.input_shape
     if h != w or h % patch_size:
         raise KdxError(f"model 'vit': image {h}x{w} must be square and divisible by patch_size={patch_size}")

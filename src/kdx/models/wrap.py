@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdx.data.base import Dataset, as_float
+from kdx.data.base import Dataset, model_input
 from kdx.errors import KdxError
 from kdx.models.base import call_capturing
 
@@ -50,7 +50,7 @@ def wrap_model(module: nn.Module, data: Dataset, features: str | None = None, wh
         model = module
     else:
         model = ModuleClassifier(module, features, where)
-    x = as_float(data.x_train[:2]).to(next(module.parameters()).device)
+    x = model_input(data.x_train[:2]).to(next(module.parameters()).device)
     was_training = model.training
     model.eval()
     try:

@@ -195,7 +195,8 @@ def write_map(run, names, opts, points, eval_feats, src: ModelOutputs, centroids
     distill["region"] = search(centroids, sample.features, 1)[1][:, 0]
     feats = np.concatenate([eval_feats, sample.features])
     df = maps.build(feats, pd.concat([points, distill], ignore_index=True), opts.neighbors, opts.seed, opts.map_epochs)
-    save_arrays(arrays, features=feats, distill_x=src.x[:m].numpy().astype(np.float16))
+    x = src.x[:m].numpy()  # float inputs as float16; token ids (text) exactly, as int32
+    save_arrays(arrays, features=feats, distill_x=x.astype(np.float16 if x.dtype.kind == "f" else np.int32))
     save_parquet(df, path, key)
     maps.plot(df, run.data.classes, path.with_suffix(".png"))
     return "computed"

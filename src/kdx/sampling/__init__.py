@@ -1,5 +1,5 @@
 """Registered sample sources; importing this module registers them all."""
-from kdx.sampling import adversarial, boundary, downstream, inversion, langevin, mixture, noise, train  # noqa: F401
+from kdx.sampling import adversarial, boundary, downstream, hotflip, inversion, langevin, mixture, noise, train  # noqa: F401
 from kdx.sampling import adaptive, bandit  # noqa: F401  (after mixture: they build on it)
 from kdx.sampling.base import Batch, PoolSource, Source
 from kdx.sampling.synthesis import SynthesisSource

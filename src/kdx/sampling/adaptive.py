@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from kdx.data.base import Dataset, as_float
+from kdx.data.base import Dataset, model_input
 from kdx.errors import KdxError
 from kdx.models import predict
 from kdx.neighbors import Projection, kmeans
@@ -260,7 +260,7 @@ class AdaptiveSource(Source):
         u = torch.rand(n, generator=g, device=self.device, dtype=torch.float64)
         within = torch.minimum((u * self.sizes[r]).long(), self.sizes[r] - 1)
         idx = self.order[self.starts[r] + within]
-        x = as_float(self.cand.x[idx])
+        x = model_input(self.cand.x[idx])
         t = self.pool_logits[idx]
         kl = kl_rows(t, self.scorer.run_student(x))
         self.scorer.counts["candidates_drawn"] += n

@@ -11,12 +11,12 @@ import hashlib
 
 import torch
 
-from kdx.data.base import Dataset, as_float
+from kdx.data.base import Dataset, model_input
 
 
 @dataclasses.dataclass
 class Batch:
-    x: torch.Tensor  # float inputs in data space, on the device
+    x: torch.Tensor  # model inputs (model_input of stored ones: floats, or int64 token ids), on the device
     y: torch.Tensor | None = None  # int labels, or (N, K) soft labels after mixup/cutmix; None if unlabeled
     teacher_logits: torch.Tensor | None = None
 
@@ -69,15 +69,20 @@ class PoolSource(Source):
     """A fixed pool of stored inputs, drawn without replacement in per-epoch permutations."""
 
     def __init__(self, data: Dataset, seed: int, x: torch.Tensor, y: torch.Tensor | None, augment: str = "none",
-                 mixup_alpha: float = 1.0):
+                 mixup_alpha: float = 1.0, p: float = 0.1):
         super().__init__(data, seed)
+        from kdx.errors import KdxError
         from kdx.sampling.augment import AUGMENTS
+        from kdx.sampling.text import TEXT_AUGMENTS
 
-        if augment not in AUGMENTS:
-            from kdx.errors import KdxError
-
-            raise KdxError(f"source augment '{augment}' is unknown; valid: {', '.join(AUGMENTS)}")
-        self.x, self.y, self.augment, self.mixup_alpha = x, y, augment, mixup_alpha
+        valid = ["none", *TEXT_AUGMENTS] if data.is_text else list(AUGMENTS)
+        if augment not in valid:
+            other = augment in AUGMENTS or augment in TEXT_AUGMENTS
+            raise KdxError(f"source augment '{augment}' {'does not apply to ' + data.modality + ' data' if other else 'is unknown'}"
+                           f"; valid for dataset '{data.name}': {', '.join(valid)}")
+        if not 0.0 <= p <= 1.0:
+            raise KdxError(f"source augment probability p={p} must be in [0, 1]")
+        self.x, self.y, self.augment, self.mixup_alpha, self.p = x, y, augment, mixup_alpha, p
         self.has_labels = y is not None
         self.epoch_size = len(x)
         self.cursor = 0
@@ -111,10 +116,14 @@ class PoolSource(Source):
         from kdx.sampling.augment import AUGMENTS
 
         idx = self.indices(n)
-        x, y = as_float(self.x[idx]), (self.y[idx] if self.y is not None else None)
+        x, y = model_input(self.x[idx]), (self.y[idx] if self.y is not None else None)
         if self.augment == "none":
             return Batch(x, y, self.cached_logits[idx] if self.cached_logits is not None else None)
         g = step_generator(self.seed, step, self.device, "augment")
+        if self.data.is_text:  # token-level views; labels unchanged
+            from kdx.sampling.text import TEXT_AUGMENTS
+
+            return Batch(TEXT_AUGMENTS[self.augment](x, g, self.data, self.p), y, None)
         x, y = AUGMENTS[self.augment](x, y, g, self.data.num_classes, self.mixup_alpha)
         return Batch(x, y, None)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from kdx.data.base import Dataset, as_float
+from kdx.data.base import Dataset, model_input
 from kdx.errors import KdxError
 from kdx.registry import SOURCES
 from kdx.sampling.base import step_generator
@@ -28,7 +28,7 @@ class BoundarySource(SynthesisSource):
         g = step_generator(self.seed, step, self.device, "boundary")
         if self.start == "train":
             idx = torch.randint(len(self.data.x_train), (self.synth_batch,), generator=g, device=self.device)
-            x = as_float(self.data.x_train[idx.cpu()].to(self.device))
+            x = model_input(self.data.x_train[idx.cpu()].to(self.device))
         else:
             x = self.noise(self.synth_batch, g)
         entropies = []

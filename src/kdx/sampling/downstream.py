@@ -12,13 +12,18 @@ from kdx.sampling.base import PoolSource
 
 @SOURCES.register(context=("data", "seed"))
 def downstream(data: Dataset, seed: int, dataset: str = "fashion_mnist_shifted", split: str = "train",
-               args: dict[str, Any] = {}, augment: str = "none") -> PoolSource:
-    """Unlabeled inputs from any registered dataset and split (e.g. a domain shift or a class subset)."""
-    other = load_dataset({"name": dataset, **args}, f"source.dataset={dataset}")
-    if split not in ("train", "test"):
-        raise KdxError(f"source 'downstream': split must be train or test, got '{split}'")
-    x = other.x_train if split == "train" else other.x_test
+               args: dict[str, Any] = {}, augment: str = "none", p: float = 0.1) -> PoolSource:
+    """Unlabeled inputs from any registered dataset and split (dataset=self: the run's own, split may name its extra sets, e.g. short_train)."""
+    other = data if dataset == "self" else load_dataset({"name": dataset, **args}, f"source.dataset={dataset}")
+    splits = ["train", "test", *other.extra]
+    if split not in splits:
+        raise KdxError(f"source 'downstream': split must be one of {', '.join(splits)} for dataset '{other.name}', got '{split}'")
+    if other.modality != data.modality:
+        raise KdxError(f"source 'downstream': dataset '{other.name}' has {other.modality} inputs, the teacher takes {data.modality} inputs")
+    x = other.x_train if split == "train" else other.x_test if split == "test" else other.extra[split][0]
+    if data.is_text and other is not data:  # another corpus: its raw texts, tokenised as the teacher's data
+        x = data.encode(other.texts[split])
     if tuple(x.shape[1:]) != data.input_shape:
         raise KdxError(f"source 'downstream': dataset '{dataset}' has inputs {tuple(x.shape[1:])}, "
                        f"but the teacher takes {data.input_shape}")
-    return PoolSource(data, seed, x, None, augment)
+    return PoolSource(data, seed, x, None, augment, p=p)

@@ -1,4 +1,6 @@
-"""The whole input space: uniform over the train set's per-channel box, or moment-matched Gaussian."""
+"""The whole input space: uniform over the train set's per-channel box, or moment-matched Gaussian;
+for text, random token sequences (uniform over the vocabulary, or by the train set's unigram
+frequencies) whose lengths follow the train set's."""
 from __future__ import annotations
 
 import torch
@@ -8,16 +10,24 @@ from kdx.errors import KdxError
 from kdx.registry import SOURCES
 from kdx.sampling.base import Batch, Source, step_generator
 
+KINDS = {"image": ("uniform", "gaussian"), "signal": ("uniform", "gaussian"), "text": ("uniform", "unigram")}
+
 
 class NoiseSource(Source):
     def __init__(self, data: Dataset, seed: int, kind: str, clip: bool):
         super().__init__(data, seed)
-        if kind not in ("uniform", "gaussian"):
-            raise KdxError(f"source 'noise': kind must be uniform or gaussian, got '{kind}'")
+        kinds = KINDS[data.modality]
+        if kind not in kinds:
+            raise KdxError(f"source 'noise': kind must be {' or '.join(kinds)} for {data.modality} data "
+                           f"(dataset '{data.name}'), got '{kind}'")
         self.kind, self.clip = kind, clip
 
     def batch(self, step: int, n: int) -> Batch:
         d, g = self.data, step_generator(self.seed, step, self.device, "noise")
+        if d.is_text:
+            from kdx.sampling.text import random_sequences
+
+            return Batch(random_sequences(d, n, g, self.device, self.kind))
         if self.kind == "uniform":
             return Batch(d.uniform_in_box(n, g, self.device))
         x = d.channel_view(d.mean).to(self.device) + d.channel_view(d.std).to(self.device) * torch.randn(
@@ -30,5 +40,5 @@ class NoiseSource(Source):
 
 @SOURCES.register(context=("data", "seed"))
 def noise(data: Dataset, seed: int, kind: str = "uniform", clip: bool = True) -> NoiseSource:
-    """Noise over the input space: uniform in the train set's per-channel box, or Gaussian with its mean/std."""
+    """Noise over the input space: uniform in the box or Gaussian (mean/std); text: uniform or unigram token sequences."""
     return NoiseSource(data, seed, kind, clip)

@@ -23,10 +23,13 @@ class SynthesisSource(Source):
     method = "synthesis"  # the registered name, for messages
     hint = "lower its step size"  # what to change when values go non-finite
     needs_student = False
+    modalities: tuple[str, ...] = ("image", "signal")  # synthesis in a continuous input box
 
     def __init__(self, data: Dataset, seed: int, *, batch: int, pool_size: int, refresh_every: int,
                  max_nonfinite: float):
         super().__init__(data, seed)
+        data.require(self.modalities, f"source '{self.method}'",
+                     "hotflip (token substitutions), noise, train or downstream" if data.is_text else "")
         if min(batch, pool_size, refresh_every) < 1:
             raise KdxError(f"source '{self.method}': batch, pool_size and refresh_every must be >= 1")
         self.synth_batch, self.refresh_every, self.max_nonfinite = batch, refresh_every, max_nonfinite

@@ -1,0 +1,244 @@
+"""Text classification data: token ids (N, L) int64 padded with the tokenizer's pad id.
+
+Tokenizer: a model directory's (AutoTokenizer, local files only), or a WordPiece vocabulary trained
+here with the `tokenizers` library on the training texts and cached under $KDX_CACHE/tokenizers by a
+hash of the texts and settings. Every row is [CLS] tokens [SEP], truncated to `max_length`.
+
+Registered datasets: `debian_descriptions` (kdx.data.debian's offline corpus) and `hf_text` (any
+text-classification DatasetDict saved to disk, or json/csv/parquet files read with `datasets`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from kdx.data.base import Dataset
+from kdx.errors import KdxError
+from kdx.registry import DATASETS
+
+TOKENIZER_FORMAT = 1  # bump when the trained tokenizer's recipe changes
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# the held-out sets every text dataset offers (kdx.eval.heldout_text); `domain` where it has a domain set
+TEXT_HELDOUT = ["test", "train_subset", "typos-1", "typos-2", "typos-3", "word_dropout-1", "word_dropout-2",
+                "word_dropout-3", "truncation-2", "class_subset", "random_tokens"]
+# files a tokenizer directory may hold; one of these sets must be complete
+TOKENIZER_FILES = [("tokenizer.json",), ("vocab.txt",), ("vocab.json", "merges.txt"), ("spiece.model",),
+                   ("sentencepiece.bpe.model",)]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("KDX_CACHE") or Path.home() / ".cache" / "kdx")
+
+
+class Tokenizer:
+    """A transformers fast tokenizer with kdx's fixed encoding: [CLS] ... [SEP], truncated, padded."""
+
+    def __init__(self, tok, source: str):
+        self.tok, self.source = tok, source
+        if tok.pad_token_id is None:
+            raise KdxError(f"tokenizer {source} has no padding token; kdx pads token ids with it")
+        self.pad_id = int(tok.pad_token_id)
+        self.special_ids = sorted(set(int(i) for i in tok.all_special_ids) - {self.pad_id})
+        self.vocab_size = len(tok)
+        self.key = hashlib.sha256(tok.backend_tokenizer.to_str().encode()).hexdigest()[:16]  # the vocabulary's content
+
+    def encode(self, texts: list[str], max_length: int) -> torch.Tensor:
+        """(N, max_length) int64 ids: the Rust tokenizer's batch encoding (5x transformers' __call__ here)."""
+        import numpy as np
+        from tokenizers import Tokenizer as RawTokenizer
+
+        bt = RawTokenizer.from_str(self.tok.backend_tokenizer.to_str())  # a copy: truncation/padding set here only
+        bt.enable_truncation(max_length)
+        bt.enable_padding(length=max_length, pad_id=self.pad_id, pad_token=self.tok.pad_token)
+        # a token is at least one character, and 16 per token is far past any WordPiece here: cutting the
+        # text there first leaves the first max_length tokens unchanged and saves tokenising long tails
+        cut = [t[:16 * max_length] for t in texts]
+        h = hashlib.sha256(f"{self.key}:{max_length}".encode())
+        for t in cut:
+            h.update(t.encode())
+            h.update(b"\0")
+        path = cache_dir() / "encoded" / f"{h.hexdigest()[:24]}.npy"
+        if path.exists():
+            return torch.from_numpy(np.load(path))
+        ids = np.array([e.ids for e in bt.encode_batch(cut)], dtype=np.int64).reshape(len(texts), max_length)
+        if len(texts) >= 1000:  # the splits, not held-out perturbations: cached by content
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+            np.save(tmp, ids)
+            os.replace(tmp, path)
+        return torch.from_numpy(ids)
+
+    def decode(self, rows: list[list[int]]) -> list[str]:
+        return self.tok.batch_decode(rows, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+
+    def vocab(self) -> list[str]:
+        inv = {i: t for t, i in self.tok.get_vocab().items()}
+        return [inv.get(i, "") for i in range(self.vocab_size)]
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """A tokenizer from a local model directory (no network), with a clear error for a missing file."""
+    from transformers import AutoTokenizer
+
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise KdxError(f"tokenizer: {path} is not a directory; pass a folder written by save_pretrained "
+                       "(tokenizer.json, or vocab.txt, ...), or tokenizer='' to train a WordPiece vocabulary here")
+    have = {p.name for p in path.iterdir()}
+    complete = [s for s in TOKENIZER_FILES if all(f in have for f in s)]
+    if not complete:
+        partial = [s for s in TOKENIZER_FILES if any(f in have for f in s)]
+        missing = [f for s in partial for f in s if f not in have]
+        want = " or ".join("+".join(s) for s in TOKENIZER_FILES)
+        raise KdxError(f"tokenizer: {path} is missing {', '.join(missing) if missing else 'its vocabulary'} "
+                       f"(it holds: {', '.join(sorted(have)) or 'nothing'}); a tokenizer directory needs {want}")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True)
+    except Exception as e:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError ... for bad folders
+        raise KdxError(f"tokenizer: cannot load {path} (it holds {', '.join(sorted(have))}): {type(e).__name__}: "
+                       f"{str(e).splitlines()[0][:300] if str(e) else ''}") from None
+    return Tokenizer(tok, str(path))
+
+
+def train_tokenizer(texts: list[str], vocab_size: int = 8000, lowercase: bool = True, min_frequency: int = 2) -> Tokenizer:
+    """A WordPiece vocabulary trained on `texts` (BERT's normaliser and pre-tokeniser), cached by a hash of
+    the texts and settings: the same texts give the same ids in every process."""
+    from tokenizers import Tokenizer as RawTokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    h = hashlib.sha256(json.dumps({"v": vocab_size, "lower": lowercase, "min": min_frequency,
+                                   "format": TOKENIZER_FORMAT}).encode())
+    for t in texts:
+        h.update(t.encode())
+        h.update(b"\0")
+    folder = cache_dir() / "tokenizers" / h.hexdigest()[:16]
+    file = folder / "tokenizer.json"
+    if file.exists():
+        raw = RawTokenizer.from_file(str(file))
+    else:
+        raw = RawTokenizer(models.WordPiece(unk_token="[UNK]"))
+        raw.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+        raw.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        raw.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIALS)
+        raw.train_from_iterator(texts, trainer)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_suffix(f".tmp{os.getpid()}")
+        raw.save(str(tmp))
+        os.replace(tmp, file)  # atomic: concurrent runs write the same bytes
+    from tokenizers.processors import TemplateProcessing
+
+    cls, sep = raw.token_to_id("[CLS]"), raw.token_to_id("[SEP]")
+    raw.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                  sep_token="[SEP]", mask_token="[MASK]")
+    return Tokenizer(tok, str(file))
+
+
+def text_dataset(name: str, train_texts: list[str], y_train, test_texts: list[str], y_test, classes: list[str],
+                 tokenizer: str = "", vocab_size: int = 8000, max_length: int = 64, lowercase: bool = True,
+                 extra_texts: dict[str, tuple[list[str], list[int] | None]] | None = None,
+                 heldout: list[str] | None = None) -> Dataset:
+    """Tokenise train/test (and extra sets: e.g. `domain`, a domain-shifted test set) into a text Dataset."""
+    if max_length < 4:
+        raise KdxError(f"{name}: max_length must be at least 4 tokens, got {max_length}")
+    tok = load_tokenizer(tokenizer) if tokenizer else train_tokenizer(train_texts, vocab_size, lowercase)
+    x_train, x_test = tok.encode(train_texts, max_length), tok.encode(test_texts, max_length)
+    extra, texts = {}, {"train": list(train_texts), "test": list(test_texts)}
+    for key, (tx, ty) in (extra_texts or {}).items():
+        extra[key] = (tok.encode(tx, max_length), None if ty is None else torch.as_tensor(ty, dtype=torch.long))
+        texts[key] = list(tx)
+    default = list(heldout or TEXT_HELDOUT)
+    if "domain" in extra and "domain" not in default:
+        default.append("domain")
+    return Dataset(name, x_train, torch.as_tensor(y_train, dtype=torch.long), x_test,
+                   torch.as_tensor(y_test, dtype=torch.long), list(classes), default_heldout=default, modality="text",
+                   vocab_size=tok.vocab_size, pad_id=tok.pad_id, special_ids=tok.special_ids, tokenizer=tok,
+                   extra=extra, texts=texts)
+
+
+def _subset(ds, n: int, seed: int):
+    if n and n < len(ds):
+        return ds.shuffle(seed=seed).select(range(n))
+    return ds
+
+
+@DATASETS.register()
+def debian_descriptions(path: str = "", max_length: int = 64, tokenizer: str = "", vocab_size: int = 8000,
+                        lowercase: bool = True, max_train: int = 0, max_test: int = 0) -> Dataset:
+    """Debian package descriptions -> Section (12 classes), built offline by `kdx data build debian-descriptions`."""
+    import datasets
+
+    p = Path(path).expanduser() if path else None
+    if p is None or not (p / "dataset_dict.json").exists():
+        raise KdxError(f"debian_descriptions: {'no data.path given' if p is None else f'{p} holds no build'}; build the "
+                       "corpus with `kdx data build debian-descriptions --out DIR` (or `make demo-text`) and pass "
+                       "data.path=DIR")
+    dd = datasets.load_from_disk(str(p))
+    train, test = _subset(dd["train"], max_train, 0), _subset(dd["test"], max_test, 0)
+    # the domain shift: the one-line synopses of the test packages; `short_train`, the train packages'
+    # synopses, is an unlabeled downstream pool (source downstream dataset=self split=short_train)
+    te_short = [(s, y) for s, y in zip(test["short"], test["label"]) if s.strip()]
+    tr_short = [s for s in train["short"] if s.strip()]
+    extra = {"domain": ([s for s, _ in te_short], [y for _, y in te_short]), "short_train": (tr_short, None)}
+    return text_dataset("debian_descriptions", train["text"], train["label"], test["text"], test["label"],
+                        train.features["label"].names, tokenizer, vocab_size, max_length, lowercase, extra)
+
+
+def _open_text(path: str, train_split: str, test_split: str):
+    import datasets
+
+    p = Path(path).expanduser()
+    if not path:
+        raise KdxError("hf_text: set data.path to a DatasetDict folder (save_to_disk) or a folder with "
+                       "train/test .jsonl, .json, .csv or .parquet files")
+    if (p / "dataset_dict.json").exists():
+        return datasets.load_from_disk(str(p))
+    if p.is_dir():
+        files = {}
+        for split in (train_split, test_split):
+            found = [f for ext in ("jsonl", "json", "csv", "parquet") for f in sorted(p.glob(f"{split}*.{ext}"))]
+            if not found:
+                raise KdxError(f"hf_text: {p} has no dataset_dict.json and no {split}.jsonl/.json/.csv/.parquet file")
+            files[split] = [str(f) for f in found]
+        fmt = {"jsonl": "json"}.get(Path(files[train_split][0]).suffix[1:], Path(files[train_split][0]).suffix[1:])
+        return datasets.load_dataset(fmt, data_files=files)
+    raise KdxError(f"hf_text: {p} is not a folder; pass a DatasetDict folder or a folder with train/test files")
+
+
+@DATASETS.register()
+def hf_text(path: str = "", text_column: str = "text", label_column: str = "label", train_split: str = "train",
+            test_split: str = "test", domain_column: str = "", max_length: int = 64, tokenizer: str = "",
+            vocab_size: int = 8000, lowercase: bool = True) -> Dataset:
+    """Any text-classification set: a save_to_disk DatasetDict or train/test json/csv/parquet files in data.path."""
+    import datasets
+
+    dd = _open_text(path, train_split, test_split)
+    for split in (train_split, test_split):
+        if split not in dd:
+            raise KdxError(f"hf_text: {path} has no split '{split}'; it has {', '.join(dd)}")
+        for col, arg in ((text_column, "text_column"), (label_column, "label_column"),
+                         *(((domain_column, "domain_column"),) if domain_column else ())):
+            if col not in dd[split].column_names:
+                raise KdxError(f"hf_text: split '{split}' has no column '{col}'; it has "
+                               f"{', '.join(dd[split].column_names)} (set data.{arg})")
+    train, test = dd[train_split], dd[test_split]
+    feature = train.features[label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        classes, ys = list(feature.names), [train[label_column], test[label_column]]
+    else:
+        values = sorted(set(train[label_column]) | set(test[label_column]), key=str)
+        index = {v: i for i, v in enumerate(values)}
+        classes = [str(v) for v in values]
+        ys = [[index[v] for v in s[label_column]] for s in (train, test)]
+    extra = {}
+    if domain_column:
+        te = [(s, y) for s, y in zip(test[domain_column], ys[1]) if s and s.strip()]
+        extra = {"domain": ([s for s, _ in te], [y for _, y in te]),
+                 f"{domain_column}_train": ([s for s in train[domain_column] if s and s.strip()], None)}
+    return text_dataset("hf_text", [str(t) for t in train[text_column]], ys[0], [str(t) for t in test[text_column]],
+                        ys[1], classes, tokenizer, vocab_size, max_length, lowercase, extra)
