@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,3 +100,17 @@ def test_ray_executor_runs_the_grid_as_tasks(digits_teacher, tmp_path):
     ray_m = json.loads((out / "runs" / "train-s1" / "metrics.json").read_text())
     local_m = json.loads((local / "metrics.json").read_text())
     assert ray_m["eval"]["test"]["student_acc"] == pytest.approx(local_m["eval"]["test"]["student_acc"], abs=0.02)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml")),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_config_and_study_validates(path):
+    """What a user copies first must load: run configs validate, studies plan (no run starts)."""
+    from kdx.config import load_config
+    from kdx.run import validate
+
+    if path.parent.name == "studies":
+        study, runs = plan(path)
+        assert runs and len({r.name for r in runs}) == len(runs)
+    else:
+        validate(load_config(path))
