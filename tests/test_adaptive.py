@@ -523,3 +523,35 @@ def test_metrics_account_for_every_forward(digits_teacher, tmp_path):
     # 2x oversampled candidates, all scored by both models; the chosen rows' logits are passed on
     assert cost["source"]["teacher_forwards"] == 2560 and cost["teacher_forwards"] == 2560
     assert cost["teacher_cache_lookups"] == 1280 and cost["student_forwards"] == 1280 + 2560
+
+
+def test_the_explorer_shows_where_the_adaptive_source_drew(digits_teacher, tmp_path):
+    """draws.npz counts every pick per train row; the map carries them on train_subset points (checked
+    against the log and heldout's own row selection) and the page offers them as colours."""
+    import numpy as np
+    import pandas as pd
+
+    from conftest import run_fast
+    from kdx.eval import heldout
+    from kdx.explore import views
+    from kdx.explore.page import page_data
+    from kdx.probes import ProbeOptions, probe
+    from kdx.rundir import DRAWS, load_run
+
+    run_dir = run_fast(tmp_path, "distill.samples=1280", "source.name=adaptive", "source.candidates.name=train",
+                       "source.score=student_entropy", name="drew")
+    log = np.load(run_dir / DRAWS)
+    assert log["counts"].sum() == 1280 and bool(log["train_pool"]) and int(log["steps"]) == 10
+    drawn_rows = log["counts"] > 0
+    assert np.all((log["mean_step"][drawn_rows] >= 0) & (log["mean_step"][drawn_rows] <= 9))
+    probe(run_dir, ProbeOptions(on=["test", "train_subset"], regions=4, source_n=500, map_source_n=100,
+                                map_epochs=20, resamples=20))
+    df = pd.read_parquet(run_dir / "probes" / "map.parquet")
+    sub = df[df["source"] == "train_subset"]
+    run = load_run(run_dir)
+    rows = heldout.train_subset_rows(run.data, run.cfg.eval.n, run.cfg.eval.seed).numpy()
+    expect = log["counts"][rows[sub["item"].str.rsplit(":", n=1).str[1].astype(int).to_numpy()]]
+    assert np.array_equal(sub["drawn"].to_numpy(), expect) and expect.sum() > 0
+    assert df.loc[df["source"] == "test", "drawn"].isna().all()
+    page = page_data(views.load_view(run_dir), [run_dir.name])
+    assert "drawn" in page["color_by"] and "drawn_when" in page["cols"]

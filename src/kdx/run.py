@@ -23,10 +23,10 @@ from kdx.distill.losses import NEEDS_LABELS
 from kdx.distill.teacher import Teacher, get_teacher
 from kdx.errors import KdxError
 from kdx.eval import distribution_names, evaluate, heldout
-from kdx.io import save_torch, write_json, write_text
+from kdx.io import save_arrays, save_torch, write_json, write_text
 from kdx.models import build_model, load_weights, num_params, read_state_dict
 from kdx.registry import DATASETS, HELDOUT, LOSSES, MODELS, SOURCES
-from kdx.rundir import CHECKPOINT, CONFIG, METRICS, STUDENT
+from kdx.rundir import CHECKPOINT, CONFIG, DRAWS, METRICS, STUDENT
 from kdx.sampling.base import Source
 
 
@@ -161,6 +161,9 @@ def distill_and_evaluate(cfg: kconfig.RunConfig, data, teacher: Teacher, student
     train_stats = distill(student, source, cfg.distill, cfg.seed, teacher, run_dir, resume, desc, ddp)
     if main and run_dir:
         save_torch(run_dir / STUDENT, {"model": student.state_dict(), "spec": cfg.student.model})
+        draws = source.draw_log() if hasattr(source, "draw_log") else None
+        if draws is not None:
+            save_arrays(run_dir / DRAWS, steps=train_stats["steps"], **draws)
     eval_results = evaluate(teacher.logits, student, data, cfg.eval, ddp)
     if not main:
         return None

@@ -28,6 +28,7 @@ CONFIG = "config.yaml"
 STUDENT = "student.pt"
 METRICS = "metrics.json"
 PROBES = "probes"
+DRAWS = "draws.npz"  # an adaptive source's picks per pool row (kdx.sampling.adaptive), for the explorer
 
 
 def read_metrics(run_dir: str | Path) -> dict:

@@ -86,8 +86,13 @@ def test(data: Dataset, n: int, seed: int):
 @HELDOUT.register(context=_CTX)
 def train_subset(data: Dataset, n: int, seed: int):
     """A fixed subset (5n inputs, at most the train set) of the distillation data: fidelity where the student trained."""
-    idx = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(seed))[:5 * n]
+    idx = train_subset_rows(data, n, seed)
     return data.x_train[idx], data.y_train[idx]
+
+
+def train_subset_rows(data: Dataset, n: int, seed: int) -> torch.Tensor:
+    """The train rows `train_subset` holds, in its order."""
+    return torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(seed))[:5 * n]
 
 
 @HELDOUT.register(context=_CTX)

@@ -70,6 +70,11 @@ window.kdx = (() => {
       v = Float32Array.from(v);
       legend = names.map((n, i) => [n, pal[i % pal.length]]);
       if (m === "class") legend.push(["no label", "#bbbbbb"]);
+    } else if (m === "drawn") {
+      hi = Math.max(1, ...C.drawn);
+      legend = [`train inputs the adaptive source drew: 0 (purple) … ${hi} times (yellow); grey: not a train input`];
+    } else if (m === "drawn_when") {
+      legend = ["mean training step at which the adaptive source drew a train input: start (purple) … end (yellow); grey: never drawn or not a train input"];
     } else {
       legend = [`${m === "teacher_prob" ? "teacher confidence" : m}: 0 (purple) … 1 (yellow)`];
       if (m === "teacher_prob") lo = 1 / D.classes.length;

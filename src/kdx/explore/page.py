@@ -20,6 +20,7 @@ HERE = Path(__file__).parent
 COLOR_BY = {"disagreement": "disagreement (total variation)", "deviation": "deviation phi(student) - phi(teacher)",
             "source": "source", "teacher_class": "class (teacher's top)", "class": "class (label)",
             "teacher_prob": "teacher confidence"}
+DRAWN = {"drawn": "adaptive source: times drawn", "drawn_when": "adaptive source: when drawn (0 start, 1 end)"}
 
 
 def _array(a: np.ndarray) -> dict:
@@ -48,6 +49,11 @@ def page_data(view: View, runs: list[str]) -> dict:
         "eval_neighbors": np.stack(p["eval_neighbors"].to_numpy()).astype(np.int32).ravel(),
         "distill_neighbors": np.stack(p["distill_neighbors"].to_numpy()).astype(np.int32).ravel(),
     }
+    color_by = dict(COLOR_BY)
+    if "drawn" in p and p["drawn"].notna().any():  # an adaptive source's picks over the train set
+        cols["drawn"] = p["drawn"].fillna(-1).astype(np.float32)  # -1: not a train input (grey)
+        cols["drawn_when"] = p["drawn_when"].fillna(-1).astype(np.float32)
+        color_by.update(DRAWN)
     n, h, w, _ = view.thumbs.shape
     regions = view.regions[["rank", "region", "size", "dominant_classes", "distributions", "agreement",
                             "mean_deviation", "mean_disagreement", "coverage_median"]]
@@ -56,7 +62,7 @@ def page_data(view: View, runs: list[str]) -> dict:
             "thumb": ({"w": 40, "h": 40, "per_row": th.PER_ROW, "sheets": []} if view.texts is not None else
                       {"w": w, "h": h, "per_row": th.PER_ROW, "sheets": th.sheets(view.thumbs, view.lossy)}),
             "texts": view.texts,  # text data: the decoded inputs, shown where images show thumbnails
-            "regions": json.loads(regions.to_json(orient="records")), "color_by": COLOR_BY,
+            "regions": json.loads(regions.to_json(orient="records")), "color_by": color_by,
             "palettes": _palettes()}
 
 

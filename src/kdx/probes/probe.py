@@ -17,10 +17,10 @@ from kdx.errors import KdxError
 from kdx.probes import deviation, maps, regions
 from kdx.io import read_parquet_meta, save_arrays, save_csv, save_json, save_parquet
 from kdx.neighbors import Projection, kmeans, search
-from kdx.rundir import PROBES, STUDENT, load_run
+from kdx.rundir import DRAWS, PROBES, STUDENT, load_run
 
 DEFAULT_ON = ["train_subset", "test"]
-MAP_FORMAT = 2  # bump when map.parquet's columns change meaning, so stale maps are recomputed
+MAP_FORMAT = 3  # bump when map.parquet's columns change meaning, so stale maps are recomputed
 
 
 @dataclasses.dataclass
@@ -178,6 +178,26 @@ def probe(run, opts: ProbeOptions | None = None, log=print) -> dict:
     return summary
 
 
+def adaptive_draws(run, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """For train_subset points of a run whose adaptive source drew from the train set: how often it drew
+    each, and when (mean step / steps, 0..1); NaN elsewhere and for other runs."""
+    from kdx.eval import heldout
+
+    drawn, when = np.full(len(frame), np.nan), np.full(len(frame), np.nan)
+    path = run.dir / DRAWS
+    if not path.exists():
+        return drawn, when
+    log = np.load(path)
+    if not bool(log["train_pool"]):
+        return drawn, when
+    at = (frame["source"] == "train_subset").to_numpy()
+    rows = frame.loc[at, "item"].str.rsplit(":", n=1).str[1].astype(np.int64).to_numpy()
+    train_rows = heldout.train_subset_rows(run.data, run.cfg.eval.n, run.cfg.eval.seed).numpy()[rows]
+    drawn[at] = log["counts"][train_rows]
+    when[at] = log["mean_step"][train_rows] / max(int(log["steps"]), 1)
+    return drawn, when
+
+
 def write_map(run, names, opts, points, eval_feats, src: ModelOutputs, centroids, log) -> str:
     """map.parquet, map.png and map_arrays.npz (each map row's projected teacher features, and the
     distillation inputs on the map, for the explorer), or nothing when a map of the same inputs and
@@ -194,7 +214,9 @@ def write_map(run, names, opts, points, eval_feats, src: ModelOutputs, centroids
     distill["coverage"] = 0.0  # each is itself a distillation input
     distill["region"] = search(centroids, sample.features, 1)[1][:, 0]
     feats = np.concatenate([eval_feats, sample.features])
-    df = maps.build(feats, pd.concat([points, distill], ignore_index=True), opts.neighbors, opts.seed, opts.map_epochs)
+    frame = pd.concat([points, distill], ignore_index=True)
+    frame["drawn"], frame["drawn_when"] = adaptive_draws(run, frame)
+    df = maps.build(feats, frame, opts.neighbors, opts.seed, opts.map_epochs)
     x = src.x[:m].numpy()  # float inputs as float16; token ids (text) exactly, as int32
     save_arrays(arrays, features=feats, distill_x=x.astype(np.float16 if x.dtype.kind == "f" else np.int32))
     save_parquet(df, path, key)

@@ -183,6 +183,9 @@ class AdaptiveSource(Source):
         self.assign = self.pool_logits = self.probs = None
         self.region_scores = torch.full((regions,), float("nan"), dtype=torch.float64)
         self.refreshed = -1  # draw // refresh_every of the last refresh
+        # Where it drew (for the explorer): per pool row, times drawn and the sum of the steps it was drawn at
+        self.pool_rows = len(candidates.x) if isinstance(candidates, PoolSource) else None
+        self.drawn = self.drawn_steps = None
 
     def candidates_per_batch(self, n: int) -> int:
         return n if self.score == "region" else math.ceil(self.oversample * n)
@@ -215,6 +218,8 @@ class AdaptiveSource(Source):
             t = self.scorer.run_teacher(cb.x)
         s = self.scorer.run_student(cb.x) if needs_student else None
         keep = pick_rows(fn(t, s), n, self.pick, self.beta, step_generator(self.seed, step, self.device, "adaptive"))
+        if self.pool_rows is not None:
+            self.log_draws(self.cand.last_indices[keep], step)
         return Batch(cb.x[keep], None if cb.y is None else cb.y[keep], None if t is None else t[keep])
 
     def skip(self, step: int, n: int) -> None:
@@ -260,6 +265,7 @@ class AdaptiveSource(Source):
         u = torch.rand(n, generator=g, device=self.device, dtype=torch.float64)
         within = torch.minimum((u * self.sizes[r]).long(), self.sizes[r] - 1)
         idx = self.order[self.starts[r] + within]
+        self.log_draws(idx, step)
         x = model_input(self.cand.x[idx])
         t = self.pool_logits[idx]
         kl = kl_rows(t, self.scorer.run_student(x))
@@ -271,12 +277,31 @@ class AdaptiveSource(Source):
         self.region_scores = torch.where(count > 0, upd, old)
         return Batch(x, None if self.cand.y is None else self.cand.y[idx], t)
 
+    # ---- where it drew -------------------------------------------------------------------------
+    def log_draws(self, rows: torch.Tensor, step: int) -> None:
+        if self.drawn is None:
+            self.drawn = torch.zeros(self.pool_rows, dtype=torch.int64, device=self.device)
+            self.drawn_steps = torch.zeros(self.pool_rows, dtype=torch.float64, device=self.device)
+        self.drawn.index_add_(0, rows, torch.ones_like(rows))
+        self.drawn_steps.index_add_(0, rows, torch.full(rows.shape, float(step), dtype=torch.float64, device=self.device))
+
+    def draw_log(self) -> dict | None:
+        """Per row of the candidate pool: times drawn, and the mean step of those draws (NaN if never);
+        `train_pool` says whether the pool is the train set (the explorer maps it onto train_subset points)."""
+        if self.drawn is None:
+            return None
+        counts = self.drawn.cpu()
+        mean_step = (self.drawn_steps.cpu() / counts.clamp_min(1)).masked_fill(counts == 0, float("nan"))
+        return {"counts": counts.numpy(), "mean_step": mean_step.numpy(),
+                "train_pool": bool(self.cand.x is self.data.x_train or self.cand.x.data_ptr() == self.data.x_train.data_ptr())}
+
     # ---- state ------------------------------------------------------------------------------
     def accounting(self) -> dict:
         return self.scorer.accounting(self.cand)
 
     def state_dict(self) -> dict:
-        state = {"candidates": self.cand.state_dict(), "counts": dict(self.scorer.counts)}
+        state = {"candidates": self.cand.state_dict(), "counts": dict(self.scorer.counts),
+                 "drawn": None if self.drawn is None else (self.drawn.cpu(), self.drawn_steps.cpu())}
         if self.score == "region":
             state["region"] = {
                 "assign": None if self.assign is None else self.assign.to(torch.int32).cpu(),
@@ -287,6 +312,8 @@ class AdaptiveSource(Source):
     def load_state_dict(self, state: dict) -> None:
         self.cand.load_state_dict(state["candidates"])
         self.scorer.counts = {k: int(state["counts"][k]) for k in COUNTS}
+        if state.get("drawn") is not None:
+            self.drawn, self.drawn_steps = (v.to(self.device) for v in state["drawn"])
         if "region" in state:
             reg = state["region"]
             self.region_scores = reg["scores"].to(self.device, torch.float64)

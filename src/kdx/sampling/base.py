@@ -116,6 +116,7 @@ class PoolSource(Source):
         from kdx.sampling.augment import AUGMENTS
 
         idx = self.indices(n)
+        self.last_indices = idx  # which pool rows this batch holds (an adaptive source logs its picks by them)
         x, y = model_input(self.x[idx]), (self.y[idx] if self.y is not None else None)
         if self.augment == "none":
             return Batch(x, y, self.cached_logits[idx] if self.cached_logits is not None else None)
