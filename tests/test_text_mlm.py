@@ -137,3 +137,32 @@ def test_a_tiny_run_with_mlm_replace(text_teacher, corpus_dir, tmp_path):  # noq
     run_dir = run(None, args, str(tmp_path), "r")
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["eval"]["test"]["student_acc"] > 0.4, m["eval"]["test"]
+
+
+def test_the_tfidf_anchor_is_computed_once_and_printed_beside_the_teacher(text_teacher, corpus_dir, tmp_path,  # noqa: F811
+                                                                          monkeypatch):
+    import types
+
+    import kdx.data.text as text
+    from kdx.eval.report import eval_table
+    from kdx.run import run
+    from kdx.study.report import summary_blocks
+
+    cfg, data, teacher = text_teacher
+    acc = text.anchor_accuracy(data)
+    assert 0.7 < acc <= 1.0, acc  # 4 separable topics
+    monkeypatch.setattr(text, "tfidf_logreg", lambda *a, **k: (_ for _ in ()).throw(AssertionError("refit")))
+    assert text.anchor_accuracy(data) == acc  # cached by the data's identity
+    run_dir = run(None, text_args(corpus_dir) + ["distill.samples=640", "eval.distributions=[test]"], str(tmp_path), "r")
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["teacher"]["anchor_test_acc"] == acc
+    table = eval_table(m)
+    assert f"TF-IDF+LR anchor test acc {100 * acc:.1f}%" in table and f"teacher test acc {100 * teacher.test_acc:.1f}%" in table
+    row = {"run": "r", "source": "train", "seed": 0, "distribution": "test", "teacher_acc": 0.8, "student_acc": 0.7,
+           "agreement": 0.8, "kl_teacher_student": 0.1, "acc_diff": -0.1, "acc_diff_lo": -0.2, "acc_diff_hi": 0.0,
+           "mcnemar_p": 0.01, "deviation_slope": None, "anchor_test_acc": acc}
+    study = types.SimpleNamespace(name="s", seeds=[0], report_distributions=["test"])
+    text_blocks = " ".join(str(b[1]) for b in summary_blocks(study, [row], ["source", "seed"]) if b[0] == "p")
+    assert f"anchor (text), same split: test {100 * acc:.1f}%" in text_blocks
+    # image data has no anchor
+    assert text.anchor_accuracy(types.SimpleNamespace(is_text=False)) is None
