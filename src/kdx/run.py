@@ -176,6 +176,10 @@ def distill_and_evaluate(cfg: kconfig.RunConfig, data, teacher: Teacher, student
         "train": train_stats,
         "eval": eval_results,
     }
+    if data.is_text:  # the TF-IDF + logistic-regression anchor on the same split, read beside the teacher
+        from kdx.data.text import anchor_accuracy
+
+        metrics["teacher"]["anchor_test_acc"] = anchor_accuracy(data)
     if run_dir:
         write_json(run_dir / METRICS, metrics)
         (run_dir / CHECKPOINT).unlink(missing_ok=True)

@@ -415,27 +415,24 @@ def build_debian_descriptions(out: Path | str, lists_dir: Path | str = APT_LISTS
 
 def tfidf_anchor(dsd, max_features: int = 50_000, C: float = 5.0, seed: int = 0) -> dict:
     """The linear floor: TF-IDF (words and word pairs, sublinear tf) + logistic regression trained on
-    train's `text`, scored on test's `text` (and, as a domain shift, on test's `short`)."""
+    train's `text`, scored on test's `text` (and, as a domain shift, on test's `short`).
+    `kdx.data.text.tfidf_logreg` is the fit; `kdx.data.text.anchor_accuracy` the same for any text Dataset."""
     import numpy as np
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
+
+    from kdx.data.text import tfidf_logreg
 
     train, test = dsd["train"], dsd["test"]
-    vec = TfidfVectorizer(sublinear_tf=True, min_df=2, ngram_range=(1, 2), max_features=max_features)
-    x_train = vec.fit_transform(train["text"])
-    from sklearn.exceptions import ConvergenceWarning
-
-    clf = LogisticRegression(C=C, solver="saga", max_iter=300, random_state=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # saga at 300 epochs is within 0.1 pt of lbfgs
-        clf.fit(x_train, np.asarray(train["label"]))
+    sets = {"text": test["text"]}
+    if "short" in test.column_names:
+        sets["short"] = test["short"]
+    preds, n_features = tfidf_logreg(train["text"], train["label"], sets, max_features, C, seed)
     y = np.asarray(test["label"])
-    pred = clf.predict(vec.transform(test["text"]))
+    pred = preds["text"]
     names = train.features["label"].names
     result = {"accuracy": float((pred == y).mean()), "n_train": len(train), "n_test": len(test),
-              "n_features": int(x_train.shape[1]),
+              "n_features": n_features,
               "per_class_recall": {n: float((pred[y == i] == i).mean()) if (y == i).any() else float("nan")
                                    for i, n in enumerate(names)}}
-    if "short" in test.column_names:
-        result["short_accuracy"] = float((clf.predict(vec.transform(test["short"])) == y).mean())
+    if "short" in preds:
+        result["short_accuracy"] = float((preds["short"] == y).mean())
     return result

@@ -6,12 +6,22 @@ def _pct(v):
     return "  -  " if v is None else f"{100 * v:5.1f}"
 
 
+def anchor_note(teacher: dict) -> str:
+    """For text: the teacher's test accuracy beside the TF-IDF + logistic-regression anchor's (same split)."""
+    a = teacher.get("anchor_test_acc")
+    if a is None:
+        return ""
+    t = teacher.get("test_acc")
+    return (f"\nteacher test acc {_pct(t).strip()}%" if t is not None else "\n") + f"  TF-IDF+LR anchor test acc {_pct(a).strip()}%"
+
+
 def eval_table(metrics: dict, distributions: list[str] | None = None) -> str:
     ev = metrics["eval"]
     names = distributions or list(ev)
     lines = [f"source {metrics['source']}  teacher {metrics['teacher']['arch']} "
              f"({metrics['teacher']['params']:,} params)  student {metrics['student']['arch']} "
-             f"({metrics['student']['params']:,} params)  {metrics['train']['samples_per_s']:,.0f} samples/s",
+             f"({metrics['student']['params']:,} params)  {metrics['train']['samples_per_s']:,.0f} samples/s"
+             + anchor_note(metrics["teacher"]),
              f"{'distribution':34s} {'n':>6s} {'t_acc':>6s} {'s_acc':>6s} {'agree':>6s} {'KL':>7s} {'diff CI':>15s} {'McN p':>7s}"]
     for name in names:
         m = ev[name]

@@ -45,6 +45,7 @@ def collect(runs, out: Path) -> list[dict]:
                     row[k] = e[k]
             row["deviation_slope"] = slopes.get(dist)
             row["train_seconds"] = m["train"]["seconds"]
+            row["anchor_test_acc"] = m["teacher"].get("anchor_test_acc")  # text: the TF-IDF + LR anchor
             cost = m["train"].get("accounting", {})  # runs written before kdx counted forwards lack it
             for k in ("teacher_queries", "teacher_forwards", "student_forwards"):
                 row[k] = cost.get(k)
@@ -75,12 +76,14 @@ def summary_blocks(study, rows: list[dict], axes: list[str]) -> list[tuple]:
         groups[_group_key(row, axes)][row["distribution"]].append(row)
     group_axes = [a for a in axes if a != "seed"]
     teacher = {row["distribution"]: row["teacher_acc"] for row in rows}
+    anchor = next((row.get("anchor_test_acc") for row in rows if row.get("anchor_test_acc") is not None), None)
     blocks = [("h1", f"Study `{study.name}`"),
               ("p", f"Mean and 95% t-interval over seeds ({', '.join(map(str, study.seeds))}); last-step numbers. "
                     f"`beats`/`loses`: seeds where the student's accuracy differs from the teacher's with exact McNemar "
                     f"p < {ALPHA} on the same inputs. Teacher accuracy: "
                     + ", ".join(f"{d} {100 * teacher[d]:.1f}%" for d in study.report_distributions
-                                if teacher.get(d) is not None) + ".")]
+                                if teacher.get(d) is not None) + "."
+                    + (f" TF-IDF + logistic-regression anchor (text), same split: test {100 * anchor:.1f}%." if anchor is not None else ""))]
     missing = [d for d in study.report_distributions if not any(d in by_dist for by_dist in groups.values())]
     if missing:
         blocks.append(("p", f"Not evaluated by these runs (see `eval.distributions`): {', '.join(missing)}."))
@@ -168,6 +171,9 @@ def figures(study, rows: list[dict], axes: list[str], out: Path) -> list[tuple[s
     ax.bar(range(len(groups)), 100 * means, yerr=100 * err, capsize=4, color="tab:blue")
     if teacher_acc is not None:
         ax.axhline(100 * teacher_acc, color="tab:red", ls="--", label=f"teacher {100 * teacher_acc:.1f}%")
+        anchor = next((r.get("anchor_test_acc") for r in rows if r.get("anchor_test_acc") is not None), None)
+        if anchor is not None:
+            ax.axhline(100 * anchor, color="tab:gray", ls=":", label=f"TF-IDF+LR anchor {100 * anchor:.1f}%")
         ax.legend()
     ax.set_xticks(range(len(groups)), names, rotation=30, ha="right")
     ax.set_ylabel("student test accuracy % (95% CI over seeds)")
