@@ -64,7 +64,6 @@ import os
 import re
 import shutil
 import subprocess
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path

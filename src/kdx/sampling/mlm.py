@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import time
 from pathlib import Path
 
