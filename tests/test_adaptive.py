@@ -281,7 +281,8 @@ def test_region_and_bandit_accounting():
     src, data, _, _, _ = region_source()
     for step in range(3):
         src.batch(step, 16)
-    assert src.accounting() == {"teacher_forwards": len(data.x_train), "student_forwards": 48, "candidates_drawn": 48}
+    assert src.accounting() == {"teacher_forwards": len(data.x_train), "teacher_cache_lookups": 48,
+                                "student_forwards": 48, "candidates_drawn": 48}
     mix = bandit_source()
     for step in range(3):
         mix.batch(step, 16)
@@ -520,9 +521,19 @@ def test_metrics_account_for_every_forward(digits_teacher, tmp_path):
     adaptive = read_metrics(run_fast(tmp_path, "distill.samples=1280", "source.name=adaptive",
                                      "source.candidates.name=noise", "source.score=kl", name="adaptive"))
     cost = adaptive["train"]["accounting"]
-    # 2x oversampled candidates, all scored by both models; the chosen rows' logits are passed on
+    # 2x oversampled candidates, all scored by both models; the chosen rows' logits are passed on, counted once
     assert cost["source"]["teacher_forwards"] == 2560 and cost["teacher_forwards"] == 2560
-    assert cost["teacher_cache_lookups"] == 1280 and cost["student_forwards"] == 1280 + 2560
+    assert cost["teacher_cache_lookups"] == 0 and cost["teacher_queries"] == 2560
+    assert cost["student_forwards"] == 1280 + 2560
+    # over the cached train pool: every candidate's logits are read to score it, none computed
+    cached = read_metrics(run_fast(tmp_path, "distill.samples=1280", "source.name=adaptive",
+                                   "source.candidates.name=train", "source.score=kl", name="cached"))
+    c = cached["train"]["accounting"]
+    assert c["teacher_forwards"] == 0 and c["teacher_cache_lookups"] == c["teacher_queries"] == 2560
+    # student-scored: the teacher's cached logits of the chosen rows only
+    student = read_metrics(run_fast(tmp_path, "distill.samples=1280", "source.name=adaptive",
+                                    "source.candidates.name=train", "source.score=student_entropy", name="student"))
+    assert student["train"]["accounting"]["teacher_queries"] == 1280
 
 
 def test_the_explorer_shows_where_the_adaptive_source_drew(digits_teacher, tmp_path):

@@ -120,7 +120,7 @@ def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, seed: 
                 with torch.no_grad():
                     t_logits = teacher_forward(x)
                 counts["teacher_forwards"] += len(x)
-            elif t_logits is not None:
+            elif t_logits is not None and not batch.counted:
                 counts["teacher_cache_lookups"] += len(x)
             s_logits = forward(x)
             loss = LOSSES.get(loss_name).fn(s_logits.float(), None if t_logits is None else t_logits.float(),
@@ -168,13 +168,15 @@ def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, seed: 
 
 def accounting(counts: dict, source: Source, samples: int, ddp: bool, device: torch.device) -> dict:
     """What the run cost in model forwards, so studies can compare sources at equal teacher queries, not
-    only at equal steps: the loop's own counts plus the source's (an adaptive source scores candidates).
-    Counts are inputs, summed over ranks; `teacher_queries` = forwards + cache lookups."""
+    only at equal steps: the loop's own counts plus the source's (an adaptive source scores candidates;
+    logits it passes on are counted once, by it). Counts are inputs, summed over ranks; `teacher_queries`
+    = forwards + cache lookups (a looked-up row counts as a query: the cache only saves recomputing it)."""
     extra = source.accounting()
     numbers = {k: v for k, v in extra.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     teacher = counts["teacher_forwards"] + numbers.get("teacher_forwards", 0)
+    lookups = counts["teacher_cache_lookups"] + numbers.get("teacher_cache_lookups", 0)
     student = numbers.get("student_forwards", 0)  # scoring forwards (no grad); training adds `samples`
-    totals = [teacher, counts["teacher_cache_lookups"], student]
+    totals = [teacher, lookups, student]
     if ddp:
         t = torch.tensor(totals, dtype=torch.float64, device=device)
         dist.all_reduce(t)

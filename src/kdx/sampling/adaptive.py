@@ -53,7 +53,7 @@ from kdx.neighbors import Projection, kmeans
 from kdx.registry import SOURCES
 from kdx.sampling.base import Batch, PoolSource, Source, step_generator
 
-COUNTS = ("teacher_forwards", "student_forwards", "candidates_drawn")
+COUNTS = ("teacher_forwards", "teacher_cache_lookups", "student_forwards", "candidates_drawn")
 
 
 def _probs(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,11 +216,15 @@ class AdaptiveSource(Source):
         t = cb.teacher_logits
         if needs_teacher and t is None:
             t = self.scorer.run_teacher(cb.x)
+        elif needs_teacher:  # every candidate's cached logits are read to score it
+            self.scorer.counts["teacher_cache_lookups"] += len(cb.x)
         s = self.scorer.run_student(cb.x) if needs_student else None
         keep = pick_rows(fn(t, s), n, self.pick, self.beta, step_generator(self.seed, step, self.device, "adaptive"))
         if self.pool_rows is not None:
             self.log_draws(self.cand.last_indices[keep], step)
-        return Batch(cb.x[keep], None if cb.y is None else cb.y[keep], None if t is None else t[keep])
+        if t is not None and not needs_teacher:  # cached logits of the chosen rows only
+            self.scorer.counts["teacher_cache_lookups"] += len(keep)
+        return Batch(cb.x[keep], None if cb.y is None else cb.y[keep], None if t is None else t[keep], counted=True)
 
     def skip(self, step: int, n: int) -> None:
         if self.score == "region":
@@ -270,12 +274,13 @@ class AdaptiveSource(Source):
         t = self.pool_logits[idx]
         kl = kl_rows(t, self.scorer.run_student(x))
         self.scorer.counts["candidates_drawn"] += n
+        self.scorer.counts["teacher_cache_lookups"] += n
         count = torch.bincount(r, minlength=self.k)
         mean = torch.zeros(self.k, dtype=torch.float64, device=self.device).index_add_(0, r, kl) / count.clamp_min(1)
         old = self.region_scores
         upd = torch.where(torch.isnan(old), mean, (1 - self.ema) * old + self.ema * mean)
         self.region_scores = torch.where(count > 0, upd, old)
-        return Batch(x, None if self.cand.y is None else self.cand.y[idx], t)
+        return Batch(x, None if self.cand.y is None else self.cand.y[idx], t, counted=True)
 
     # ---- where it drew -------------------------------------------------------------------------
     def log_draws(self, rows: torch.Tensor, step: int) -> None:
@@ -311,7 +316,7 @@ class AdaptiveSource(Source):
 
     def load_state_dict(self, state: dict) -> None:
         self.cand.load_state_dict(state["candidates"])
-        self.scorer.counts = {k: int(state["counts"][k]) for k in COUNTS}
+        self.scorer.counts = {k: int(state["counts"].get(k, 0)) for k in COUNTS}
         if state.get("drawn") is not None:
             self.drawn, self.drawn_steps = (v.to(self.device) for v in state["drawn"])
         if "region" in state:

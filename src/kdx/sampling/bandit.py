@@ -75,6 +75,8 @@ class AdaptiveMixture(MixtureSource):
                 b = p.batch(step, c)
                 if b.teacher_logits is None:
                     b.teacher_logits = self.scorer.run_teacher(b.x)
+                elif not b.counted:
+                    self.scorer.counts["teacher_cache_lookups"] += len(b.x)
                 batches.append(b)
         x = torch.cat([b.x for b in batches])
         t = torch.cat([b.teacher_logits for b in batches])
@@ -92,7 +94,7 @@ class AdaptiveMixture(MixtureSource):
             ys = [b.y for b in batches]
             y = torch.cat(ys) if all(v.ndim == 1 for v in ys) else torch.cat(
                 [v if v.ndim == 2 else F.one_hot(v, self.data.num_classes).float() for v in ys])
-        return Batch(x, y, t)
+        return Batch(x, y, t, counted=True)
 
     def batch(self, step: int, n: int) -> Batch:
         return self._draw(step, n)
@@ -113,7 +115,7 @@ class AdaptiveMixture(MixtureSource):
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.scorer.counts = {k: int(state["counts"][k]) for k in COUNTS}
+        self.scorer.counts = {k: int(state["counts"].get(k, 0)) for k in COUNTS}
         self.rewards = state["rewards"].to(torch.float64).cpu()
         self.weights = state["weights"].to(torch.float64).cpu()
         self.refreshed = int(state["refreshed"])

@@ -19,6 +19,7 @@ class Batch:
     x: torch.Tensor  # model inputs (model_input of stored ones: floats, or int64 token ids), on the device
     y: torch.Tensor | None = None  # int labels, or (N, K) soft labels after mixup/cutmix; None if unlabeled
     teacher_logits: torch.Tensor | None = None
+    counted: bool = False  # the source already counted these logits in its accounting() (computed or looked up)
 
 
 def step_generator(seed: int, step: int, device: torch.device, salt: str = "") -> torch.Generator:

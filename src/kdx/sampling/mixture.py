@@ -45,7 +45,7 @@ class MixtureSource(Source):
             ys = [b.y for b in batches]
             y = torch.cat(ys) if all(t.ndim == 1 for t in ys) else torch.cat(
                 [t if t.ndim == 2 else F.one_hot(t, k).float() for t in ys])
-        return Batch(x, y, logits)
+        return Batch(x, y, logits, counted=logits is not None and all(b.counted for b in batches))
 
     def state_dict(self) -> dict:
         return {"parts": [p.state_dict() for p in self.parts]}
