@@ -21,6 +21,7 @@ from torch import nn
 
 import kdx
 from kdx import config as kconfig
+from kdx import probes
 from kdx.data.base import Dataset
 from kdx.device import prepare_model, resolve_device
 from kdx.distill.teacher import Teacher, TeacherLogits
@@ -30,7 +31,6 @@ from kdx.eval.report import eval_table
 from kdx.io import write_text
 from kdx.models.wrap import wrap_model
 from kdx.probes import ProbeOptions
-from kdx.probes import probe as probe_run
 from kdx.rundir import CONFIG, FinishedRun
 from kdx.run import build_source, distill_and_evaluate, prepare_run_dir, validate_training
 
@@ -108,7 +108,7 @@ def probe(result: FinishedRun | str | Path, out: str | Path | None = None, **opt
     """Where the student deviates (`kdx probe`): deviation slopes, regions, coverage and, with map=True, the
     explorer's map, written to the run directory (or `out`). `options`: kdx.probes.ProbeOptions fields."""
     if isinstance(result, (str, Path)):
-        return probe_run(result, ProbeOptions(**options))
+        return probes.probe(result, ProbeOptions(**options))
     if out is not None:
         result = dataclasses.replace(result, dir=Path(out))
         result.dir.mkdir(parents=True, exist_ok=True)
@@ -118,4 +118,4 @@ def probe(result: FinishedRun | str | Path, out: str | Path | None = None, **opt
             save_torch(result.dir / "student.pt", {"model": result.student.state_dict()})
     if result.dir is None:
         raise KdxError("kdx.probe writes files: pass out=DIR, or run_dir=DIR to kdx.distill_student")
-    return probe_run(result, ProbeOptions(**{"map": False, **options}))
+    return probes.probe(result, ProbeOptions(**{"map": False, **options}))
