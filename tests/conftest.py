@@ -37,3 +37,33 @@ def run_fast(runs_dir, *overrides: str, name: str = "run", resume: bool = False,
     from kdx.run import run
 
     return run(None, FAST + list(overrides), str(runs_dir), name, resume, overwrite)
+
+
+# timing and memory: they differ between two runs of the same config
+TIMING = {"seconds", "samples_per_s", "resumed_from_step", "seconds_to_load_or_train", "peak_rss_mb", "peak_gpu_mb"}
+
+
+def strip_timing(obj):
+    """metrics.json without the fields that differ between two runs of the same config."""
+    if isinstance(obj, dict):
+        return {k: strip_timing(v) for k, v in obj.items() if k not in TIMING}
+    return obj
+
+
+def kill_once_checkpointed(cmd: list[str], run_dir, env: dict, poll: float = 0.05):
+    """Start `kdx run` (cmd) writing run_dir and SIGKILL it as soon as its first checkpoint exists; checks
+    that the kill came before the run finished. Returns the checkpoint's path."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = run_dir / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(poll)
+    assert ckpt.exists(), "no checkpoint appeared"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "metrics.json").exists()
+    return ckpt

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from kdx.cli import app
-from conftest import FAST
+from conftest import FAST, strip_timing
 from kdx.data.base import Dataset
 from kdx.errors import KdxError
 from kdx.registry import SOURCES
@@ -419,13 +419,6 @@ def kdx_student(data):
     return build_model({"name": "cnn", "channels": [8, 16], "hidden": 32}, data, "student", 0)
 
 
-def _strip_timing(obj):
-    timing = {"seconds", "samples_per_s", "resumed_from_step", "seconds_to_load_or_train", "peak_rss_mb", "peak_gpu_mb"}
-    if isinstance(obj, dict):
-        return {k: _strip_timing(v) for k, v in obj.items() if k not in timing}
-    return obj
-
-
 class Killed(Exception):
     pass
 
@@ -462,7 +455,7 @@ def test_killed_adaptive_run_resumes_bit_identically(digits_teacher_light, tmp_p
     run(None, args, str(tmp_path), "killed", resume=True)
     m_ref, m_res = (json.loads((d / "metrics.json").read_text()) for d in (ref, killed))
     assert m_res["train"]["resumed_from_step"] == 30
-    assert _strip_timing(m_res) == _strip_timing(m_ref)
+    assert strip_timing(m_res) == strip_timing(m_ref)
     s_ref, s_res = (torch.load(d / "student.pt", weights_only=False)["model"] for d in (ref, killed))
     assert all(torch.equal(s_ref[k], s_res[k]) for k in s_ref)
 

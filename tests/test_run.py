@@ -1,26 +1,15 @@
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import FAST, run_fast
+from conftest import FAST, kill_once_checkpointed, run_fast, strip_timing
 from kdx.errors import KdxError
 from kdx.registry import LOSSES
-
-# timing and memory: they differ between two runs of the same config
-TIMING = {"seconds", "samples_per_s", "resumed_from_step", "seconds_to_load_or_train", "peak_rss_mb", "peak_gpu_mb"}
-
-
-def _strip_timing(obj):
-    if isinstance(obj, dict):
-        return {k: _strip_timing(v) for k, v in obj.items() if k not in TIMING}
-    return obj
 
 
 def test_teacher_and_students_learn(digits_teacher, tmp_path):
@@ -57,7 +46,7 @@ def test_same_seed_same_metrics(digits_teacher, tmp_path):
     a = run_fast(tmp_path, "source.augment=mixup", name="a")
     b = run_fast(tmp_path, "source.augment=mixup", name="b")
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
-    assert _strip_timing(ma) == _strip_timing(mb)
+    assert strip_timing(ma) == strip_timing(mb)
 
 
 def test_existing_run_dir_is_refused_unless_resume_or_overwrite(digits_teacher, tmp_path):
@@ -76,22 +65,14 @@ def test_killed_run_resumes_to_the_uninterrupted_result(digits_teacher, tmp_path
     subprocess.run(ref_cmd, env=env, check=True, capture_output=True)
     ref = tmp_path / "ref"
     cmd = [sys.executable, "-m", "kdx", "run", *args, "--runs-dir", str(tmp_path), "--name", "killed"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = tmp_path / "killed" / "checkpoint.pt"
-    deadline = time.time() + 120
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert ckpt.exists(), "no checkpoint appeared"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "killed" / "metrics.json").exists()
+    ckpt = kill_once_checkpointed(cmd, tmp_path / "killed", env)
     assert torch.load(ckpt, weights_only=False)["step"] < 469
     out = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     m_ref = json.loads((ref / "metrics.json").read_text())
     m_res = json.loads((tmp_path / "killed" / "metrics.json").read_text())
     assert m_res["train"]["resumed_from_step"] > 0
-    assert _strip_timing(m_res) == _strip_timing(m_ref)
+    assert strip_timing(m_res) == strip_timing(m_ref)
 
 
 def test_nan_loss_stops_with_the_step_named(digits_teacher, tmp_path):

@@ -3,14 +3,13 @@ embeddings student; sources, held-out sets, tokenizer loading, resume, and refus
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
+from conftest import kill_once_checkpointed, strip_timing
 from kdx.errors import KdxError
 
 TOPICS = {
@@ -170,23 +169,13 @@ def test_text_run_killed_resumes_bit_identical(text_teacher, corpus_dir, tmp_pat
     out = subprocess.run(ref_cmd, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     cmd = [sys.executable, "-m", "kdx", "run", *args, "--runs-dir", str(tmp_path), "--name", "killed"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = tmp_path / "killed" / "checkpoint.pt"
-    deadline = time.time() + 120
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    assert ckpt.exists(), "no checkpoint appeared"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "killed" / "metrics.json").exists()
+    kill_once_checkpointed(cmd, tmp_path / "killed", env, poll=0.02)
     out = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    timing = {"seconds", "samples_per_s", "resumed_from_step", "seconds_to_load_or_train", "peak_rss_mb", "peak_gpu_mb"}
-    strip = lambda o: {k: strip(v) for k, v in o.items() if k not in timing} if isinstance(o, dict) else o  # noqa: E731
     m_ref = json.loads((tmp_path / "ref" / "metrics.json").read_text())
     m_res = json.loads((tmp_path / "killed" / "metrics.json").read_text())
     assert m_res["train"]["resumed_from_step"] > 0
-    assert strip(m_res) == strip(m_ref)
+    assert strip_timing(m_res) == strip_timing(m_ref)
     a = torch.load(tmp_path / "ref" / "student.pt")["model"]
     b = torch.load(tmp_path / "killed" / "student.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
