@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 RUNS   ?= runs
 
-.PHONY: install demo demo-text test fashion-mnist chromium clean
+.PHONY: install demo demo-text findings test fashion-mnist chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,12 @@ demo-text: install
 	  $(BIN)/kdx data build debian-descriptions --out $(DEBIAN); \
 	fi
 	OMP_NUM_THREADS=1 $(BIN)/kdx study configs/studies/sources_text.yaml --runs-dir $(RUNS) --workers 2
+
+# docs/findings.md (issue 16): five studies (self-distillation at convergence, budgets, the noise-share
+# puzzle) and the eigen simulation, each resumed where it stopped, then the page and docs/findings/*.png.
+# About 1.5 h on the 2-core CPU, one thread a process.
+findings: install fashion-mnist
+	OMP_NUM_THREADS=1 $(BIN)/kdx findings --run --workers 2 --runs-dir $(RUNS)
 
 # Chromium for the explorer's browser tests (playwright drives /usr/bin/chromium; its own browser
 # download is not used). Without root or apt those tests skip, saying why.

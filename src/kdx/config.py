@@ -76,6 +76,9 @@ class DistillConfig:
     warmup: float = 0.02  # fraction of steps with linear warm-up (cosine)
     checkpoint_every: int = 500
     log_every: int = 50
+    # the learning curve: every this many samples (0: never) the student's test accuracy and agreement
+    # with the teacher go to log.jsonl (an eval-mode pass over the test set; no effect on training)
+    curve_every: int = 0
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False  # torch.compile the student (slowed training on the 2-core CPU; try it on GPU)
     # torch.compile the teacher's per-batch forward: on the 2-core CPU 1.59x teacher inference alone but
@@ -130,7 +133,7 @@ DOMAINS = {
     "distill.alpha": _unit(), "distill.switch_at": _unit(), "distill.switch_order": _one_of("onehot_first", "distill_first"),
     **{f"distill.{k}": TRAIN_DOMAINS[k] for k in ("optimizer", "lr", "weight_decay", "schedule")},
     "distill.momentum": _unit(closed_top=False), "distill.warmup": _unit(closed_top=False),
-    "distill.checkpoint_every": _at_least(1), "distill.log_every": _at_least(1),
+    "distill.checkpoint_every": _at_least(1), "distill.log_every": _at_least(1), "distill.curve_every": _at_least(0),
     "distill.device": ((lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:")), "auto, cpu, cuda or cuda:N"),
     "eval.n": _at_least(1), "eval.batch_size": _at_least(1), "eval.bootstrap": _at_least(1),
 }
@@ -255,3 +258,27 @@ def to_yaml(cfg) -> str:
 
 def to_dict(cfg) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cfg))
+
+
+def overrides_between(base, cfg) -> list[str]:
+    """Dotted overrides that turn config `base` into `cfg`, i.e. load_config(base's file, these) == cfg:
+    the one `kdx run` command behind a study's run. A registry section whose entry changes is given
+    whole (`source.name=mixture` first, then its args); values are written as JSON, which is YAML."""
+    import json
+
+    out = []
+
+    def walk(old: dict, new: dict, prefix: str) -> None:
+        for key, value in new.items():
+            dotted, before = prefix + key, old.get(key)
+            if isinstance(value, dict) and isinstance(before, dict):
+                if dotted in SPEC_SECTIONS and value.get("name") != before.get("name"):
+                    before = {}  # the old entry's args are dropped with its name
+                    out.append(f"{dotted}.name={value['name']}")
+                walk(before, {k: v for k, v in value.items() if not (dotted in SPEC_SECTIONS and k == "name"
+                                                                      and not before)}, dotted + ".")
+            elif value != before:
+                out.append(f"{dotted}={json.dumps(value) if isinstance(value, (list, dict)) else value}")
+
+    walk(OmegaConf.to_container(OmegaConf.structured(base)), OmegaConf.to_container(OmegaConf.structured(cfg)), "")
+    return out

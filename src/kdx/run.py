@@ -24,7 +24,7 @@ from kdx.distill.teacher import Teacher, get_teacher
 from kdx.errors import KdxError
 from kdx.eval import distribution_names, evaluate, heldout
 from kdx.io import save_arrays, save_torch, write_json, write_text
-from kdx.models import build_model, load_weights, num_params, read_state_dict
+from kdx.models import build_model, load_weights, num_params, predict, read_state_dict
 from kdx.registry import DATASETS, HELDOUT, LOSSES, MODELS, SOURCES
 from kdx.rundir import CHECKPOINT, CONFIG, DRAWS, METRICS, STUDENT
 from kdx.sampling.base import Source
@@ -149,6 +149,16 @@ def build_source(cfg: kconfig.RunConfig, data) -> Source:
     return source
 
 
+def learning_curve(teacher: Teacher, data):
+    """The loop's `curve`: the student's accuracy and agreement with the teacher on the whole test set."""
+    y, t_top1 = data.y_test, teacher.logits(data.x_test).argmax(1).cpu()
+
+    def score(student: torch.nn.Module) -> dict:
+        top1 = predict(student, data.x_test).argmax(1).cpu()
+        return {"test_acc": float((top1 == y).float().mean()), "test_agreement": float((top1 == t_top1).float().mean())}
+    return score
+
+
 def distill_and_evaluate(cfg: kconfig.RunConfig, data, teacher: Teacher, student: torch.nn.Module, source: Source,
                          source_spec: dict, run_dir: Path | None = None, resume: bool = False, ddp: bool = False,
                          teacher_seconds: float | None = None) -> dict | None:
@@ -158,7 +168,8 @@ def distill_and_evaluate(cfg: kconfig.RunConfig, data, teacher: Teacher, student
     main = not ddp or dist.get_rank() == 0
     torch.manual_seed(cfg.seed)
     desc = run_dir.name if run_dir else "distill"
-    train_stats = distill(student, source, cfg.distill, cfg.seed, teacher, run_dir, resume, desc, ddp)
+    curve = learning_curve(teacher, data) if cfg.distill.curve_every else None
+    train_stats = distill(student, source, cfg.distill, cfg.seed, teacher, run_dir, resume, desc, ddp, curve)
     if main and run_dir:
         save_torch(run_dir / STUDENT, {"model": student.state_dict(), "spec": cfg.student.model})
         draws = source.draw_log() if hasattr(source, "draw_log") else None

@@ -128,6 +128,20 @@ def study_cmd(config: Path = typer.Argument(..., help="study YAML (configs/studi
     print(f"wrote {out}/summary.csv, summary.md, report.html")
 
 
+@app.command("findings")
+def findings_cmd(runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+                 out: Path = typer.Option(Path("docs/findings.md"), "--out", help="the page; its figures go to a folder "
+                                          "named after it (docs/findings/)"),
+                 configs: Path = typer.Option(Path("configs"), "--configs", help="the folder holding studies/"),
+                 run: bool = typer.Option(False, "--run", help="first run (or resume) every findings study and the "
+                                          "eigen simulation"),
+                 workers: int = typer.Option(1, "--workers", help="with --run: independent runs in parallel processes")):
+    """docs/findings.md: the seed paper's claims at full budget, from the findings studies' run folders."""
+    from kdx.study.findings import write_findings
+
+    print(f"wrote {write_findings(runs_dir, out, configs, run, workers)}")
+
+
 @app.command("explore")
 def explore_cmd(target: Path = typer.Argument(..., help="a probed run directory, or a study's (DIR/studies/NAME)"),
                 port: int = typer.Option(8050, "--port", help="port on 127.0.0.1 (0: any free one)"),

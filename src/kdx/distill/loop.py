@@ -3,7 +3,8 @@
 Read top to bottom: set up device and models, draw a batch from the source, get the teacher's
 logits (cached by the source for fixed inputs, else computed on this exact view), pick the loss
 for this point of training (late distillation switches from one-hot to distillation at
-`switch_at`), step, log every `log_every` steps (the only host syncs), checkpoint atomically.
+`switch_at`), step, log every `log_every` steps (the only host syncs), checkpoint atomically;
+every `curve_every` samples the caller's `curve` scores the student (the learning curve).
 A killed run resumes from its checkpoint to the same result as an uninterrupted one: the
 source's cursor is checkpointed and every random draw is a function of (seed, step).
 
@@ -64,10 +65,12 @@ def rank_batch(source: Source, step: int, batch_size: int, rank: int, world: int
 
 
 def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, seed: int, teacher=None,
-            run_dir: Path | None = None, resume: bool = False, desc: str = "distill", ddp: bool = False) -> dict:
+            run_dir: Path | None = None, resume: bool = False, desc: str = "distill", ddp: bool = False,
+            curve=None) -> dict:
     """Train `student` on `source` for cfg.samples inputs; the config was checked by kdx.run.validate.
     `teacher` (a kdx.distill.teacher.Teacher: model and cached logits) is needed by every loss but
-    one-hot; the checkpoint and the log go to run_dir."""
+    one-hot; the checkpoint and the log go to run_dir. `curve(student) -> dict` (eval mode, no
+    gradients, no randomness: training is unchanged) is logged every cfg.curve_every samples."""
     device = resolve_device(cfg.device)
     image = source.data.is_image
     steps = max(1, math.ceil(cfg.samples / cfg.batch_size))
@@ -155,6 +158,10 @@ def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, seed: 
                 log.flush()
             if done % cfg.checkpoint_every == 0 and done < steps and rank == 0:
                 save_checkpoint(done)
+        if log and curve and cfg.curve_every and (done * cfg.batch_size // cfg.curve_every
+                                                  > step * cfg.batch_size // cfg.curve_every or done == steps):
+            log.write(json.dumps({"step": done, "samples": done * cfg.batch_size, "curve": curve(student)}) + "\n")
+            log.flush()
     bar.close()
     if log:
         log.close()

@@ -2,7 +2,9 @@
 tasks over a cluster), each probed; then the reports. A study run again resumes where it stopped."""
 from __future__ import annotations
 
+import json
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -12,9 +14,12 @@ from kdx.distill.teacher import get_teacher
 from kdx.errors import KdxError
 from kdx.probes import ProbeOptions, probe
 from kdx.run import execute
+from kdx.io import write_json
 from kdx.rundir import METRICS, PROBES
 from kdx.study.plan import PlannedRun, plan
 from kdx.study.report import write_reports
+
+TIMING = "timing.json"  # in the study folder: wall seconds of each invocation
 
 
 def _run_one(cfg: kconfig.RunConfig, run_dir: Path, threads: int, probe_options: ProbeOptions | None) -> str:
@@ -58,6 +63,7 @@ def run_study(study_path: str | Path, runs_dir: str | Path = "runs", workers: in
               overrides: list[str] = (), executor: str = "local", cpus_per_run: int = 1) -> Path:
     if executor not in ("local", "ray"):
         raise KdxError(f"--executor must be local or ray, got '{executor}'")
+    t0 = time.time()
     study, runs = plan(study_path, overrides)
     out = Path(runs_dir) / "studies" / study.name
     out.mkdir(parents=True, exist_ok=True)
@@ -86,4 +92,9 @@ def run_study(study_path: str | Path, runs_dir: str | Path = "runs", workers: in
                 f.result()
                 print(f"[{i + 1}/{len(todo)}] {futures[f].name} done", flush=True)
     write_reports(study, runs, out)
+    # wall time of each invocation (a resumed study adds one), teachers included: the findings cite it
+    timing = json.loads((out / TIMING).read_text()) if (out / TIMING).exists() else []
+    write_json(out / TIMING, timing + [{"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t0)),
+                                        "seconds": round(time.time() - t0, 1), "runs_done": len(todo),
+                                        "workers": workers, "executor": executor, "cpus": os.cpu_count()}])
     return out

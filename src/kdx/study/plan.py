@@ -1,5 +1,5 @@
-"""A study's schema and its planner: the grid of runs (sources x seeds x optional loss, temperature,
-switch_at, student) expanded into resolved, validated run configs before any run starts."""
+"""A study's schema and its planner: the grid of runs (sources x seeds x optional budget (samples), loss,
+temperature, switch_at, student) expanded into resolved, validated run configs before any run starts."""
 from __future__ import annotations
 
 import dataclasses
@@ -22,6 +22,7 @@ class StudyConfig:
     overrides: list[str] = dataclasses.field(default_factory=list)  # applied to every run
     sources: list[dict[str, Any]] = dataclasses.field(default_factory=lambda: [{"name": "train"}])
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
+    samples: list[int] = dataclasses.field(default_factory=list)  # distill.samples budgets; empty: the base's
     loss: list[str] = dataclasses.field(default_factory=list)  # empty: the base config's
     temperature: list[float] = dataclasses.field(default_factory=list)
     switch_at: list[Optional[float]] = dataclasses.field(default_factory=list)
@@ -63,13 +64,13 @@ def plan(study_path: str | Path, overrides: list[str] = ()) -> tuple[StudyConfig
     study = kconfig.load_config(study_path, overrides, schema=StudyConfig)
     base = (study_path.parent / study.base) if not Path(study.base).is_absolute() else Path(study.base)
     base_cfg = kconfig.load_config(base, study.overrides)
-    axes = {"source": study.sources, "loss": study.loss or [None], "temperature": study.temperature or [None],
+    axes = {"source": study.sources, "samples": study.samples or [None], "loss": study.loss or [None], "temperature": study.temperature or [None],
             "switch_at": study.switch_at or ["base"], "student": study.student or [None], "seed": study.seeds}
     runs = []
     strip = lambda spec: {k: v for k, v in spec.items() if k not in STUDY_KEYS}  # noqa: E731
-    for source, loss, temp, switch, student, seed in itertools.product(*axes.values()):
-        distill = dataclasses.replace(base_cfg.distill, **{k: v for k, v in
-                                                           {"loss": loss, "temperature": temp}.items() if v is not None})
+    for source, samples, loss, temp, switch, student, seed in itertools.product(*axes.values()):
+        distill = dataclasses.replace(base_cfg.distill, **{k: v for k, v in {"samples": samples, "loss": loss,
+                                                                            "temperature": temp}.items() if v is not None})
         if "samples_scale" in source:
             distill = dataclasses.replace(distill, samples=max(1, round(distill.samples * float(source["samples_scale"]))))
         if switch != "base":
@@ -78,6 +79,8 @@ def plan(study_path: str | Path, overrides: list[str] = ()) -> tuple[StudyConfig
         if student is not None:
             cfg = dataclasses.replace(cfg, student=kconfig.StudentConfig(model=strip(student)))
         labels = {"source": _label(source)}
+        if study.samples:
+            labels["samples"] = samples
         if study.loss:
             labels["loss"] = loss
         if study.temperature:
@@ -87,7 +90,7 @@ def plan(study_path: str | Path, overrides: list[str] = ()) -> tuple[StudyConfig
         if study.student:
             labels["student"] = _label(student)
         labels["seed"] = seed
-        prefix = {"temperature": "T", "switch_at": "sw", "seed": "s"}
+        prefix = {"samples": "n", "temperature": "T", "switch_at": "sw", "seed": "s"}
         name = "-".join(f"{prefix.get(k, '')}{v}" for k, v in labels.items())
         where = f"{study_path}: run {name}"
         try:

@@ -1,0 +1,166 @@
+"""`kdx findings` (docs/findings.md) end to end on tiny digits versions of the five findings studies,
+the learning curve it reads, the `samples` study axis, and the one-line command behind every run."""
+import json
+import re
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import FAST
+from kdx import config as kconfig
+from kdx.cli import app
+from kdx.errors import KdxError
+from kdx.study import plan
+from kdx.study.findings import STUDIES, _fraction, load_study
+
+SELF_RUN = """data: {name: digits}
+teacher:
+  model: {name: cnn, channels: [8, 16], convs_per_block: 1, hidden: 32}
+  train: {epochs: 15, lr: 0.05, schedule: cosine}
+  seed: 1000
+student:
+  model: {name: cnn, channels: [8, 16], convs_per_block: 1, hidden: 32}
+distill: {samples: 3000, batch_size: 128, curve_every: 1000, checkpoint_every: 10, log_every: 5}
+eval: {n: 300, bootstrap: 200, distributions: [test, train_subset, gaussian_noise-2, uniform_noise]}
+"""
+SELF_STUDY = """name: {name}
+base: ../self.yaml
+seeds: [0, 1]
+switch_at: [0.0, 0.5, 1.0]
+probe_source_n: 200
+report_distributions: [test, train_subset]
+"""
+BUDGET_STUDY = """name: budget_mnist1d
+base: ../self.yaml
+overrides: [distill.curve_every=0]
+seeds: [0, 1]
+samples: [1500, 3000]
+switch_at: [0.0, 1.0]
+probe: false
+report_distributions: [test]
+"""
+PUZZLE_STUDY = """name: {name}
+base: ../puzzle.yaml
+seeds: [0, 1]
+samples: [1500, 3000]
+sources:
+  - {{name: train, label: noise0}}
+  - {{name: mixture, label: noise0.5, components: [{{name: train, weight: 0.5}}, {{name: noise, kind: uniform, weight: 0.5}}]}}
+probe: false
+report_distributions: [test, gaussian_noise-2, uniform_noise]
+"""
+
+
+@pytest.fixture(scope="module")
+def findings(tmp_path_factory):
+    """`kdx findings --run` over tiny configs; returns (configs, runs, page path, cli output)."""
+    root = tmp_path_factory.mktemp("findings")
+    configs, runs = root / "configs", root / "runs"
+    (configs / "studies").mkdir(parents=True)
+    (configs / "self.yaml").write_text(SELF_RUN)
+    # the puzzle's base: the FAST setting (the digits_teacher fixture's teacher) as a YAML file
+    puzzle = kconfig.load_config(None, FAST)
+    (configs / "puzzle.yaml").write_text(json.dumps({"data": puzzle.data, "teacher": {"model": puzzle.teacher.model,
+                                                     "train": {"epochs": 40, "lr": 0.05}},
+                                                     "student": {"model": puzzle.student.model},
+                                                     "distill": {"batch_size": 128},
+                                                     "eval": {"n": 300, "bootstrap": 200, "distributions":
+                                                              ["test", "gaussian_noise-2", "uniform_noise"]}}))
+    for name in ("selfdistill_mnist1d", "selfdistill_fashion_mnist"):
+        (configs / "studies" / f"{name}.yaml").write_text(SELF_STUDY.format(name=name))
+    (configs / "studies" / "budget_mnist1d.yaml").write_text(BUDGET_STUDY)
+    for name in ("noise_fraction_mnist1d", "noise_fraction_fashion_mnist"):
+        (configs / "studies" / f"{name}.yaml").write_text(PUZZLE_STUDY.format(name=name))
+    out = root / "docs" / "findings.md"
+    res = CliRunner().invoke(app, ["findings", "--run", "--runs-dir", str(runs), "--configs", str(configs),
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    return configs, runs, out, res.output
+
+
+def test_findings_page_has_every_section_and_figure(findings):
+    configs, runs, out, output = findings
+    page = out.read_text()
+    assert f"wrote {out}" in output
+    for heading in ("## Verdicts", "## The seed questions", "## 1. Distillation gain at convergence",
+                    "## 2. Late distillation", "## 3. Deviation slope", "## 4. The train+uniform puzzle",
+                    "## 5. Eigenspace theory"):
+        assert heading in page
+    for png in ("curves.png", "noise_fraction.png", "eigen.png", "deviation_selfdistill_mnist1d.png"):
+        assert (out.parent / "findings" / png).stat().st_size > 1000 and f"findings/{png}" in page
+    for name in STUDIES:  # every study's wall time, recorded by kdx study
+        timing = json.loads((runs / "studies" / name / "timing.json").read_text())
+        assert timing[0]["seconds"] > 0 and f"`{name}` | {timing[0]['seconds'] / 60:.1f} min wall" in page
+
+
+def test_findings_gain_and_fraction_agree_with_the_metrics_files(findings):
+    configs, runs, out, _ = findings
+    page = out.read_text()
+
+    def acc(study, run):
+        return json.loads((runs / "studies" / study / "runs" / run / "metrics.json").read_text())["eval"]["test"]["student_acc"]
+
+    kd = [acc("selfdistill_mnist1d", f"train-sw0.0-s{s}") for s in (0, 1)]
+    oh = [acc("selfdistill_mnist1d", f"train-sw1.0-s{s}") for s in (0, 1)]
+    half = [acc("selfdistill_mnist1d", f"train-sw0.5-s{s}") for s in (0, 1)]
+    gain = np.subtract(kd, oh)
+    row = next(line for line in page.splitlines() if line.startswith("| MNIST-1D | ") and "epochs" not in line
+               and "kdx run" in line and "switch_at" not in line.split("|")[2])
+    assert f"| {100 * np.mean(oh):.1f} [" in row and f"| {100 * np.mean(gain):.2f} [" in row
+    frac = (np.mean(half) - np.mean(oh)) / np.mean(gain)
+    assert f"{frac:.2f} [" in next(line for line in page.splitlines() if line.startswith("| MNIST-1D | 0.5 |"))
+    # the bootstrap's interval brackets its point estimate
+    f, lo, hi = _fraction(np.subtract(half, oh), gain)
+    assert np.isclose(f, frac) and (lo <= f <= hi or not np.isfinite(frac))
+
+
+def test_learning_curve_ends_at_the_evaluated_accuracy(findings):
+    _, runs, _, _ = findings
+    run = runs / "studies" / "selfdistill_mnist1d" / "runs" / "train-sw0.0-s0"
+    curve = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if "curve" in line]
+    assert [c["samples"] for c in curve] == [1024, 2048, 3072]  # every 1000 samples, and the last step
+    metrics = json.loads((run / "metrics.json").read_text())["eval"]["test"]
+    from kdx.data import load_dataset
+
+    assert metrics["n"] == len(load_dataset({"name": "digits"}).x_test)  # the whole test split, as the curve
+    assert curve[-1]["curve"]["test_acc"] == pytest.approx(metrics["student_acc"])
+    assert curve[-1]["curve"]["test_agreement"] == pytest.approx(metrics["agreement"])
+    assert curve[-1]["curve"]["test_acc"] > 0.5  # learned: chance is 0.1
+
+
+def test_every_row_command_rebuilds_its_run_config(findings):
+    """The page's `kdx run` commands, parsed back, give each run's exact config."""
+    configs, runs, out, _ = findings
+    s = load_study("noise_fraction_mnist1d", runs, configs)
+    for r in s.runs:
+        cmd = s.command(r, seeds=False).strip("`").split(" ", 3)
+        assert cmd[:2] == ["kdx", "run"]
+        import shlex
+
+        args = shlex.split(cmd[3])
+        assert kconfig.load_config(cmd[2], args) == r.planned.cfg
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_shipped_findings_studies_rebuild_from_their_commands(name):
+    study, planned = plan(f"configs/studies/{name}.yaml")
+    base = kconfig.load_config(f"configs/{study.base.removeprefix('../')}")
+    for r in planned:
+        assert kconfig.load_config(f"configs/{study.base.removeprefix('../')}",
+                                   kconfig.overrides_between(base, r.cfg)) == r.cfg
+
+
+def test_samples_axis_names_and_budgets():
+    study, planned = plan("configs/studies/budget_mnist1d.yaml")
+    assert {r.cfg.distill.samples for r in planned} == set(study.samples)
+    assert "train-n32000-sw0.0-s0" in [r.name for r in planned]
+    assert all(r.cfg.distill.curve_every == 0 for r in planned)
+
+
+def test_findings_without_the_studies_names_the_command(tmp_path):
+    with pytest.raises(KdxError, match=r"kdx study configs/studies/selfdistill_mnist1d.yaml"):
+        load_study("selfdistill_mnist1d", tmp_path / "runs", __import__("pathlib").Path("configs"))
+    res = CliRunner().invoke(app, ["findings", "--runs-dir", str(tmp_path / "none"), "--out", str(tmp_path / "f.md")])
+    assert isinstance(res.exception, KdxError) and "make findings" in str(res.exception)
+    assert re.search(r"not finished", str(res.exception))
