@@ -50,7 +50,7 @@ demo-text: install
 
 # docs/findings.md (issue 16): five studies (self-distillation at convergence, budgets, the noise-share
 # puzzle) and the eigen simulation, each resumed where it stopped, then the page and docs/findings/*.png.
-# About 1.5 h on the 2-core CPU, one thread a process.
+# About 2 h on the 2-core CPU, one thread a process.
 findings: install fashion-mnist
 	OMP_NUM_THREADS=1 $(BIN)/kdx findings --run --workers 2 --runs-dir $(RUNS)
 

@@ -40,6 +40,14 @@ switch_at: [0.0, 1.0]
 probe: false
 report_distributions: [test]
 """
+LONGER_STUDY = """name: budget_fashion_mnist
+base: ../self.yaml
+seeds: [0]
+samples: [4500]
+switch_at: [0.0, 1.0]
+probe: false
+report_distributions: [test]
+"""
 TEMP_STUDY = """name: temperature_mnist1d
 base: ../self.yaml
 overrides: [distill.curve_every=0]
@@ -79,6 +87,7 @@ def findings(tmp_path_factory):
         (configs / "studies" / f"{name}.yaml").write_text(SELF_STUDY.format(name=name))
     (configs / "studies" / "budget_mnist1d.yaml").write_text(BUDGET_STUDY)
     (configs / "studies" / "temperature_mnist1d.yaml").write_text(TEMP_STUDY)
+    (configs / "studies" / "budget_fashion_mnist.yaml").write_text(LONGER_STUDY)
     for name in ("noise_fraction_mnist1d", "noise_fraction_fashion_mnist"):
         (configs / "studies" / f"{name}.yaml").write_text(PUZZLE_STUDY.format(name=name))
     out = root / "docs" / "findings.md"

@@ -29,7 +29,7 @@ from kdx.study.plan import PlannedRun, plan
 
 # the findings studies, in the order `make findings` runs them
 STUDIES = ["selfdistill_mnist1d", "budget_mnist1d", "temperature_mnist1d", "selfdistill_fashion_mnist",
-           "noise_fraction_mnist1d", "noise_fraction_fashion_mnist"]
+           "budget_fashion_mnist", "noise_fraction_mnist1d", "noise_fraction_fashion_mnist"]
 SELF = {"MNIST-1D": "selfdistill_mnist1d", "Fashion-MNIST": "selfdistill_fashion_mnist"}
 PUZZLE = {"MNIST-1D": "noise_fraction_mnist1d", "Fashion-MNIST": "noise_fraction_fashion_mnist"}
 EIGEN_DIR = Path("findings") / "eigen"  # under the runs folder: `kdx probe eigen --out runs/findings/eigen`
@@ -175,7 +175,25 @@ def gain_section(studies: dict, runs_dir: Path, fig_dir: Path) -> tuple[str, dic
     lines.append(f"The gain's interval over seeds first lies above 0 at {first:,} samples." if first else
                  "At no budget does the gain's interval over seeds lie above 0.")
     lines.append(_onset_from_curves(studies["selfdistill_fashion_mnist"], "Fashion-MNIST"))
+    lines.append(_longer_budget(studies["budget_fashion_mnist"], studies["selfdistill_fashion_mnist"], runs_dir))
     return "\n".join(lines), verdicts
+
+
+def _longer_budget(longer: Study, base: Study, runs_dir: Path) -> str:
+    """The convergence check: the same seeds at a larger budget against the base study's runs."""
+    rows = []
+    for sw, label in ((ONEHOT, "one-hot"), (KD, "distilled")):
+        for r in longer.select(switch_at=sw):
+            b = next(x for x in base.select(switch_at=sw) if x.axes["seed"] == r.axes["seed"])
+            n, n0 = r.planned.cfg.distill.samples, b.planned.cfg.distill.samples
+            size = _train_size(base)
+            rows.append([label, r.axes["seed"], f"{100 * b.acc():.2f} ({n0 / size:.0f} epochs)",
+                         f"{100 * r.acc():.2f} ({n / size:.0f} epochs)", f"{100 * (r.acc() - b.acc()):+.2f}",
+                         longer.command(r, seeds=False)])
+    return (f"\n**Fashion-MNIST, convergence check** (`{longer.name}`, {longer.timing(runs_dir)}): the same seeds "
+            "at a larger budget (single seeds: no interval; the seed-to-seed spread above is the yardstick):\n\n"
+            + table(["student", "seed", "test % at the study's budget", "test % at the larger budget", "change (pp)",
+                     "command"], rows))
 
 
 def _train_size(s: Study) -> int:
