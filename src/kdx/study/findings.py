@@ -539,7 +539,9 @@ train set less than one-hot ones (train accuracy in the study's summary.md: 94.6
 accuracy. The MNIST-1D budget sweep shows where the sources studies' picture came from: at the shortest budget
 distillation (KL at T = 4) loses several points to one-hot training, and from twice that budget on the two stay
 within about half a point of each other. With no
-resolved gain, late distillation has nothing to recover; every switch point lands within the seed spread."""
+resolved gain, late distillation has nothing to recover; every switch point lands within the seed spread. The
+MNIST-1D curves show a transient collapse of test accuracy right after the switch to distillation (the loss changes
+scale while the learning rate is still high), recovered well before the end of training."""
 
 READING_SLOPE = """**Reading.** Every slope is below 1 but one (Fashion-MNIST train inputs, ground-truth class: 1.00, not
 resolved): the converged students compress the teacher's confidence range. Where the teacher is most confident
