@@ -23,7 +23,7 @@ from kdx.eval import heldout
 from kdx.eval.statistics import mean_interval
 from kdx.io import pyplot, save_figure, write_text
 from kdx.models import predict
-from kdx.rundir import LOG, METRICS, PROBES, load_run, read_metrics
+from kdx.rundir import LOG, METRICS, PROBES, STUDENT, load_run, read_metrics
 from kdx.study.execute import TIMING
 from kdx.study.plan import PlannedRun, plan
 
@@ -432,11 +432,8 @@ def _recalibrated_acc(run: Run, data) -> float:
     """Test accuracy after BatchNorm's running statistics are re-estimated on the train inputs alone (a
     student trained on mixed batches normalises with statistics that include the noise)."""
     from kdx.data import model_input
-    from kdx.models import build_model
 
-    cfg = run.planned.cfg
-    student = build_model(cfg.student.model, data, "student.model", cfg.seed)
-    student.load_state_dict(torch.load(run.dir / "student.pt", map_location="cpu")["model"])
+    student = _student(run, data)
     norms = [m for m in student.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for m in norms:
         m.reset_running_stats()
@@ -448,13 +445,18 @@ def _recalibrated_acc(run: Run, data) -> float:
     return float((predict(student, data.x_test).argmax(1).cpu() == data.y_test).float().mean())
 
 
-def _student_confidence(run: Run, data) -> dict:
+def _student(run: Run, data) -> torch.nn.Module:
+    """The run's trained student on the CPU (its data already loaded: load_run would also load the teacher)."""
     from kdx.models import build_model
 
     cfg = run.planned.cfg
     student = build_model(cfg.student.model, data, "student.model", cfg.seed)
-    student.load_state_dict(torch.load(run.dir / "student.pt", map_location="cpu")["model"])
-    return outputs_on(predict(student, data.x_test).cpu())
+    student.load_state_dict(torch.load(run.dir / STUDENT, map_location="cpu")["model"])
+    return student
+
+
+def _student_confidence(run: Run, data) -> dict:
+    return outputs_on(predict(_student(run, data), data.x_test).cpu())
 
 
 # -- 5: eigenspace theory --------------------------------------------------------------------------
