@@ -32,6 +32,7 @@ def kdx(*args: str, cwd=None) -> subprocess.CompletedProcess:
     ("distill.momentum=1", "distill.momentum=1.0 is out of range; it must be in [0, 1)"),
     ("distill.schedule=linear", "it must be one of cosine, onecycle"),
     ("eval.n=0", "eval.n=0 is out of range"),
+    ("distill.curve_every=-1", "distill.curve_every=-1 is out of range; it must be >= 0"),
     ("teacher.train.epochs=0", "teacher.train.epochs=0.0 is out of range; it must be > 0"),
     ("distill.samples=100", "smaller than one batch"),
 ])

@@ -176,6 +176,14 @@ def test_samples_axis_names_and_budgets():
     assert all(r.cfg.distill.curve_every == 0 for r in planned)
 
 
+def test_a_bad_budget_on_the_samples_axis_names_the_run(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("name: bad\nbase: " + str(__import__("pathlib").Path("configs/selfdistill_mnist1d.yaml").resolve())
+                 + "\nsamples: [32000, 0]\nseeds: [0]\n")
+    with pytest.raises(KdxError, match=r"run train-n0-s0: .*distill.samples=0 is out of range"):
+        plan(f)
+
+
 def test_findings_without_the_studies_names_the_command(tmp_path):
     with pytest.raises(KdxError, match=r"kdx study configs/studies/selfdistill_mnist1d.yaml"):
         load_study("selfdistill_mnist1d", tmp_path / "runs", __import__("pathlib").Path("configs"))

@@ -273,10 +273,9 @@ def overrides_between(base, cfg) -> list[str]:
             dotted, before = prefix + key, old.get(key)
             if isinstance(value, dict) and isinstance(before, dict):
                 if dotted in SPEC_SECTIONS and value.get("name") != before.get("name"):
-                    before = {}  # the old entry's args are dropped with its name
                     out.append(f"{dotted}.name={value['name']}")
-                walk(before, {k: v for k, v in value.items() if not (dotted in SPEC_SECTIONS and k == "name"
-                                                                      and not before)}, dotted + ".")
+                    before = {"name": value["name"]}  # the old entry's args are dropped with its name
+                walk(before, value, dotted + ".")
             elif value != before:
                 out.append(f"{dotted}={json.dumps(value) if isinstance(value, (list, dict)) else value}")
 

@@ -51,6 +51,13 @@ class FinishedRun:
         return SOURCES.build(self.cfg.source, "source", data=self.data, seed=self.cfg.seed)
 
 
+def load_student(run_dir: Path, cfg: kconfig.RunConfig, data: Dataset) -> torch.nn.Module:
+    """The run's trained student, on the CPU, as built by its config."""
+    student = build_model(cfg.student.model, data, "student.model", cfg.seed)
+    student.load_state_dict(torch.load(Path(run_dir) / STUDENT, map_location="cpu")["model"])
+    return student
+
+
 def load_run(run_dir: str | Path) -> FinishedRun:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -64,8 +71,6 @@ def load_run(run_dir: str | Path) -> FinishedRun:
     cfg = kconfig.load_config(None, [], layers=[(str(run_dir / CONFIG), raw)])
     data = load_dataset(cfg.data)
     teacher = get_teacher(cfg, data)
-    student = build_model(cfg.student.model, data, "student.model", cfg.seed)
-    student.load_state_dict(torch.load(run_dir / STUDENT, map_location="cpu")["model"])
-    student = prepare_model(student, resolve_device(cfg.distill.device), data.is_image).eval()
+    student = prepare_model(load_student(run_dir, cfg, data), resolve_device(cfg.distill.device), data.is_image).eval()
     metrics = read_metrics(run_dir)
     return FinishedRun(run_dir, cfg, data, teacher, student, metrics)

@@ -12,9 +12,9 @@ from kdx import config as kconfig
 from kdx.data import load_dataset
 from kdx.distill.teacher import get_teacher
 from kdx.errors import KdxError
+from kdx.io import write_json
 from kdx.probes import ProbeOptions, probe
 from kdx.run import execute
-from kdx.io import write_json
 from kdx.rundir import METRICS, PROBES
 from kdx.study.plan import PlannedRun, plan
 from kdx.study.report import write_reports

@@ -9,6 +9,7 @@ and distilled runs of the same seed) gets the t-interval of the per-seed differe
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shlex
@@ -23,9 +24,10 @@ from kdx.eval import heldout
 from kdx.eval.statistics import mean_interval
 from kdx.io import pyplot, save_figure, write_text
 from kdx.models import predict
-from kdx.rundir import LOG, METRICS, PROBES, STUDENT, load_run, read_metrics
+from kdx.rundir import LOG, METRICS, PROBES, load_run, load_student, read_metrics
 from kdx.study.execute import TIMING
 from kdx.study.plan import PlannedRun, plan
+from kdx.study.report import fmt_interval, to_markdown
 
 # the findings studies, in the order `make findings` runs them
 STUDIES = ["selfdistill_mnist1d", "budget_mnist1d", "temperature_mnist1d", "selfdistill_fashion_mnist",
@@ -73,14 +75,23 @@ class Study:
     runs: list[Run]
     base: Path  # the run config the study's runs override
 
+    @functools.cached_property
+    def base_cfg(self) -> kconfig.RunConfig:
+        return kconfig.load_config(self.base)
+
+    @functools.cached_property
+    def train_size(self) -> int:
+        from kdx.data import load_dataset
+
+        return len(load_dataset(self.runs[0].planned.cfg.data).x_train)
+
     def select(self, **axes) -> list[Run]:
         """Runs whose axes equal these (seed order kept)."""
         return [r for r in self.runs if all(r.axes.get(k) == v for k, v in axes.items())]
 
     def command(self, run: Run, seeds: bool = True) -> str:
         """The `kdx run` that makes this run (seed=S over the study's seeds when `seeds`)."""
-        base_cfg = kconfig.load_config(self.base)
-        ov = [o for o in kconfig.overrides_between(base_cfg, run.planned.cfg) if not o.startswith("seed=")]
+        ov = [o for o in kconfig.overrides_between(self.base_cfg, run.planned.cfg) if not o.startswith("seed=")]
         seed = f" seed=S (S = {', '.join(map(str, self.config.seeds))})" if seeds else f" seed={run.axes['seed']}"
         return f"`kdx run {self.base} {' '.join(shlex.quote(o) for o in ov)}{seed}`".replace("  ", " ")
 
@@ -113,13 +124,11 @@ def load_study(name: str, runs_dir: Path, configs: Path) -> Study:
 
 def pct(values, digits: int = 1) -> str:
     """Mean [95% t-interval] over seeds, in percent."""
-    m, lo, hi = mean_interval(values)
-    return f"{100 * m:.{digits}f}" if np.isnan(lo) else f"{100 * m:.{digits}f} [{100 * lo:.{digits}f}, {100 * hi:.{digits}f}]"
+    return fmt_interval(values, digits)
 
 
 def num(values, digits: int = 2) -> str:
-    m, lo, hi = mean_interval(values)
-    return f"{m:.{digits}f}" if np.isnan(lo) else f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+    return fmt_interval(values, digits, percent=False)
 
 
 def paired(a: list[Run], b: list[Run], dist: str = "test") -> np.ndarray:
@@ -135,8 +144,7 @@ def interval_sign(values) -> int:
 
 
 def table(header: list[str], rows: list[list]) -> str:
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-                      *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)]) + "\n"
+    return to_markdown([("table", header, [[str(c) for c in row] for row in rows])])
 
 
 # -- 1 and 2: distillation gain at convergence, late distillation -----------------------------------
@@ -149,7 +157,7 @@ def gain_section(studies: dict, runs_dir: Path, fig_dir: Path) -> tuple[str, dic
         kd, oh = s.select(switch_at=KD), s.select(switch_at=ONEHOT)
         gain = paired(kd, oh)
         teacher = kd[0].metrics["eval"]["test"]["teacher_acc"]
-        epochs = s.runs[0].planned.cfg.distill.samples / _train_size(s)
+        epochs = s.runs[0].planned.cfg.distill.samples / s.train_size
         rows.append([dataset, f"{kd[0].metrics['student']['params']:,}", f"{epochs:.0f}", f"{100 * teacher:.1f}",
                      pct([r.acc() for r in oh]), pct([r.acc() for r in kd]), pct(gain, 2),
                      _beats(kd), s.command(kd[0])])
@@ -166,7 +174,7 @@ def gain_section(studies: dict, runs_dir: Path, fig_dir: Path) -> tuple[str, dic
         g = paired(kd, oh)
         if first is None and interval_sign(g) > 0:
             first = n
-        brows.append([f"{n:,} ({n / _train_size(b):.0f} epochs)", pct([r.acc() for r in oh]),
+        brows.append([f"{n:,} ({n / b.train_size:.0f} epochs)", pct([r.acc() for r in oh]),
                       pct([r.acc() for r in kd]), pct(g, 2), b.command(kd[0]).replace("distill.switch_at=0.0", "distill.switch_at=W")])
     lines.append(f"**MNIST-1D, budget sweep** (`budget_mnist1d`, {b.timing(runs_dir)}): each run trained to the end of "
                  f"its own cosine schedule, {len(b.config.seeds)} seeds; gain = distilled − one-hot, paired by seed; in the "
@@ -186,7 +194,7 @@ def _longer_budget(longer: Study, base: Study, runs_dir: Path) -> str:
         for r in longer.select(switch_at=sw):
             b = next(x for x in base.select(switch_at=sw) if x.axes["seed"] == r.axes["seed"])
             n, n0 = r.planned.cfg.distill.samples, b.planned.cfg.distill.samples
-            size = _train_size(base)
+            size = base.train_size
             rows.append([label, r.axes["seed"], f"{100 * b.acc():.2f} ({n0 / size:.0f} epochs)",
                          f"{100 * r.acc():.2f} ({n / size:.0f} epochs)", f"{100 * (r.acc() - b.acc()):+.2f}",
                          longer.command(r, seeds=False)])
@@ -194,12 +202,6 @@ def _longer_budget(longer: Study, base: Study, runs_dir: Path) -> str:
             "at a larger budget (single seeds: no interval; the seed-to-seed spread above is the yardstick):\n\n"
             + table(["student", "seed", "test % at the study's budget", "test % at the larger budget", "change (pp)",
                      "command"], rows))
-
-
-def _train_size(s: Study) -> int:
-    from kdx.data import load_dataset
-
-    return len(load_dataset(s.runs[0].planned.cfg.data).x_train)
 
 
 def _beats(runs: list[Run]) -> str:
@@ -218,7 +220,7 @@ def _curves(runs: list[Run]) -> tuple[np.ndarray, np.ndarray]:
 def _onset_from_curves(s: Study, dataset: str) -> str:
     x, kd = _curves(s.select(switch_at=KD))
     _, oh = _curves(s.select(switch_at=ONEHOT))
-    size = _train_size(s)
+    size = s.train_size
     signs = [interval_sign(kd[:, i] - oh[:, i]) for i in range(len(x))]
     pos = [i for i, v in enumerate(signs) if v > 0]
     neg = [i for i, v in enumerate(signs) if v < 0]
@@ -238,7 +240,7 @@ def curve_figure(studies: dict, fig_dir: Path) -> str:
     fig, axes = plt.subplots(1, len(SELF), figsize=(6 * len(SELF), 4))
     for ax, (dataset, name) in zip(axes, SELF.items()):
         s = studies[name]
-        size = _train_size(s)
+        size = s.train_size
         for sw, color in zip(s.config.switch_at, ["tab:red", "tab:orange", "tab:olive", "tab:cyan", "tab:blue"]):
             x, acc = _curves(s.select(switch_at=sw))
             m = acc.mean(0)
@@ -433,7 +435,7 @@ def _recalibrated_acc(run: Run, data) -> float:
     student trained on mixed batches normalises with statistics that include the noise)."""
     from kdx.data import model_input
 
-    student = _student(run, data)
+    student = load_student(run.dir, run.planned.cfg, data)
     norms = [m for m in student.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for m in norms:
         m.reset_running_stats()
@@ -445,18 +447,8 @@ def _recalibrated_acc(run: Run, data) -> float:
     return float((predict(student, data.x_test).argmax(1).cpu() == data.y_test).float().mean())
 
 
-def _student(run: Run, data) -> torch.nn.Module:
-    """The run's trained student on the CPU (its data already loaded: load_run would also load the teacher)."""
-    from kdx.models import build_model
-
-    cfg = run.planned.cfg
-    student = build_model(cfg.student.model, data, "student.model", cfg.seed)
-    student.load_state_dict(torch.load(run.dir / STUDENT, map_location="cpu")["model"])
-    return student
-
-
 def _student_confidence(run: Run, data) -> dict:
-    return outputs_on(predict(_student(run, data), data.x_test).cpu())
+    return outputs_on(predict(load_student(run.dir, run.planned.cfg, data), data.x_test).cpu())
 
 
 # -- 5: eigenspace theory --------------------------------------------------------------------------

@@ -64,8 +64,8 @@ def plan(study_path: str | Path, overrides: list[str] = ()) -> tuple[StudyConfig
     study = kconfig.load_config(study_path, overrides, schema=StudyConfig)
     base = (study_path.parent / study.base) if not Path(study.base).is_absolute() else Path(study.base)
     base_cfg = kconfig.load_config(base, study.overrides)
-    axes = {"source": study.sources, "samples": study.samples or [None], "loss": study.loss or [None], "temperature": study.temperature or [None],
-            "switch_at": study.switch_at or ["base"], "student": study.student or [None], "seed": study.seeds}
+    axes = {"source": study.sources, "samples": study.samples or [None], "loss": study.loss or [None],
+            "temperature": study.temperature or [None], "switch_at": study.switch_at or ["base"], "student": study.student or [None], "seed": study.seeds}
     runs = []
     strip = lambda spec: {k: v for k, v in spec.items() if k not in STUDY_KEYS}  # noqa: E731
     for source, samples, loss, temp, switch, student, seed in itertools.product(*axes.values()):

@@ -57,15 +57,18 @@ def _group_key(row: dict, axes: list[str]) -> tuple:
     return tuple(row[a] for a in axes if a != "seed")
 
 
-def _fmt(values, pct=True) -> str:
+def fmt_interval(values, digits: int | None = None, percent: bool = True) -> str:
+    """Mean [95% t-interval] over seeds (None values dropped; "-" if none), in percent or as is; `digits`
+    decimals (default 1 in percent, 3 otherwise, 2 for a lone value)."""
     v = [x for x in values if x is not None]
     if not v:
         return "-"
     m, lo, hi = mean_interval(v)
-    s = 100 if pct else 1
+    s = 100 if percent else 1
+    d = digits if digits is not None else (1 if percent else 3)
     if np.isnan(lo):
-        return f"{s * m:.2f}" if not pct else f"{s * m:.1f}"
-    return f"{s * m:.1f} [{s * lo:.1f}, {s * hi:.1f}]" if pct else f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
+        return f"{s * m:.{d if digits is not None or percent else 2}f}"
+    return f"{s * m:.{d}f} [{s * lo:.{d}f}, {s * hi:.{d}f}]"
 
 
 def summary_blocks(study, rows: list[dict], axes: list[str]) -> list[tuple]:
@@ -99,11 +102,11 @@ def summary_blocks(study, rows: list[dict], axes: list[str]) -> list[tuple]:
             ps = [r["mcnemar_p"] for r in rs] if labeled else []
             beats = sum(1 for r in rs if labeled and r["mcnemar_p"] < ALPHA and r["acc_diff"] > 0)
             loses = sum(1 for r in rs if labeled and r["mcnemar_p"] < ALPHA and r["acc_diff"] < 0)
-            table.append([*(str(k) for k in key), _fmt([r["student_acc"] for r in rs]),
-                          _fmt([r["agreement"] for r in rs]), _fmt([r["kl_teacher_student"] for r in rs], pct=False),
-                          _fmt([r["acc_diff"] for r in rs]), ", ".join(f"{p:.2g}" for p in ps) or "-",
+            table.append([*(str(k) for k in key), fmt_interval([r["student_acc"] for r in rs]),
+                          fmt_interval([r["agreement"] for r in rs]), fmt_interval([r["kl_teacher_student"] for r in rs], percent=False),
+                          fmt_interval([r["acc_diff"] for r in rs]), ", ".join(f"{p:.2g}" for p in ps) or "-",
                           f"{beats} / {loses}" if labeled else "-",
-                          _fmt([r["deviation_slope"] for r in rs], pct=False)])
+                          fmt_interval([r["deviation_slope"] for r in rs], percent=False)])
         blocks += [("h2", dist), ("table", header, table)]
     return blocks
 
