@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 RUNS   ?= runs
 
-.PHONY: install demo demo-text findings test fashion-mnist chromium clean
+.PHONY: install demo demo-text findings test test-random fashion-mnist chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,11 @@ chromium:
 test: install chromium
 	$(BIN)/pip install -q -e '.[dev,ray]'
 	$(BIN)/python -m pytest
+
+# the same suite in a random order (pytest-randomly prints its seed; replay one with `pytest -p randomly --randomly-seed=N`)
+test-random: install chromium
+	$(BIN)/pip install -q -e '.[dev,ray]'
+	$(BIN)/python -m pytest -p randomly
 
 clean:
 	rm -rf $(VENV) $(RUNS)
