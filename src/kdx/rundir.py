@@ -19,7 +19,7 @@ from kdx import config as kconfig
 from kdx.data import Dataset, load_dataset
 from kdx.device import prepare_model, resolve_device
 from kdx.distill.loop import CHECKPOINT, LOG  # noqa: F401 - the loop's own files, named where it writes them
-from kdx.distill.teacher import Teacher, get_teacher
+from kdx.distill.teacher import Teacher, cache_root, get_teacher
 from kdx.errors import KdxError
 from kdx.models import build_model
 from kdx.registry import SOURCES
@@ -48,7 +48,7 @@ class FinishedRun:
 
     def source(self):
         """The run's sample source, rebuilt with its seed (a fresh stream from step 0)."""
-        return SOURCES.build(self.cfg.source, "source", data=self.data, seed=self.cfg.seed)
+        return SOURCES.build(self.cfg.source, "source", data=self.data, seed=self.cfg.seed, cache_dir=cache_root(self.cfg))
 
 
 def load_student(run_dir: Path, cfg: kconfig.RunConfig, data: Dataset) -> torch.nn.Module:

@@ -171,10 +171,11 @@ def explore_cmd(target: Path = typer.Argument(..., help="a probed run directory,
 
 @app.command("list")
 def list_cmd():
-    """List registered datasets, models, sources, losses and held-out distributions."""
-    from kdx.registry import ALL
+    """List registered datasets, models, sources, views (source.augment) by modality, losses and held-out distributions."""
+    from kdx.registry import ALL, VIEWS
 
-    for kind, reg in ALL.items():
+    views = {f"{modality} views (source.augment)": reg for modality, reg in VIEWS.items()}
+    for kind, reg in {**ALL, **views}.items():
         print(f"{kind}:")
         for e in reg.entries():
             print(f"  {e.name:22s} {e.description}")
