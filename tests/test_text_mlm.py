@@ -158,8 +158,8 @@ def test_the_mlm_is_cached_under_the_configured_cache_dir(text_teacher, corpus_d
     cfg = kconfig.load_config(None, text_args(corpus_dir) + [f"cache_dir={cache}", f"source={spec}"])
     src = build_source(cfg, data)
     src.setup(torch.device("cpu"), None)
-    assert mlm_path(data, mlm, cache).exists() and str(mlm_path(data, mlm, cache)).startswith(str(cache))
-    assert not mlm_path(data, mlm).exists() and str(mlm_path(data, mlm)).startswith(str(kdx_cache))
+    assert mlm_path(data, mlm, cache_dir=cache).exists() and mlm_path(data, mlm, cache_dir=cache).is_relative_to(cache)
+    assert not mlm_path(data, mlm).exists() and mlm_path(data, mlm).is_relative_to(kdx_cache)  # not $KDX_CACHE
     for wrapped, inner in ((f"{{name: adaptive, candidates: {spec}}}", lambda s: s.cand),
                            (f"{{name: mixture, components: [{spec}]}}", lambda s: s.parts[0]),
                            (f"{{name: adaptive_mixture, components: [{spec}]}}", lambda s: s.parts[0])):

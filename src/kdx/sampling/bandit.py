@@ -137,7 +137,8 @@ def adaptive_mixture(data: Dataset, seed: int, *, components: list[dict[str, Any
         weights.append(float(comp.pop("weight", 1.0)))
         if comp.get("name") in ("mixture", "adaptive_mixture"):
             raise KdxError("source 'adaptive_mixture' cannot contain another mixture; flatten the components")
-        parts.append(SOURCES.build(comp, f"source.components[{i}]", data=data, seed=seed * 1000 + i, cache_dir=cache_dir))
+        parts.append(SOURCES.build(comp, f"source.components[{i}]", data=data, seed=seed * 1000 + i,
+                                   cache_dir=cache_dir))
     if min(weights) < 0 or sum(weights) <= 0:
         raise KdxError(f"source 'adaptive_mixture': weights must be non-negative with a positive sum, got {weights}")
     return AdaptiveMixture(data, seed, parts, weights, tau=tau, floor=floor, ema=ema, refresh_every=refresh_every)

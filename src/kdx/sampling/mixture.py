@@ -69,7 +69,8 @@ def mixture(data: Dataset, seed: int, *, components: list[dict[str, Any]] = [],
         w = float(comp.pop("weight", 1.0))
         if comp.get("name") == "mixture":
             raise KdxError("source 'mixture' cannot contain another mixture; flatten the components")
-        parts.append(SOURCES.build(comp, f"source.components[{i}]", data=data, seed=seed * 1000 + i, cache_dir=cache_dir))
+        parts.append(SOURCES.build(comp, f"source.components[{i}]", data=data, seed=seed * 1000 + i,
+                                   cache_dir=cache_dir))
         weights.append(w)
     if min(weights) < 0 or sum(weights) <= 0:
         raise KdxError(f"source 'mixture': weights must be non-negative with a positive sum, got {weights}")

@@ -1,9 +1,10 @@
 """Masked-LM replacement views in the style of TinyBERT's data augmentation (Jiao et al., 2020).
 
 A small masked LM (`BertForMaskedLM`, from scratch, sized by `MLM_DEFAULTS` or the source's `mlm:`
-settings) is trained ONCE on the train set's token ids and cached under $KDX_CACHE/mlm by a hash of
-those ids and the settings (written atomically; a lock makes concurrent workers wait for one
-training instead of each training their own). A view then selects each word (WordPiece word, as in
+settings) is trained ONCE on the train set's token ids and cached in mlm/ under the config's
+`cache_dir` (else $KDX_CACHE, as teachers are) by a hash of those ids and the settings (written
+atomically; a lock makes concurrent workers wait for one training instead of each training their
+own). The `mlm_replace` view (kdx.sampling.view) then selects each word (WordPiece word, as in
 `kdx.sampling.text`) with probability p, masks all its tokens, runs the MLM once on the masked batch
 (on the device) and replaces each masked token with one of the MLM's top-k candidates at that
 position, drawn uniformly (TinyBERT: k=15). Candidates never include padding or special tokens, and
@@ -60,7 +61,7 @@ def mlm_key(data: Dataset, settings: dict) -> str:
     return h.hexdigest()[:16]
 
 
-def mlm_path(data: Dataset, settings: dict | None = None, cache_dir: Path | None = None) -> Path:
+def mlm_path(data: Dataset, settings: dict | None = None, *, cache_dir: Path | None = None) -> Path:
     """Where the MLM is cached: under the run's cache folder (`cache_dir` in the config), else $KDX_CACHE."""
     s = mlm_settings(settings)
     return cache_folder(cache_dir) / "mlm" / f"bert-{mlm_key(data, s)}" / "mlm.pt"
@@ -131,11 +132,11 @@ def train_mlm(data: Dataset, s: dict, device) -> tuple[object, dict]:
     return mlm.eval(), stats
 
 
-def get_mlm(data: Dataset, settings: dict | None = None, device="cpu", cache_dir: Path | None = None):
+def get_mlm(data: Dataset, settings: dict | None = None, device="cpu", *, cache_dir: Path | None = None):
     """The cached MLM for this train set and settings (trained here once, under a lock, if missing)."""
     s = mlm_settings(settings)
     mask_id(data)
-    path = mlm_path(data, s, cache_dir)
+    path = mlm_path(data, s, cache_dir=cache_dir)
     with _lock(path.parent.with_suffix(".lock")):
         if not path.exists():
             mlm, stats = train_mlm(data, s, torch.device("cpu") if str(device) == "cpu" else device)
@@ -196,7 +197,7 @@ class MLMReplaceView(View):
 
     def setup(self, device) -> None:
         if self.mlm is None:
-            self.mlm = get_mlm(self.data, self.settings, device, self.cache_dir)
+            self.mlm = get_mlm(self.data, self.settings, device, cache_dir=self.cache_dir)
 
     def __call__(self, x, y, g):
         if self.mlm is None:  # a batch drawn before setup: the MLM on the inputs' device
