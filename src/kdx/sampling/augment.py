@@ -83,6 +83,6 @@ def cut_and_paste(x, y, g, k, alpha):
 def _beta(alpha: float, g: torch.Generator) -> float:
     # torch's Beta sampler takes no generator; the inverse CDF of a generator-drawn uniform keeps
     # the draw a function of (seed, step), so a resumed run mixes exactly as an uninterrupted one.
-    from scipy.stats import beta
+    from scipy.stats import beta  # here: scipy.stats takes seconds to import, and only mixing needs it
 
     return float(beta.ppf(float(torch.rand(1, generator=g, device=g.device)), alpha, alpha))
