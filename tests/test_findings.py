@@ -2,6 +2,7 @@
 the learning curve it reads, the `samples` study axis, and the one-line command behind every run."""
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -12,7 +13,11 @@ from kdx import config as kconfig
 from kdx.cli import app
 from kdx.errors import KdxError
 from kdx.study import plan
-from kdx.study.findings import STUDIES, _fraction, load_study
+from kdx.study.findings import load_manifest
+from kdx.study.folders import load_study
+from kdx.study.sections import fraction_recovered as _fraction
+
+STUDIES = load_manifest("configs/findings.yaml").names  # the findings studies, in the order `make findings` runs them
 
 SELF_RUN = """data: {name: digits}
 teacher:
@@ -74,6 +79,7 @@ def findings(tmp_path_factory):
     root = tmp_path_factory.mktemp("findings")
     configs, runs = root / "configs", root / "runs"
     (configs / "studies").mkdir(parents=True)
+    shutil.copy("configs/findings.yaml", configs)  # the page's list of studies
     (configs / "self.yaml").write_text(SELF_RUN)
     # the puzzle's base: the FAST setting (the digits_teacher fixture's teacher) as a YAML file
     puzzle = kconfig.load_config(None, FAST)

@@ -139,7 +139,7 @@ def findings_cmd(runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
     """docs/findings.md: the seed paper's claims at full budget, from the findings studies' run folders."""
     from kdx.study.findings import write_findings
 
-    print(f"wrote {write_findings(runs_dir, out, configs, run, workers)}")
+    print(f"wrote {write_findings(runs_dir, out, configs, run=run, workers=workers)}")
 
 
 @app.command("explore")
