@@ -17,6 +17,7 @@ from kdx.study.folders import KD, ONEHOT, Run, Study, curves
 from kdx.study.report import ALPHA, beats_loses, fmt_interval, to_markdown
 
 EIGEN_JSON, EIGEN_PNG = "eigen.json", "eigen.png"  # what `kdx probe eigen --out DIR` writes
+CURVES_PNG, NOISE_PNG = "curves.png", "noise_fraction.png"  # the page's own figures, beside it
 CLASS_CHOICES = ("teacher_top1", "ground_truth")  # the class a deviation fit takes p on
 
 
@@ -79,14 +80,14 @@ def gain(selfs: dict[str, Study], budgets: dict[str, Study], longer: dict[str, S
                      s.command(kd[0])])
         verdicts[dataset] = {1: "**reproduced**", -1: "**not reproduced** (distillation loses)",
                              0: "**not reproduced** (no gain resolved: the interval over seeds contains 0)"}[interval_sign(g)]
-    curve_figure(selfs, fig_dir / "curves.png")
+    curve_figure(selfs, fig_dir / CURVES_PNG)
     onsets = [_budget_sweep(dataset, budgets[dataset]) if dataset in budgets else _onset_from_curves(dataset, s)
               for dataset, s in selfs.items()]
     checks = [_longer_budget(dataset, s, selfs[dataset]) for dataset, s in longer.items()]
     return Section({"table": table(["dataset", "params (teacher = student)", "epochs", "teacher test %", "one-hot test %",
                                     "distilled test %", "gain (pp, paired by seed)",
                                     "distilled beats / loses to its teacher", "command"], rows),
-                    "onsets": onsets, "checks": checks}, {"gain": verdicts})
+                    "figure": CURVES_PNG, "onsets": onsets, "checks": checks}, {"gain": verdicts})
 
 
 def _budget_sweep(dataset: str, b: Study) -> dict:
@@ -245,9 +246,9 @@ def puzzle(studies: dict[str, Study], fig_dir: Path) -> Section:
             panel["budgets"][budget] = (shares, [mean_interval(by[(budget, fr)]["acc"]) for fr in shares])
         panels.append(panel)
         datasets.append(_puzzle_facts(dataset, by, t_noise, t_test))
-    noise_share_figure(panels, fig_dir / "noise_fraction.png")
+    noise_share_figure(panels, fig_dir / NOISE_PNG)
     control = [row for f in datasets for row in f["control"]]
-    return Section({"noise_n": first.cfg.eval.n, "datasets": datasets,
+    return Section({"noise_n": first.cfg.eval.n, "datasets": datasets, "figure": NOISE_PNG,
                     "timings": [{"name": s.name, "timing": s.timing()} for s in studies.values()],
                     "teacher_table": table(["dataset", "test: entropy", "test: confidence", "uniform noise: entropy",
                                             "uniform noise: confidence", "top classes on noise", "classes named on noise"],
@@ -318,5 +319,5 @@ def eigen(eigen_dir: Path, seeds: int, fig_dir: Path) -> Section:
                                     "max gap: progress on the top directions",
                                     "max gap: progress, every direction (noise-free form)",
                                     "test error at matched progress: one-hot / distilled"], rows),
-                    "seeds": seeds, "low_less": low_less, "n": len(lows), "ratio_gap": max(ratio_gaps)},
+                    "figure": EIGEN_PNG, "seeds": seeds, "low_less": low_less, "n": len(lows), "ratio_gap": max(ratio_gaps)},
                    {"eigen": {"linear simulation": "**reproduced**" if low_less == len(lows) else "**not reproduced**"}})
