@@ -80,8 +80,6 @@ def load_manifest(path: str | Path) -> FindingsConfig:
     return manifest
 
 
-
-
 def run_all(runs_dir: Path, configs: Path, manifest: FindingsConfig, *, workers: int) -> None:
     """Every findings study (resuming finished runs) and the eigen simulation."""
     eigen = runs_dir / manifest.eigen.dir
@@ -110,13 +108,13 @@ def write_findings(runs_dir: str | Path = "runs", out: str | Path = "docs/findin
     if run:
         run_all(runs_dir, configs, manifest, workers=workers)
     studies = {name: load_study(name, runs_dir, configs) for name in manifest.names}
-    role = lambda r: {d: studies[n] for d, n in manifest.by_role(r).items()}  # noqa: E731
+    role = {r: {dataset: studies[n] for dataset, n in manifest.by_role(r).items()} for r in ROLES}
     fig_dir = out.parent / out.stem
     fig_dir.mkdir(parents=True, exist_ok=True)
-    parts = {"gain": sections.gain(role("self"), role("budget"), role("longer"), fig_dir),
-             "late": sections.late(role("self")),
-             "slope": sections.slope(role("self"), role("temperature"), fig_dir),
-             "puzzle": sections.puzzle(role("puzzle"), fig_dir),
+    parts = {"gain": sections.gain(role["self"], role["budget"], role["longer"], fig_dir),
+             "late": sections.late(role["self"]),
+             "slope": sections.slope(role["self"], role["temperature"], fig_dir),
+             "puzzle": sections.puzzle(role["puzzle"], fig_dir),
              "eigen": sections.eigen(runs_dir / manifest.eigen.dir, manifest.eigen.seeds, fig_dir)}
     page = _environment().get_template("findings.md.j2").render(
         studies=[{"name": n, "timing": s.timing()} for n, s in studies.items()], figures=fig_dir.name,
