@@ -132,7 +132,7 @@ def study_cmd(config: Path = typer.Argument(..., help="study YAML (configs/studi
 def findings_cmd(runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
                  out: Path = typer.Option(Path("docs/findings.md"), "--out", help="the page; its figures go to a folder "
                                           "named after it (docs/findings/)"),
-                 configs: Path = typer.Option(Path("configs"), "--configs", help="the folder holding studies/"),
+                 configs: Path = typer.Option(Path("configs"), "--configs", help="the folder holding studies/ and findings.yaml"),
                  run: bool = typer.Option(False, "--run", help="first run (or resume) every findings study and the "
                                           "eigen simulation"),
                  workers: int = typer.Option(1, "--workers", help="with --run: independent runs in parallel processes")):
