@@ -28,6 +28,7 @@ CONFIG = "config.yaml"
 STUDENT = "student.pt"
 METRICS = "metrics.json"
 PROBES = "probes"
+DEVIATION = "deviation.json"
 DRAWS = "draws.npz"  # an adaptive source's picks per pool row (kdx.sampling.adaptive), for the explorer
 
 
