@@ -62,6 +62,17 @@ TOKEN_CHUNK = 1024  # positions per chunk
 TOKEN_LOSSES: set[str] = {"onehot"}  # losses that take (N, L, V) logits and a mask (kdx.run refuses others on LM data)
 
 
+def check_loss_fits(loss: str, data) -> None:
+    """Token losses on LM data only, and only they (and onehot) on it: refused before any training."""
+    lm = data.modality == "lm"
+    if lm and loss not in TOKEN_LOSSES:
+        raise KdxError(f"distill.loss={loss} compares one distribution per input; LM data (dataset '{data.name}') "
+                       f"needs a token-level loss: {', '.join(sorted(TOKEN_LOSSES))}")
+    if not lm and loss in TOKEN_LOSSES - {"onehot"}:
+        raise KdxError(f"distill.loss={loss} is a token-level loss for causal LMs; dataset '{data.name}' holds "
+                       f"{data.modality} data: use kl, soft_ce, mse_logits or smooth_l1_logits")
+
+
 def _token_mean(per_position, student_logits, teacher_logits, mask, temperature) -> torch.Tensor:
     """Mean over the masked positions of `per_position(log_p_student, log_p_teacher) -> (rows,)`, chunked."""
     vocab = student_logits.shape[-1]
