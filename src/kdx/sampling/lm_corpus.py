@@ -2,10 +2,19 @@
 (supervised / word-level KD; with the `onehot` loss, how LM teachers are trained)."""
 from __future__ import annotations
 
+import torch
+
 from kdx.data.base import Dataset
 from kdx.data.lm_text import lm_targets
 from kdx.registry import SOURCES
 from kdx.sampling.base import Batch, PoolSource, Source
+
+
+def lm_batch(x: torch.Tensor, data: Dataset, mask: torch.Tensor | None = None) -> Batch:
+    """A Batch of token sequences: next-token labels and the counted positions (given, e.g. a sample's
+    completion, or every real next token)."""
+    y, real = lm_targets(x, data.pad_id, data.tokenizer.eos_id if data.tokenizer else None)
+    return Batch(x, y, None, mask=real if mask is None else mask)
 
 
 class CorpusSource(PoolSource):
@@ -23,11 +32,10 @@ class CorpusSource(PoolSource):
         self.x = self.x.to(device)
 
     def batch(self, step: int, n: int) -> Batch:
-        x = self.x[self.indices(n)]
-        y, mask = lm_targets(x, self.data.pad_id, self.data.tokenizer.eos_id if self.data.tokenizer else None)
-        self.tokens["input_tokens"] += x.numel()
-        self.tokens["trained_tokens"] += int(mask.sum())
-        return Batch(x, y, None, mask=mask)
+        batch = lm_batch(self.x[self.indices(n)], self.data)
+        self.tokens["input_tokens"] += batch.x.numel()
+        self.tokens["trained_tokens"] += int(batch.mask.sum())
+        return batch
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "tokens": dict(self.tokens)}

@@ -10,7 +10,8 @@ from kdx.errors import KdxError
 from kdx.registry import SOURCES
 from kdx.sampling.base import Batch, Source, step_generator
 
-KINDS = {"image": ("uniform", "gaussian"), "signal": ("uniform", "gaussian"), "text": ("uniform", "unigram")}
+KINDS = {"image": ("uniform", "gaussian"), "signal": ("uniform", "gaussian"), "text": ("uniform", "unigram"),
+         "lm": ("uniform", "unigram")}
 
 
 class NoiseSource(Source):
@@ -28,6 +29,11 @@ class NoiseSource(Source):
             from kdx.sampling.text import random_sequences
 
             return Batch(random_sequences(d, n, g, self.device, self.kind))
+        if d.modality == "lm":  # random token windows at the corpus's window lengths, every real position counted
+            from kdx.sampling.lm_corpus import lm_batch
+            from kdx.sampling.text import random_sequences
+
+            return lm_batch(random_sequences(d, n, g, self.device, self.kind), d)
         if self.kind == "uniform":
             return Batch(d.uniform_in_box(n, g, self.device))
         x = d.channel_view(d.mean).to(self.device) + d.channel_view(d.std).to(self.device) * torch.randn(
