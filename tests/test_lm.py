@@ -276,3 +276,259 @@ def test_debian_lm_build_from_apt_lists_through_the_kdx_command(tmp_path):
     for r in ds:
         by_source.setdefault(r["source"], set()).add(r["text"] in data.texts["test"])
     assert all(len(v) == 1 for v in by_source.values())  # a source package's descriptions stay on one side
+
+
+# ---------------------------------------------------------------------------------------------- runs
+# the tiny setting: vocabulary 300, windows of 24 tokens, 1 x 32 teacher, 1 x 16 student
+def lm_tiny(path) -> list[str]:
+    return [f"data.path={path}", "data.group_column=group", "data.context=24", "data.vocab_size=300",
+            "data.prompt_tokens=6", "teacher.model.n_layer=1", "teacher.model.n_embd=32", "teacher.train.epochs=4",
+            "teacher.train.lr=0.01", "student.model.n_embd=16", "distill.samples=640", "distill.lr=0.01",
+            "distill.checkpoint_every=5", "distill.log_every=5", "eval.n=24", "eval.bootstrap=100"]
+
+
+@pytest.fixture(scope="session")
+def lm_setting(tmp_path_factory):
+    """The tiny corpus, its config overrides, the dataset and its trained (cached) teacher."""
+    from kdx import config as kconfig
+    from kdx.data import load_dataset
+    from kdx.distill.teacher import get_teacher
+
+    path = write_corpus(tmp_path_factory.mktemp("lm") / "corpus")
+    overrides = lm_tiny(path)
+    cfg = kconfig.load_config("configs/lm_tiny.yaml", overrides)
+    data = load_dataset(cfg.data)
+    return overrides, cfg, data, get_teacher(cfg, data)
+
+
+def unigram_baseline(data) -> float:
+    """Next-token accuracy of always predicting the train set's most frequent token."""
+    from kdx.data.lm_text import lm_targets
+
+    y, mask = lm_targets(data.x_test, data.pad_id)
+    return float((y[mask] == int(data.token_counts.argmax())).float().mean())
+
+
+def test_lm_teacher_trains_with_next_token_cross_entropy_and_is_cached(lm_setting):
+    import json
+    from pathlib import Path
+
+    from kdx.distill.teacher import get_teacher
+
+    _, cfg, data, teacher = lm_setting
+    assert teacher.test_acc > unigram_baseline(data) + 0.1, (teacher.test_acc, unigram_baseline(data))
+    folder = Path(teacher.checkpoint).parent
+    losses = [json.loads(line)["loss"] for line in (folder / "log.jsonl").read_text().splitlines()]
+    assert losses[-1] < losses[0] - 1.0 and json.loads((folder / "recipe.json").read_text())["model"]["name"] == "gpt"
+    stamp = teacher.checkpoint.stat().st_mtime_ns
+    again = get_teacher(cfg, data)  # from the cache: not trained again
+    assert again.checkpoint == teacher.checkpoint and again.checkpoint.stat().st_mtime_ns == stamp
+
+
+def test_lm_run_from_the_kdx_command_distills_and_evaluates_every_row(lm_setting, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from kdx.cli import app
+    from kdx.eval.lm import evaluate_lm
+    from kdx.models import build_model
+
+    overrides, cfg, data, teacher = lm_setting
+    result = CliRunner().invoke(app, ["run", "configs/lm_tiny.yaml", *overrides, "--runs-dir", str(tmp_path),
+                                      "--name", "corpus"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    m = json.loads((tmp_path / "corpus" / "metrics.json").read_text())
+    assert set(m["eval"]) == {"test", "teacher_samples", "student_samples"}
+    assert m["teacher"]["checkpoint"] == str(teacher.checkpoint)  # the cached teacher
+    assert m["train"]["accounting"]["source"]["trained_tokens"] > 0
+    # the distilled student is much closer to the teacher than the same student untrained
+    untrained = evaluate_lm(teacher.model, build_model(cfg.student.model, data, "student", cfg.seed), data, cfg.eval)
+    for row in ("test", "teacher_samples"):
+        assert m["eval"][row]["kl_teacher_student"] < 0.7 * untrained[row]["kl_teacher_student"]
+        lo, hi = m["eval"][row]["kl_teacher_student_ci"]
+        assert lo <= m["eval"][row]["kl_teacher_student"] <= hi
+    assert 0 < m["eval"]["student_samples"]["distinct_2"] <= 1 and m["eval"]["test"]["tokens"] > 100
+
+
+@pytest.mark.parametrize("spec", [
+    {"name": "corpus"}, {"name": "teacher_samples", "refresh_every": 2, "temperature": 0.8, "top_p": 0.9},
+    {"name": "student_samples"}, {"name": "replay", "buffer": 16, "refresh": 0.5},
+    {"name": "lm_mixture", "components": [{"name": "student_samples", "weight": 0.25}, {"name": "corpus", "weight": 0.75}]},
+    {"name": "noise", "kind": "uniform"}, {"name": "noise", "kind": "unigram"}], ids=lambda s: s["name"])
+def test_every_lm_source_gives_valid_ids_labels_and_masks(lm_setting, spec):
+    from kdx.models import build_model
+    from kdx.registry import SOURCES
+
+    _, cfg, data, teacher = lm_setting
+    student = build_model(cfg.student.model, data, "student", 0)
+    source = SOURCES.build(spec, "source", data=data, seed=3)
+    source.setup(torch.device("cpu"), None, teacher=teacher.model, student=student)
+    k = data.extra["prompts_train"][0].shape[1]
+    prompts = {tuple(r) for r in data.extra["prompts_train"][0].tolist()}
+    for step in range(4):
+        b = source.batch(step, 10)
+        assert b.x.shape == b.y.shape == b.mask.shape == (10, data.max_length) and b.mask.dtype == torch.bool
+        assert int(b.x.min()) >= 0 and int(b.x.max()) < data.vocab_size
+        assert torch.equal(b.y[:, :-1], b.x[:, 1:]) and not b.mask[:, -1].any() and b.mask.any()
+        assert not (b.mask & (b.y == data.pad_id)).any()  # no padding is ever a target
+        if spec["name"] in ("teacher_samples", "student_samples", "replay"):  # completions of train prompts only
+            assert all(tuple(r) in prompts for r in b.x[:, :k].tolist()) and not b.mask[:, :k - 1].any()
+    if spec["name"] != "noise":
+        costs = source.accounting()
+        assert costs["trained_tokens"] > 0 and costs["input_tokens"] == 40 * data.max_length
+    if spec["name"] == "lm_mixture":  # lambda as a weight: exactly 10 of the 40 examples were on-policy
+        assert source.accounting()["student_generated_tokens"] == 10 * (data.max_length - k)
+
+
+def test_student_samples_are_the_current_students(lm_setting, tmp_path):
+    """Each batch of `student_samples` is what the student's weights at that step sample with the step's generator:
+    reproduced from a copy of those weights (not a stale student, not the teacher)."""
+    import copy
+
+    from kdx.distill.loop import distill
+    from kdx.models import build_model
+    from kdx.models.gpt import sample
+    from kdx.registry import SOURCES
+    from kdx.sampling.base import step_generator
+
+    _, cfg, data, teacher = lm_setting
+    student = build_model(cfg.student.model, data, "student", 0)
+    source = SOURCES.build({"name": "student_samples", "refresh_every": 1}, "source", data=data, seed=5)
+    seen = []
+    make = source.batch
+
+    def recording(step, n):
+        seen.append((step, copy.deepcopy(student.state_dict()), make(step, n)))
+        return seen[-1][2]
+    source.batch = recording
+    dcfg = copy.deepcopy(cfg.distill)
+    dcfg.samples, dcfg.batch_size = 60, 12
+    distill(student, source, dcfg, 0, teacher)
+    replica = build_model(cfg.student.model, data, "student", 1)
+    prompts = data.extra["prompts_train"][0]
+    k, new = prompts.shape[1], data.max_length - prompts.shape[1]
+    for step, weights, batch in seen:
+        replica.load_state_dict(weights)
+        g = step_generator(5, step, torch.device("cpu"), "prompts")
+        p = prompts[torch.randint(len(prompts), (12,), generator=g)]
+        ids, mask = sample(replica, p, new, step_generator(5, step, torch.device("cpu"), "sample"), 1.0, 1.0,
+                           data.tokenizer.eos_id, data.pad_id)
+        assert torch.equal(ids, batch.x) and torch.equal(mask, batch.mask)
+    assert not torch.equal(seen[0][2].x, seen[-1][2].x)
+    replica.load_state_dict(seen[0][1])  # a stale student would have sampled something else at the last step
+    step = seen[-1][0]
+    g = step_generator(5, step, torch.device("cpu"), "prompts")
+    p = prompts[torch.randint(len(prompts), (12,), generator=g)]
+    stale, _ = sample(replica, p, new, step_generator(5, step, torch.device("cpu"), "sample"), 1.0, 1.0,
+                      data.tokenizer.eos_id, data.pad_id)
+    assert not torch.equal(stale, seen[-1][2].x)
+
+
+@pytest.mark.parametrize("spec", [{"name": "student_samples", "refresh_every": 3}, {"name": "replay", "buffer": 8}],
+                         ids=lambda s: s["name"])
+def test_a_killed_on_policy_run_resumes_bit_identically(lm_setting, tmp_path, spec):
+    import copy
+
+    from kdx.distill.loop import distill
+    from kdx.models import build_model
+    from kdx.registry import SOURCES
+
+    _, cfg, data, teacher = lm_setting
+    dcfg = copy.deepcopy(cfg.distill)
+    dcfg.samples, dcfg.batch_size, dcfg.checkpoint_every, dcfg.loss = 80, 8, 4, "reverse_kl"
+
+    def fresh():
+        return build_model(cfg.student.model, data, "student", 0), SOURCES.build(spec, "source", data=data, seed=2)
+
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "killed").mkdir()
+    whole_student, whole_source = fresh()
+    whole = distill(whole_student, whole_source, dcfg, 0, teacher, tmp_path / "whole")
+    student, source = fresh()
+    make = source.batch
+
+    def killed(step, n):
+        if step == 6:  # after the checkpoint of step 4, mid refresh period
+            raise KeyboardInterrupt
+        return make(step, n)
+    source.batch = killed
+    with pytest.raises(KeyboardInterrupt):
+        distill(student, source, dcfg, 0, teacher, tmp_path / "killed")
+    student, source = fresh()
+    resumed = distill(student, source, dcfg, 0, teacher, tmp_path / "killed", resume=True)
+    assert resumed["resumed_from_step"] == 4
+    for a, b in zip(whole_student.state_dict().values(), student.state_dict().values()):
+        assert torch.equal(a, b)
+    assert resumed["accounting"]["source"] == whole["accounting"]["source"]
+
+
+def test_teacher_and_student_vocabulary_mismatch_is_refused_at_startup(lm_setting, tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from kdx import config as kconfig
+    from kdx.errors import KdxError
+    from kdx.run import execute
+
+    overrides, _, data, _ = lm_setting
+    overrides = [o for o in overrides if not o.startswith("teacher.model.")]  # the gpt teacher's sizes
+    folder = tmp_path / "own-lm"
+    GPT2LMHeadModel(GPT2Config(vocab_size=400, n_positions=32, n_embd=16, n_layer=1, n_head=2, bos_token_id=0,
+                               eos_token_id=0)).save_pretrained(folder)
+    cfg = kconfig.load_config("configs/lm_tiny.yaml", [*overrides, "teacher.model.name=hf_causal_lm",
+                                                       f"teacher.model.path={folder}"])
+    with pytest.raises(KdxError, match=r"teacher predicts over 400 tokens, the student over 300.*vocab_size=400"):
+        execute(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    # the suggested fix: a student of the teacher's size (the data's 300 ids embed in 400); the folder is the teacher
+    cfg = kconfig.load_config("configs/lm_tiny.yaml", [*overrides, "teacher.model.name=hf_causal_lm",
+                                                       f"teacher.model.path={folder}", "student.model.vocab_size=400",
+                                                       "distill.samples=64", "eval.distributions=[test]"])
+    import json
+
+    m = json.loads((execute(cfg, tmp_path / "run") / "metrics.json").read_text())
+    assert m["eval"]["test"]["tokens"] > 0
+
+
+def test_losses_and_data_of_the_other_kind_are_refused_by_name(lm_setting, tmp_path):
+    from kdx import config as kconfig
+    from kdx.errors import KdxError
+    from kdx.run import execute
+
+    overrides, _, _, _ = lm_setting
+    cfg = kconfig.load_config("configs/lm_tiny.yaml", [*overrides, "distill.loss=kl"])
+    with pytest.raises(KdxError, match="needs a token-level loss"):
+        execute(cfg, tmp_path / "a")
+    cfg = kconfig.load_config("configs/lm_tiny.yaml", [*overrides, "distill.loss=jsd", "distill.loss_args.gamma=1"])
+    with pytest.raises(KdxError, match="has no parameter 'gamma'"):
+        execute(cfg, tmp_path / "b")
+    cfg = kconfig.load_config(None, ["data.name=digits", "distill.loss=forward_kl"])
+    with pytest.raises(KdxError, match="token-level loss for causal LMs"):
+        execute(cfg, tmp_path / "c")
+    cfg = kconfig.load_config(None, ["data.name=digits", "source.name=student_samples"])
+    with pytest.raises(KdxError, match="source 'student_samples' needs language-model corpora"):
+        execute(cfg, tmp_path / "d")
+
+
+def test_on_policy_jsd_run_from_the_python_api_evaluates_reproducibly(lm_setting, tmp_path):
+    import json
+
+    from kdx import config as kconfig
+    from kdx.eval.lm import evaluate_lm
+    from kdx.rundir import load_run
+
+    overrides, _, data, teacher = lm_setting
+    cfg = kconfig.load_config("configs/lm_tiny.yaml", [
+        *overrides, "source.name=lm_mixture", "distill.loss=jsd", "distill.loss_args.beta=0.5",
+        'source.components=[{name: student_samples, weight: 0.5}, {name: corpus, weight: 0.5}]', "distill.samples=320"])
+    from kdx.run import execute
+
+    run_dir = execute(cfg, tmp_path / "gkd")
+    m = json.loads((run_dir / "metrics.json").read_text())
+    costs = m["train"]["accounting"]["source"]
+    assert costs["student_generated_tokens"] == 160 * 18 and m["source"]["name"] == "lm_mixture"
+    run = load_run(run_dir)  # evaluating a finished run again gives its numbers (every sampling seeded)
+    again = evaluate_lm(run.teacher.model, run.student, run.data, cfg.eval)
+    for row, metrics in m["eval"].items():
+        for key, value in metrics.items():
+            assert again[row][key] == (value if value is None else pytest.approx(value, rel=1e-9, abs=1e-12)), (row, key)

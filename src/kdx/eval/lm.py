@@ -91,6 +91,10 @@ def lm_metrics(sums: dict, bootstrap: int, seed: int) -> dict:
     out["teacher_ppl"], out["student_ppl"] = math.exp(out["teacher_nll"]), math.exp(out["student_nll"])
     out["kl_teacher_student_ci"] = sequence_bootstrap_ci(sums["kl_teacher_student"], sums["positions"], bootstrap, seed)
     out["agreement_ci"] = sequence_bootstrap_ci(sums["agreement"], sums["positions"], bootstrap, seed)
+    # the classifier rows' keys, so the tables and study reports read LM rows too: accuracy is next-token
+    out["acc_diff"] = out["student_acc"] - out["teacher_acc"]
+    out["acc_diff_ci"] = sequence_bootstrap_ci(sums["student_acc"] - sums["teacher_acc"], sums["positions"], bootstrap, seed)
+    out.update(teacher_ece=None, student_ece=None, mcnemar_p=None)
     return out
 
 

@@ -146,7 +146,8 @@ def _cached_step(lm: nn.Module, ids: torch.Tensor, past):
 def sample(model: CausalLM, prompts: torch.Tensor, new_tokens: int, g: torch.Generator, temperature: float = 1.0,
            top_p: float = 1.0, eos_id: int | None = None, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Completions of `prompts` (N, k), new_tokens each, drawn with the KV cache and generator `g` at a
-    temperature and nucleus top_p (1: the whole distribution). After an eos the row is padded.
+    temperature and nucleus top_p (1: the whole distribution), never the padding token. After an eos
+    the row is padded.
     Returns (ids (N, k + new_tokens), mask (N, k + new_tokens)): the positions whose next token was
     sampled here and is real, the ones the loss counts."""
     if temperature <= 0 or not 0 < top_p <= 1:
@@ -161,6 +162,8 @@ def sample(model: CausalLM, prompts: torch.Tensor, new_tokens: int, g: torch.Gen
     past, logits = _cached_step(model.lm, prompts, None)
     for i in range(new_tokens):
         probs = torch.softmax(logits.float() / temperature, -1)
+        if pad_id != eos_id:  # padding is never a token of a sequence (an untrained model may favour it)
+            probs[:, pad_id] = 0.0
         if top_p < 1.0:  # keep the smallest set of tokens whose mass reaches top_p
             sorted_p, order = probs.sort(-1, descending=True)
             drop = sorted_p.cumsum(-1) - sorted_p >= top_p
