@@ -279,6 +279,11 @@ def test_debian_lm_build_from_apt_lists_through_the_kdx_command(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- runs
+# the causal-LM models and their tiny runs here (tests/test_registry_walk.py checks every model has one)
+LM_MODELS = {"gpt": "test_lm_run_from_the_kdx_command_distills_and_evaluates_every_row (and arch=llama below)",
+             "hf_causal_lm": "test_a_users_causal_lm_folder_trains_as_student_and_serves_as_teacher"}
+
+
 # the tiny setting: vocabulary 300, windows of 24 tokens, 1 x 32 teacher, 1 x 16 student
 def lm_tiny(path) -> list[str]:
     return [f"data.path={path}", "data.group_column=group", "data.context=24", "data.vocab_size=300",
@@ -532,3 +537,28 @@ def test_on_policy_jsd_run_from_the_python_api_evaluates_reproducibly(lm_setting
     for row, metrics in m["eval"].items():
         for key, value in metrics.items():
             assert again[row][key] == (value if value is None else pytest.approx(value, rel=1e-9, abs=1e-12)), (row, key)
+
+
+def test_a_users_causal_lm_folder_trains_as_student_and_serves_as_teacher(lm_setting, tmp_path):
+    import json
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from kdx import config as kconfig
+    from kdx.run import execute
+
+    overrides, _, data, teacher = lm_setting
+    folder = tmp_path / "own-llama"
+    LlamaForCausalLM(LlamaConfig(vocab_size=data.vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
+                                 bos_token_id=0, eos_token_id=0)).save_pretrained(folder)
+    small = [*overrides, "distill.samples=64", "eval.distributions=[test,student_samples]"]
+    as_student = execute(kconfig.load_config("configs/lm_tiny.yaml", [
+        *[o for o in small if not o.startswith("student.model.")], "student.model.name=hf_causal_lm", f"student.model.path={folder}"]), tmp_path / "s")
+    m = json.loads((as_student / "metrics.json").read_text())
+    assert m["student"]["arch"] == "hf_causal_lm" and m["eval"]["student_samples"]["tokens"] > 0
+    as_teacher = execute(kconfig.load_config("configs/lm_tiny.yaml", [
+        *[o for o in small if not o.startswith("teacher.model.")], "teacher.model.name=hf_causal_lm",
+        f"teacher.model.path={folder}", "student.model.arch=llama"]), tmp_path / "t")
+    m = json.loads((as_teacher / "metrics.json").read_text())
+    assert m["teacher"]["arch"] == "hf_causal_lm" and m["eval"]["test"]["tokens"] > 0
