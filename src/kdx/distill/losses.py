@@ -139,22 +139,28 @@ def jsd(student_logits, teacher_logits, labels, temperature, mask=None, beta: fl
     return _token_mean(rows, student_logits, teacher_logits, mask, temperature) * temperature ** 2
 
 
+def _skewed_kl(student_logits, teacher_logits, temperature, mask, skew: float, reverse: bool) -> torch.Tensor:
+    """KL(p || a p + (1-a) q) per token, times T^2: p the teacher (forward) or the student (reverse)."""
+    name = "skew_reverse_kl" if reverse else "skew_kl"
+    if not 0.0 <= skew < 1.0:
+        raise KdxError(f"loss '{name}': skew={skew} must be in [0, 1) (DistiLLM uses 0.1; 0 is the plain KL)")
+
+    def rows(ls, lt):
+        p, q = (ls, lt) if reverse else (lt, ls)
+        return _kl_rows(p, q if skew == 0.0 else _log_mix(p, q, skew))
+    return _token_mean(rows, student_logits, teacher_logits, mask, temperature) * temperature ** 2
+
+
 @_token_loss("skew_kl")
 def skew_kl(student_logits, teacher_logits, labels, temperature, mask=None, skew: float = 0.1) -> torch.Tensor:
     """DistiLLM's skew KL: KL(p_t || a p_t + (1-a) p_s) with a = `skew` (0.1 in the paper; 0: forward KL)."""
-    if not 0.0 <= skew < 1.0:
-        raise KdxError(f"loss 'skew_kl': skew={skew} must be in [0, 1) (DistiLLM uses 0.1; 0 is forward KL)")
-    rows = (lambda ls, lt: _kl_rows(lt, ls)) if skew == 0.0 else (lambda ls, lt: _kl_rows(lt, _log_mix(lt, ls, skew)))
-    return _token_mean(rows, student_logits, teacher_logits, mask, temperature) * temperature ** 2
+    return _skewed_kl(student_logits, teacher_logits, temperature, mask, skew, reverse=False)
 
 
 @_token_loss("skew_reverse_kl")
 def skew_reverse_kl(student_logits, teacher_logits, labels, temperature, mask=None, skew: float = 0.1) -> torch.Tensor:
     """DistiLLM's skew reverse KL: KL(p_s || a p_s + (1-a) p_t) with a = `skew` (0: reverse KL)."""
-    if not 0.0 <= skew < 1.0:
-        raise KdxError(f"loss 'skew_reverse_kl': skew={skew} must be in [0, 1) (0 is reverse KL)")
-    rows = (lambda ls, lt: _kl_rows(ls, lt)) if skew == 0.0 else (lambda ls, lt: _kl_rows(ls, _log_mix(ls, lt, skew)))
-    return _token_mean(rows, student_logits, teacher_logits, mask, temperature) * temperature ** 2
+    return _skewed_kl(student_logits, teacher_logits, temperature, mask, skew, reverse=True)
 
 
 @_token_loss("tv")

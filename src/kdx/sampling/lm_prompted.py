@@ -17,6 +17,11 @@ from kdx.sampling.base import Batch, Source, step_generator
 from kdx.sampling.lm_corpus import lm_batch
 
 
+def tensors_to(state: dict | None, device) -> dict | None:
+    """A dict's tensors moved to `device` (checkpointed pools and buffers), other values as they are."""
+    return None if state is None else {k: v.to(device) if torch.is_tensor(v) else v for k, v in state.items()}
+
+
 class PromptedSource(Source):
     has_labels = True  # the sampled next tokens
 
@@ -47,8 +52,7 @@ class PromptedSource(Source):
             raise KdxError(f"{self.what} samples with the {self.sampler}, which this training has none of "
                            "(teachers train on source corpus)")
         self.prompts = self.prompts.to(device)
-        if self.pool is not None:
-            self.pool = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.pool.items()}
+        self.pool = tensors_to(self.pool, device)
 
     def generate(self, n: int, step: int, salt: str = "") -> tuple[torch.Tensor, torch.Tensor]:
         """n completions of random train prompts by the model as it is now, padded to the context."""
@@ -73,19 +77,20 @@ class PromptedSource(Source):
             ids, mask = self.generate(at + n - len(pool["ids"]), step, salt=f"+{at}")
             pool["ids"], pool["mask"] = torch.cat([pool["ids"], ids]), torch.cat([pool["mask"], mask])
         pool["cursor"] = at + n
-        batch = lm_batch(pool["ids"][at:at + n], self.data, pool["mask"][at:at + n])
+        return self.served(pool["ids"][at:at + n], pool["mask"][at:at + n])
+
+    def served(self, ids: torch.Tensor, mask: torch.Tensor) -> Batch:
+        """The batch of these sequences, its tokens counted."""
+        batch = lm_batch(ids, self.data, mask)
         self.tokens["input_tokens"] += batch.x.numel()
         self.tokens["trained_tokens"] += int(batch.mask.sum())
         return batch
 
     def state_dict(self) -> dict:
-        pool = None if self.pool is None else {k: v.cpu() if torch.is_tensor(v) else v for k, v in self.pool.items()}
-        return {"tokens": dict(self.tokens), "pool": pool}
+        return {"tokens": dict(self.tokens), "pool": tensors_to(self.pool, "cpu")}
 
     def load_state_dict(self, state: dict) -> None:
-        self.tokens, self.pool = dict(state["tokens"]), state["pool"]
-        if self.pool is not None:
-            self.pool = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in self.pool.items()}
+        self.tokens, self.pool = dict(state["tokens"]), tensors_to(state["pool"], self.device)
 
     def accounting(self) -> dict:
         return dict(self.tokens)

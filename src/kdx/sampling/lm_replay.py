@@ -12,8 +12,7 @@ from kdx.data.base import Dataset
 from kdx.errors import KdxError
 from kdx.registry import SOURCES
 from kdx.sampling.base import Batch, step_generator
-from kdx.sampling.lm_corpus import lm_batch
-from kdx.sampling.lm_prompted import PromptedSource
+from kdx.sampling.lm_prompted import PromptedSource, tensors_to
 
 
 class ReplaySource(PromptedSource):
@@ -45,24 +44,17 @@ class ReplaySource(PromptedSource):
         slots = (buf["next"] + torch.arange(fresh_n, device=self.device)) % self.size
         buf["ids"][slots], buf["mask"][slots] = ids, mask
         buf["next"], buf["filled"] = (buf["next"] + fresh_n) % self.size, min(self.size, buf["filled"] + fresh_n)
-        batch = lm_batch(x, self.data, m)
-        self.tokens["input_tokens"] += batch.x.numel()
-        self.tokens["trained_tokens"] += int(batch.mask.sum())
-        return batch
+        return self.served(x, m)
 
     def state_dict(self) -> dict:
-        buf = None if self.buffer is None else {k: v.cpu() if torch.is_tensor(v) else v for k, v in self.buffer.items()}
-        return {"tokens": dict(self.tokens), "buffer": buf}
+        return {"tokens": dict(self.tokens), "buffer": tensors_to(self.buffer, "cpu")}
 
     def load_state_dict(self, state: dict) -> None:
-        self.tokens, self.buffer = dict(state["tokens"]), state["buffer"]
-        if self.buffer is not None:
-            self.buffer = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in self.buffer.items()}
+        self.tokens, self.buffer = dict(state["tokens"]), tensors_to(state["buffer"], self.device)
 
     def setup(self, device, teacher_logits_fn, teacher=None, student=None) -> None:
         super().setup(device, teacher_logits_fn, teacher=teacher, student=student)
-        if self.buffer is not None:
-            self.buffer = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.buffer.items()}
+        self.buffer = tensors_to(self.buffer, device)
 
 
 @SOURCES.register(context=("data", "seed"))
