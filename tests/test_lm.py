@@ -525,13 +525,16 @@ def test_on_policy_jsd_run_from_the_python_api_evaluates_reproducibly(lm_setting
     overrides, _, data, teacher = lm_setting
     cfg = kconfig.load_config("configs/lm_tiny.yaml", [
         *overrides, "source.name=lm_mixture", "distill.loss=jsd", "distill.loss_args.beta=0.5",
-        'source.components=[{name: student_samples, weight: 0.5}, {name: corpus, weight: 0.5}]', "distill.samples=320"])
+        'source.components=[{name: student_samples, weight: 0.5}, {name: corpus, weight: 0.5}]', "distill.samples=320",
+        "distill.curve_every=160"])
     from kdx.run import execute
 
     run_dir = execute(cfg, tmp_path / "gkd")
     m = json.loads((run_dir / "metrics.json").read_text())
     costs = m["train"]["accounting"]["source"]
     assert costs["student_generated_tokens"] == 160 * 18 and m["source"]["name"] == "lm_mixture"
+    curve = [json.loads(line)["curve"] for line in (run_dir / "log.jsonl").read_text().splitlines() if "curve" in line]
+    assert len(curve) == 2 and all(0 <= c["test_agreement"] <= 1 and c["test_kl_teacher_student"] > 0 for c in curve)
     run = load_run(run_dir)  # evaluating a finished run again gives its numbers (every sampling seeded)
     again = evaluate_lm(run.teacher.model, run.student, run.data, cfg.eval)
     for row, metrics in m["eval"].items():

@@ -23,7 +23,7 @@ from kdx.distill.losses import NEEDS_LABELS, check_loss_fits
 from kdx.distill.teacher import Teacher, get_teacher
 from kdx.errors import KdxError
 from kdx.eval import distribution_names, evaluate, heldout
-from kdx.eval.lm import evaluate_lm
+from kdx.eval.lm import evaluate_lm, lm_curve
 from kdx.io import save_arrays, save_torch, write_json, write_text
 from kdx.models import build_model, load_weights, num_params, predict, read_state_dict
 from kdx.models.gpt import check_vocabularies
@@ -156,6 +156,8 @@ def build_source(cfg: kconfig.RunConfig, data) -> Source:
 
 def learning_curve(teacher: Teacher, data):
     """The loop's `curve`: the student's accuracy and agreement with the teacher on the whole test set."""
+    if data.modality == "lm":  # per token, on the first held-out windows
+        return lm_curve(teacher.model, data)
     y, t_top1 = data.y_test, teacher.logits(data.x_test).argmax(1).cpu()
 
     def score(student: torch.nn.Module) -> dict:

@@ -109,7 +109,7 @@ def data_cmd(config: Optional[Path] = typer.Argument(None, help="a run config, o
     d = load_dataset(kconfig.load_config(config, overrides).data)
     print(f"{d.name}: train {tuple(d.x_train.shape)} test {tuple(d.x_test.shape)} {d.num_classes} classes, "
           f"{d.x_train.dtype}" + (f", vocabulary {d.vocab_size}, mean length {d.lengths.float().mean():.1f} tokens"
-                                  if d.is_text else ""))
+                                  if d.modality in ("text", "lm") else ""))
 
 
 @app.command("compare")

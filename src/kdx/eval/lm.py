@@ -109,3 +109,18 @@ def evaluate_lm(teacher: torch.nn.Module, student: torch.nn.Module, data: Datase
             row["distinct_2"] = distinct_2(x, mask)
         results[name] = row
     return results
+
+
+def lm_curve(teacher: torch.nn.Module, data: Dataset, n: int = 256):
+    """The loop's learning curve for LMs: next-token accuracy, agreement and KL(t||s) per token on the
+    first n held-out windows (eval mode, no randomness: training is unchanged)."""
+    x = data.x_test[:n]
+    mask = lm_targets(x, data.pad_id, data.tokenizer.eos_id if data.tokenizer else None)[1]
+
+    def score(student: torch.nn.Module) -> dict:
+        sums = per_sequence_sums(teacher, student, x, mask)
+        tokens = max(float(sums["positions"].sum()), 1.0)
+        return {"test_acc": float(sums["student_acc"].sum() / tokens),
+                "test_agreement": float(sums["agreement"].sum() / tokens),
+                "test_kl_teacher_student": float(sums["kl_teacher_student"].sum() / tokens)}
+    return score
