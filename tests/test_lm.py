@@ -125,7 +125,7 @@ def corpus_docs(n: int = 240, seed: int = 0) -> list[dict]:
     for i in range(n):
         sents = [f"the {rng.choice(ADJS)} {rng.choice(NOUNS)} {rng.choice(VERBS)} the {rng.choice(NOUNS)}."
                  for _ in range(rng.randint(1, 4))]
-        docs.append({"text": " ".join(sents), "group": f"g{i // 3}"})
+        docs.append({"text": " ".join(sents), "group": f"g{i // 3}", "short": f"{rng.choice(NOUNS)} for {rng.choice(NOUNS)}s"})
     return docs
 
 
@@ -180,31 +180,32 @@ def test_lm_text_reads_every_format_and_splits_by_group(tmp_path, fmt):
     assert data.modality == "lm" and data.vocab_size == 300 and data.x_train.shape[1] == 16
     assert 0 <= int(data.x_train.min()) and int(data.x_train.max()) < data.vocab_size
     docs = read_documents(str(path), "text", group)
-    assert len(docs) == 240 and len(data.texts["train"]) + len(data.texts["test"]) == 240
+    distinct = {d.text for d in docs}
+    assert len(docs) == 240 and len(data.texts["train"]) + len(data.texts["test"]) == len(distinct) > 200
+    assert not set(data.texts["train"]) & set(data.texts["test"])
+    train, test = split_documents(docs, 0.25)
+    assert ([d.text for d in train], [d.text for d in test]) == (data.texts["train"], data.texts["test"])
     if group:  # no group on both sides
-        side = {}
-        for text, g in docs:
-            side.setdefault(g, set()).add(text in set(data.texts["test"]))
-        assert all(len(s) == 1 for s in side.values()) and 0.1 < len(data.texts["test"]) / 240 < 0.4
+        assert not {d.group for d in train} & {d.group for d in test} and 0.1 < len(test) / 240 < 0.4
     # every token but a document's first is a next-token target exactly once
     tok = data.tokenizer
     _, mask = lm_targets(data.x_train, data.pad_id)
     assert int(mask.sum()) == sum(len(ids) + 1 for ids in tok.ids(data.texts["train"]))
     assert data.decode(data.x_test[:1])[0] in " ".join(data.texts["test"])
-    assert split_documents(docs, 0.25) == (data.texts["train"], data.texts["test"])
 
 
 def test_lm_text_windows_enormous_documents_and_skips_empty_ones(tmp_path):
     from kdx.data.lm_text import lm_targets
 
-    docs = corpus_docs(60) + [{"text": "", "group": "empty"}, {"text": "   \n", "group": "blank"},
-                               {"text": " ".join(["the fast server sends the file."] * 400), "group": "g0"}]
+    docs = corpus_docs(60) + [{"text": "", "group": "empty", "short": ""}, {"text": "   \n", "group": "blank", "short": ""},
+                               {"text": " ".join(["the fast server sends the file."] * 400), "group": "g0", "short": ""}]
     path = write_corpus(tmp_path / "c", docs=docs)
     from kdx.registry import DATASETS
 
     spec = {"name": "lm_text", "path": str(path), "group_column": "group", "context": 32, "vocab_size": 300}
     data = DATASETS.build(spec, "data")
-    assert "" not in data.texts["train"] + data.texts["test"] and len(data.texts["train"]) + len(data.texts["test"]) == 61
+    assert "" not in data.texts["train"] + data.texts["test"]
+    assert len(data.texts["train"]) + len(data.texts["test"]) == len({d["text"] for d in docs if d["text"].strip()})
     big = max(range(len(data.texts["train"])), key=lambda i: len(data.texts["train"][i]))
     n_windows = int((data.y_train == big).sum())
     n_tokens = len(data.tokenizer.ids([data.texts["train"][big]])[0])
@@ -246,7 +247,7 @@ def test_lm_text_bad_input_gets_named_errors(tmp_path):
         from kdx.registry import DATASETS
 
         DATASETS.build({"name": "lm_text", "path": str(tmp_path / "nowhere")}, "data")
-    empty = write_corpus(tmp_path / "e", docs=[{"text": " ", "group": "a"}, {"text": "", "group": "b"}])
+    empty = write_corpus(tmp_path / "e", docs=[{"text": " ", "group": "a", "short": ""}, {"text": "", "group": "b", "short": ""}])
     with pytest.raises(KdxError, match="0 train and 0 test documents"):
         from kdx.registry import DATASETS
 
@@ -270,8 +271,13 @@ def test_debian_lm_build_from_apt_lists_through_the_kdx_command(tmp_path):
     # every package with an English description, the short ones too (no classification filter here)
     assert "python3-foo-dbg" in ds["package"] and "perlsec" in ds["package"] and len(set(ds["text"])) == len(ds)
     assert ds[ds["package"].index("python3-foo")]["source"] == "foo"
-    data = DATASETS.build({"name": "lm_text", "path": str(out), "group_column": "source", "context": 16,
-                           "vocab_size": 270, "test_fraction": 0.5, "prompt_tokens": 2}, "data")
+    data = DATASETS.build({"name": "lm_text", "path": str(out), "group_column": "source", "domain_column": "short",
+                           "context": 16, "vocab_size": 270, "test_fraction": 0.5, "prompt_tokens": 2}, "data")
+    # the shifted domain: the test packages' one-line synopses, one window each
+    synopses = [r["short"] for r in ds if r["text"] in data.texts["test"]]
+    assert "domain" in data.default_heldout and len(data.extra["domain"][0]) == len(synopses)
+    decoded = data.decode(data.extra["domain"][0])  # cut at the context
+    assert all(s.startswith(d) and len(d) > 5 for d, s in zip(decoded, synopses))
     by_source = {}
     for r in ds:
         by_source.setdefault(r["source"], set()).add(r["text"] in data.texts["test"])
@@ -344,7 +350,9 @@ def test_lm_run_from_the_kdx_command_distills_and_evaluates_every_row(lm_setting
                                       "--name", "corpus"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     m = json.loads((tmp_path / "corpus" / "metrics.json").read_text())
-    assert set(m["eval"]) == {"test", "teacher_samples", "student_samples"}
+    assert set(m["eval"]) == {"test", "teacher_samples", "student_samples", "random_tokens", "domain"}
+    # random tokens: far from what the teacher was trained on, and the student is furthest from it there
+    assert m["eval"]["random_tokens"]["teacher_nll"] > m["eval"]["test"]["teacher_nll"] + 1
     assert m["teacher"]["checkpoint"] == str(teacher.checkpoint)  # the cached teacher
     assert m["train"]["accounting"]["source"]["trained_tokens"] > 0
     # the distilled student is much closer to the teacher than the same student untrained

@@ -3,7 +3,7 @@
 Documents come from json/jsonl, parquet, a folder of .txt files, a HF dataset saved on disk, or the
 Debian descriptions corpus (`kdx data build debian-lm`). They are split into train and test by a hash
 of their document group (`group_column`: e.g. the Debian source package; by default each document is
-its own group), so no group has text on both sides. Tokens: a byte-level BPE trained here on the train
+its own group), so no group has text on both sides (and a text repeated in two groups is kept once). Tokens: a byte-level BPE trained here on the train
 split (the `tokenizers` library; cached under $KDX_CACHE/tokenizers by a hash of the texts and
 settings) or a user's tokenizer from a model folder.
 
@@ -20,6 +20,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -34,8 +35,9 @@ LM_TOKENIZER_FORMAT = 1  # bump when the BPE recipe changes
 LM_WINDOWS_FORMAT = 1  # bump when windowing changes
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 BYTE_ALPHABET = 256  # a byte-level BPE starts from every byte
-# the held-out rows of an LM run (kdx.eval.lm): held-out corpus windows, teacher and student samples
-LM_HELDOUT = ["test", "teacher_samples", "student_samples"]
+# the held-out rows of an LM run (kdx.eval.lm): held-out corpus windows, teacher and student samples of
+# held-out prompts, uniformly random tokens; and `domain` where the corpus has a domain_column
+LM_HELDOUT = ["test", "teacher_samples", "student_samples", "random_tokens"]
 
 
 class LMTokenizer:
@@ -110,6 +112,12 @@ def load_lm_tokenizer(path: str | Path) -> LMTokenizer:
 
 
 # ---------------------------------------------------------------------------------------------- documents
+class Document(NamedTuple):
+    text: str
+    group: str  # documents of one group land on one side of the split
+    domain: str = ""  # a shifted-domain text of the same document (Debian: its one-line synopsis), if any
+
+
 def _read_table_rows(files: list[Path]) -> list[dict]:
     rows: list[dict] = []
     for f in files:
@@ -125,10 +133,11 @@ def _read_table_rows(files: list[Path]) -> list[dict]:
     return rows
 
 
-def read_documents(path: str, text_column: str = "text", group_column: str = "") -> list[tuple[str, str]]:
-    """(text, group) of every document at `path`: a HF dataset saved on disk (all its splits), json/jsonl or
-    parquet file(s) (a file, or a folder of them), or a folder of .txt files (a file is a document, its
-    relative path its group). Without `group_column` each document is its own group."""
+def read_documents(path: str, text_column: str = "text", group_column: str = "",
+                   domain_column: str = "") -> list[Document]:
+    """Every document at `path`: a HF dataset saved on disk (all its splits), json/jsonl or parquet file(s)
+    (a file, or a folder of them), or a folder of .txt files (a file is a document, its relative path its
+    group). Without `group_column` each document is its own group."""
     if not path:
         raise KdxError("lm_text: set data.path to a corpus: a folder of .txt files, json/jsonl/parquet file(s), a HF "
                        "dataset saved on disk, or a `kdx data build debian-lm --out DIR` build")
@@ -145,31 +154,35 @@ def read_documents(path: str, text_column: str = "text", group_column: str = "")
         files = sorted(f for f in p.rglob("*.txt") if f.is_file())
         if not files:
             raise KdxError(f"lm_text: {p} holds no .txt, .json, .jsonl or .parquet files and no saved HF dataset")
-        return [(f.read_text(errors="replace"), str(f.relative_to(p))) for f in files]
+        return [Document(f.read_text(errors="replace"), str(f.relative_to(p))) for f in files]
     else:
         files = [p] if p.is_file() else sorted([*p.glob("*.jsonl"), *p.glob("*.json"), *p.glob("*.parquet")])
         bad = [f for f in files if f.suffix not in (".json", ".jsonl", ".parquet", ".txt")]
         if bad:
             raise KdxError(f"lm_text: cannot read {bad[0]}; give .txt, .json, .jsonl or .parquet files")
         if p.is_file() and p.suffix == ".txt":
-            return [(p.read_text(errors="replace"), p.name)]
+            return [Document(p.read_text(errors="replace"), p.name)]
         rows = _read_table_rows(files)
     if rows and text_column not in rows[0]:
         raise KdxError(f"lm_text: the corpus at {p} has no column '{text_column}'; it has {', '.join(map(str, rows[0]))} "
                        "(set data.text_column)")
-    if group_column and rows and group_column not in rows[0]:
-        raise KdxError(f"lm_text: the corpus at {p} has no column '{group_column}' to split by; it has "
-                       f"{', '.join(map(str, rows[0]))} (set data.group_column, or '' for one group a document)")
-    return [(str(r[text_column] or ""), str(r[group_column]) if group_column else str(i)) for i, r in enumerate(rows)]
+    for column, arg in ((group_column, "group_column"), (domain_column, "domain_column")):
+        if column and rows and column not in rows[0]:
+            raise KdxError(f"lm_text: the corpus at {p} has no column '{column}'; it has "
+                           f"{', '.join(map(str, rows[0]))} (set data.{arg}, or '' for none)")
+    return [Document(str(r[text_column] or ""), str(r[group_column]) if group_column else str(i),
+                     str(r[domain_column] or "") if domain_column else "") for i, r in enumerate(rows)]
 
 
-def split_documents(docs: list[tuple[str, str]], test_fraction: float) -> tuple[list[str], list[str]]:
-    """Train and test texts, split by group (a hash of its name: the same group always on the same side);
-    empty documents dropped."""
-    train, test = [], []
-    for text, group in docs:
-        if text.strip():
-            (test if is_test_source(group, test_fraction) else train).append(text)
+def split_documents(docs: list[Document], test_fraction: float) -> tuple[list[Document], list[Document]]:
+    """Train and test documents, split by group (a hash of its name: the same group always on the same
+    side); empty documents and exact repeats of an earlier document's text (in another group they would
+    leak across the split) dropped."""
+    train, test, seen = [], [], set()
+    for d in docs:
+        if d.text.strip() and d.text not in seen:
+            seen.add(d.text)
+            (test if is_test_source(d.group, test_fraction) else train).append(d)
     return train, test
 
 
@@ -211,7 +224,8 @@ def prompts(docs: list[list[int]], k: int, eos_id: int) -> torch.Tensor:
 
 
 @DATASETS.register()
-def lm_text(path: str = "", text_column: str = "text", group_column: str = "", test_fraction: float = 0.1,
+def lm_text(path: str = "", text_column: str = "text", group_column: str = "", domain_column: str = "",
+            test_fraction: float = 0.1,
             context: int = 128, tokenizer: str = "", vocab_size: int = 8000, prompt_tokens: int = 8,
             max_windows: int = 0, max_documents: int = 0) -> Dataset:
     """A causal-LM corpus (txt folder, json/jsonl, parquet, saved HF dataset, debian-lm build) in windows of `context` tokens."""
@@ -221,10 +235,11 @@ def lm_text(path: str = "", text_column: str = "text", group_column: str = "", t
         raise KdxError(f"lm_text: prompt_tokens={prompt_tokens} must be in 1..{context - 1} (below the context)")
     if not 0.0 < test_fraction < 1.0:
         raise KdxError(f"lm_text: test_fraction must be in (0, 1), got {test_fraction}")
-    docs = read_documents(path, text_column, group_column)
+    docs = read_documents(path, text_column, group_column, domain_column)
     if max_documents:
         docs = docs[:max_documents]
-    train_texts, test_texts = split_documents(docs, test_fraction)
+    train_docs, test_docs = split_documents(docs, test_fraction)
+    train_texts, test_texts = [d.text for d in train_docs], [d.text for d in test_docs]
     if not train_texts or not test_texts:
         raise KdxError(f"lm_text: {path} gives {len(train_texts)} train and {len(test_texts)} test documents "
                        f"(non-empty, split by group at test_fraction={test_fraction}); both need at least one: add "
@@ -247,8 +262,13 @@ def lm_text(path: str = "", text_column: str = "text", group_column: str = "", t
             raise KdxError(f"lm_text: no {split} document is longer than prompt_tokens={prompt_tokens} tokens, so "
                            "there are no prompts to sample from; lower data.prompt_tokens")
     extra = {f"prompts_{s}": (arrays[f"prompts_{s}"], None) for s in ("train", "test")}
+    heldout = list(LM_HELDOUT)
+    domain = [d.domain for d in test_docs if d.domain.strip()]
+    if domain:  # the test documents' shifted-domain texts (Debian: synopses), one window each
+        extra["domain"] = (tok.encode(domain, context), None)
+        heldout.append("domain")
     return Dataset("lm_text", arrays["x_train"], arrays["doc_train"], arrays["x_test"], arrays["doc_test"], [],
-                   default_heldout=list(LM_HELDOUT), modality="lm", vocab_size=tok.vocab_size, pad_id=tok.pad_id,
+                   default_heldout=heldout, modality="lm", vocab_size=tok.vocab_size, pad_id=tok.pad_id,
                    special_ids=tok.special_ids, tokenizer=tok, extra=extra,
                    texts={"train": train_texts, "test": test_texts})
 

@@ -254,7 +254,7 @@ def random_tokens(data: Dataset, n: int, seed: int):
     """Uniformly random token sequences with the train set's lengths (no labels): text's uniform_noise."""
     from kdx.sampling.text import random_sequences
 
-    _text(data, "random_tokens")
+    data.require(("text", "lm"), "held-out 'random_tokens'", CONTINUOUS_SETS)
     return random_sequences(data, n, torch.Generator().manual_seed(seed), "cpu", "uniform"), None
 
 
