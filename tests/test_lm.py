@@ -573,3 +573,20 @@ def test_a_users_causal_lm_folder_trains_as_student_and_serves_as_teacher(lm_set
         f"teacher.model.path={folder}", "student.model.arch=llama"]), tmp_path / "t")
     m = json.loads((as_teacher / "metrics.json").read_text())
     assert m["teacher"]["arch"] == "hf_causal_lm" and m["eval"]["test"]["tokens"] > 0
+
+
+def test_a_tokenizer_without_padding_pads_with_eos_and_still_counts_each_documents_end(tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    from kdx.data.lm_text import EOS, lm_targets
+    from kdx.sampling.lm_corpus import lm_batch
+
+    trained = lm_data(tmp_path)
+    folder = tmp_path / "gpt2-like"
+    PreTrainedTokenizerFast(tokenizer_object=trained.tokenizer.tok.backend_tokenizer, eos_token=EOS).save_pretrained(folder)
+    data = lm_data(tmp_path, tokenizer=str(folder))
+    assert data.pad_id == data.tokenizer.eos_id
+    _, mask = lm_targets(data.x_train, data.pad_id, data.tokenizer.eos_id)
+    assert int(mask.sum()) == sum(len(ids) + 1 for ids in data.tokenizer.ids(data.texts["train"]))
+    batch = lm_batch(data.x_train[:8], data)
+    assert torch.equal(batch.mask, mask[:8])

@@ -245,7 +245,7 @@ def lm_text(path: str = "", text_column: str = "text", group_column: str = "", d
                        f"(non-empty, split by group at test_fraction={test_fraction}); both need at least one: add "
                        "documents or groups, or change test_fraction")
     tok = load_lm_tokenizer(tokenizer) if tokenizer else train_bpe(train_texts, vocab_size)
-    key = _hash_texts({"tok": tok.key, "context": context, "k": prompt_tokens, "max_windows": max_windows,
+    key = _hash_texts({"tok": tok.key, "pad": tok.pad_id, "eos": tok.eos_id, "context": context, "k": prompt_tokens, "max_windows": max_windows,
                        "format": LM_WINDOWS_FORMAT}, [*train_texts, "\0split\0", *test_texts])
     cached = cache_dir() / "lm_windows" / f"{key}.pt"
     if cached.exists():
