@@ -590,3 +590,39 @@ def test_a_tokenizer_without_padding_pads_with_eos_and_still_counts_each_documen
     assert int(mask.sum()) == sum(len(ids) + 1 for ids in data.tokenizer.ids(data.texts["train"]))
     batch = lm_batch(data.x_train[:8], data)
     assert torch.equal(batch.mask, mask[:8])
+
+
+def test_corpus_with_a_top_k_teacher_cache_skips_the_teacher_and_states_its_error(lm_setting, tmp_path, capsys):
+    import json
+    from pathlib import Path
+
+    from kdx import config as kconfig
+    from kdx.data.lm_text import lm_targets
+    from kdx.models.gpt import dense_from_top_k
+    from kdx.registry import SOURCES
+    from kdx.run import execute
+
+    overrides, _, data, teacher = lm_setting
+    errors = {}
+    for k in (4, 32, data.vocab_size):
+        source = SOURCES.build({"name": "corpus", "top_k": k}, "source", data=data, seed=0)
+        source.setup(torch.device("cpu"), teacher.logits, teacher=teacher.model)
+        errors[k] = source.accounting()["top_k_kl_error"]
+        # the stated error, computed independently in numpy from the full logits and the cache
+        x = data.x_train[:32]
+        full = np_log_softmax(teacher.model(x).double().detach().numpy(), -1)
+        values, ids = source.cached
+        dense = dense_from_top_k(values[:32], ids[:32], data.vocab_size).double().numpy()
+        _, mask = lm_targets(x, data.pad_id)
+        ref = (np.exp(full) * (full - dense)).sum(-1)[mask.numpy()].mean()
+        assert errors[k] == pytest.approx(ref, rel=1e-6, abs=1e-9)
+        assert np.allclose(np.exp(dense).sum(-1), 1.0, atol=1e-4)  # the bucket keeps each row a distribution
+    assert errors[data.vocab_size] < 1e-6 < errors[32] < errors[4]
+    assert "teacher top-4 cache, KL(full || cached)" in capsys.readouterr().err
+    assert list(Path(teacher.checkpoint).parent.glob("top32-*.pt"))  # cached on disk beside the teacher
+    m = json.loads((execute(kconfig.load_config("configs/lm_tiny.yaml", [*overrides, "source.top_k=32",
+                                                                         "eval.distributions=[test]"]),
+                            tmp_path / "topk") / "metrics.json").read_text())
+    costs = m["train"]["accounting"]
+    assert costs["teacher_forwards"] == 0 and costs["teacher_cache_lookups"] == costs["samples_trained"]
+    assert costs["source"]["top_k_kl_error"] == pytest.approx(errors[32])

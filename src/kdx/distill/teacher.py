@@ -16,7 +16,7 @@ from kdx.device import prepare_model, resolve_device
 from kdx.distill.loop import CHECKPOINT, distill
 from kdx.io import save_torch, write_json
 from kdx.models import Classifier, build_model, load_weights, predict
-from kdx.models.gpt import next_token_accuracy
+from kdx.models.gpt import next_token_accuracy, top_k_log_probs
 from kdx.registry import SOURCES
 
 TEACHER_FORMAT = 1  # bump when the teacher recipe's meaning changes, to invalidate caches
@@ -43,6 +43,18 @@ class TeacherLogits:
         if path:
             save_torch(path, logits.cpu())
         return logits
+
+    def top_k(self, x_stored: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """LM: the teacher's k largest log-probabilities per position of token windows (N, L) and their ids
+        (DistillKit's offline format), cached on disk by the inputs' bytes and k like the full logits."""
+        key = hashlib.blake2b(x_stored.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest()
+        path = self.cache_dir / f"top{k}-{key}-{tuple(x_stored.shape)}.pt".replace(" ", "") if self.cache_dir else None
+        if path and path.exists():
+            return torch.load(path)
+        values, ids = top_k_log_probs(self.teacher, x_stored, k)
+        if path:
+            save_torch(path, (values, ids))
+        return values, ids
 
 
 @dataclasses.dataclass

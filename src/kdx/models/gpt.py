@@ -193,3 +193,29 @@ def next_token_accuracy(model: nn.Module, x: torch.Tensor, pad_id: int, batch_si
         total += int(mask.sum())
     model.train(was_training)
     return hits / max(total, 1)
+
+
+@torch.no_grad()
+def top_k_log_probs(model: nn.Module, x: torch.Tensor, k: int, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's k largest next-token log-probabilities at every position of windows x (N, L): values
+    (N, L, k) float32 and token ids (N, L, k) int32, on the CPU."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    values, ids = [], []
+    for i in range(0, len(x), batch_size):
+        top = torch.log_softmax(model(x[i:i + batch_size].to(device)).float(), -1).topk(k, -1)
+        values.append(top.values.cpu())
+        ids.append(top.indices.to(torch.int32).cpu())
+    model.train(was_training)
+    return torch.cat(values), torch.cat(ids)
+
+
+def dense_from_top_k(values: torch.Tensor, ids: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Log-probabilities (..., vocab) from a top-k cache: the k kept exactly, the rest of the mass in one
+    bucket spread evenly over the other tokens (a tiny floor where the top k hold all of it)."""
+    k = values.shape[-1]
+    kept = torch.logsumexp(values, -1, keepdim=True).exp().clamp_max(1 - 1e-6)
+    rest = torch.log1p(-kept)  # the log of the mass outside the top k
+    out = (rest - torch.log(torch.tensor(float(max(vocab - k, 1))))).expand(*values.shape[:-1], vocab).clone()
+    return out.scatter_(-1, ids.long(), values)
