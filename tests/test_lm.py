@@ -368,7 +368,8 @@ def test_lm_run_from_the_kdx_command_distills_and_evaluates_every_row(lm_setting
     {"name": "corpus"}, {"name": "teacher_samples", "refresh_every": 2, "temperature": 0.8, "top_p": 0.9},
     {"name": "student_samples"}, {"name": "replay", "buffer": 16, "refresh": 0.5},
     {"name": "lm_mixture", "components": [{"name": "student_samples", "weight": 0.25}, {"name": "corpus", "weight": 0.75}]},
-    {"name": "noise", "kind": "uniform"}, {"name": "noise", "kind": "unigram"}], ids=lambda s: s["name"])
+    {"name": "noise", "kind": "uniform"}, {"name": "noise", "kind": "unigram"}, {"name": "lm_downstream"}],
+    ids=lambda s: s["name"])
 def test_every_lm_source_gives_valid_ids_labels_and_masks(lm_setting, spec):
     from kdx.models import build_model
     from kdx.registry import SOURCES
@@ -387,6 +388,8 @@ def test_every_lm_source_gives_valid_ids_labels_and_masks(lm_setting, spec):
         assert not (b.mask & (b.y == data.pad_id)).any()  # no padding is ever a target
         if spec["name"] in ("teacher_samples", "student_samples", "replay"):  # completions of train prompts only
             assert all(tuple(r) in prompts for r in b.x[:, :k].tolist()) and not b.mask[:, :k - 1].any()
+    if spec["name"] == "lm_downstream":  # the train documents' synopses
+        assert data.decode(b.x[:1])[0] in {t for t in [r["short"] for r in corpus_docs()]}
     if spec["name"] != "noise":
         costs = source.accounting()
         assert costs["trained_tokens"] > 0 and costs["input_tokens"] == 40 * data.max_length
@@ -626,3 +629,19 @@ def test_corpus_with_a_top_k_teacher_cache_skips_the_teacher_and_states_its_erro
     costs = m["train"]["accounting"]
     assert costs["teacher_forwards"] == 0 and costs["teacher_cache_lookups"] == costs["samples_trained"]
     assert costs["source"]["top_k_kl_error"] == pytest.approx(errors[32])
+
+
+def test_lm_downstream_serves_another_corpus_in_the_runs_tokens(lm_setting, tmp_path):
+    from kdx.errors import KdxError
+    from kdx.registry import SOURCES
+
+    _, _, data, _ = lm_setting
+    other = write_corpus(tmp_path / "other", docs=[{"text": f"a daemon {i} logs.", "group": str(i)}
+                                                  for i in range(20)])
+    source = SOURCES.build({"name": "lm_downstream", "path": str(other)}, "source", data=data, seed=0)
+    source.setup(torch.device("cpu"), None)
+    b = source.batch(0, 5)
+    assert b.x.shape == (5, data.max_length) and all(t.startswith("a daemon ") for t in data.decode(b.x))
+    assert source.epoch_size == 20 and b.mask.any()
+    with pytest.raises(KdxError, match="no split 'nope'"):
+        SOURCES.build({"name": "lm_downstream", "split": "nope"}, "source", data=data, seed=0)

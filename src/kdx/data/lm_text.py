@@ -264,8 +264,9 @@ def lm_text(path: str = "", text_column: str = "text", group_column: str = "", d
     extra = {f"prompts_{s}": (arrays[f"prompts_{s}"], None) for s in ("train", "test")}
     heldout = list(LM_HELDOUT)
     domain = [d.domain for d in test_docs if d.domain.strip()]
-    if domain:  # the test documents' shifted-domain texts (Debian: synopses), one window each
-        extra["domain"] = (tok.encode(domain, context), None)
+    if domain:  # the test documents' shifted-domain texts (Debian: synopses), one window each; the train
+        extra["domain"] = (tok.encode(domain, context), None)  # documents' are a source (lm_downstream)
+        extra["domain_train"] = (tok.encode([d.domain for d in train_docs if d.domain.strip()], context), None)
         heldout.append("domain")
     return Dataset("lm_text", arrays["x_train"], arrays["doc_train"], arrays["x_test"], arrays["doc_test"], [],
                    default_heldout=heldout, modality="lm", vocab_size=tok.vocab_size, pad_id=tok.pad_id,

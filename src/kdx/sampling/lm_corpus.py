@@ -31,12 +31,12 @@ class CorpusSource(PoolSource):
     Full teacher logits are never cached for a whole corpus ((N, L, V) floats): the loop runs the teacher,
     or with top_k the batch carries the cached top-k made dense."""
 
-    def __init__(self, data: Dataset, seed: int, top_k: int = 0):
+    def __init__(self, data: Dataset, seed: int, top_k: int = 0, windows: torch.Tensor | None = None):
         data.require("lm", "source 'corpus'", "source train (text classification data)")
         if not 0 <= top_k <= data.vocab_size:
             raise KdxError(f"source 'corpus': top_k={top_k} must be in 0..{data.vocab_size} (0: no cache, the teacher "
                            "runs on every batch)")
-        super().__init__(data, seed, data.x_train, None)
+        super().__init__(data, seed, data.x_train if windows is None else windows, None)
         self.has_labels = True  # the next tokens
         self.top_k, self.cached = top_k, None
         self.tokens = {"input_tokens": 0, "trained_tokens": 0}
