@@ -645,3 +645,22 @@ def test_lm_downstream_serves_another_corpus_in_the_runs_tokens(lm_setting, tmp_
     assert source.epoch_size == 20 and b.mask.any()
     with pytest.raises(KdxError, match="no split 'nope'"):
         SOURCES.build({"name": "lm_downstream", "split": "nope"}, "source", data=data, seed=0)
+
+
+def test_teacher_samples_made_once_into_a_pool_are_served_round_and_round(lm_setting):
+    from kdx.registry import SOURCES
+
+    _, _, data, teacher = lm_setting
+    source = SOURCES.build({"name": "teacher_samples", "pool": 25}, "source", data=data, seed=1)
+    source.setup(torch.device("cpu"), None, teacher=teacher.model)
+    batches = [source.batch(step, 10) for step in range(6)]  # 60 rows: the pool of 25 twice and then some
+    rows = torch.cat([b.x for b in batches])
+    assert torch.equal(rows[:25], rows[25:50]) and torch.equal(rows[:10], rows[50:60])
+    assert len({tuple(r) for r in rows[:25].tolist()}) > 20  # the pool itself is varied
+    prompt = data.extra["prompts_train"][0].shape[1]
+    assert source.accounting()["teacher_generated_tokens"] == 25 * (data.max_length - prompt)
+    state = source.state_dict()
+    again = SOURCES.build({"name": "teacher_samples", "pool": 25}, "source", data=data, seed=1)
+    again.load_state_dict(state)
+    again.setup(torch.device("cpu"), None, teacher=teacher.model)
+    assert torch.equal(again.batch(6, 10).x, source.batch(6, 10).x)

@@ -1,5 +1,6 @@
 """What the prompted LM sources share: completions of train prompts sampled by a model (the teacher,
-or the student being trained), a pool of them made every `refresh_every` steps and served in order.
+or the student being trained), a pool of them made every `refresh_every` steps and served in order;
+or (`pool` > 0) one pool of that many made at the start and served round and round.
 
 A pool is a function of (seed, the step that made it, the model's weights then): prompts drawn and
 tokens sampled with step_generator, so a resumed run makes the same samples; the pool in use is
@@ -26,7 +27,7 @@ class PromptedSource(Source):
     has_labels = True  # the sampled next tokens
 
     def __init__(self, data: Dataset, seed: int, sampler: str, refresh_every: int = 1, temperature: float = 1.0,
-                 top_p: float = 1.0, new_tokens: int = 0):
+                 top_p: float = 1.0, new_tokens: int = 0, pool: int = 0):
         what = f"source '{sampler}_samples'"
         data.require("lm", what, "source train, noise, hotflip ... for text classification data")
         prompts = data.extra["prompts_train"][0]
@@ -35,12 +36,13 @@ class PromptedSource(Source):
         if not 1 <= self.new_tokens <= room:
             raise KdxError(f"{what}: new_tokens={new_tokens} must be in 1..{room} (the context {data.max_length} "
                            f"minus the prompt's {prompts.shape[1]} tokens)")
-        if refresh_every < 1 or temperature <= 0 or not 0 < top_p <= 1:
-            raise KdxError(f"{what}: refresh_every={refresh_every} must be >= 1, temperature={temperature} > 0 and "
-                           f"top_p={top_p} in (0, 1]")
+        if refresh_every < 1 or temperature <= 0 or not 0 < top_p <= 1 or pool < 0:
+            raise KdxError(f"{what}: refresh_every={refresh_every} must be >= 1, temperature={temperature} > 0, "
+                           f"top_p={top_p} in (0, 1] and pool={pool} >= 0")
         super().__init__(data, seed)
         self.sampler, self.what, self.prompts = sampler, what, prompts
-        self.refresh_every, self.temperature, self.top_p = refresh_every, temperature, top_p
+        self.refresh_every, self.temperature, self.top_p, self.fixed_pool = refresh_every, temperature, top_p, pool
+        self.epoch_size = pool or None
         self.model = None
         self.pool: dict | None = None  # {"made_at": generation index, "ids", "mask", "cursor"}
         self.tokens = {f"{sampler}_generated_tokens": 0, "input_tokens": 0, "trained_tokens": 0}
@@ -68,6 +70,13 @@ class PromptedSource(Source):
                 torch.nn.functional.pad(mask, (0, width), value=False))
 
     def batch(self, step: int, n: int) -> Batch:
+        if self.fixed_pool:  # made once, at the start
+            if self.pool is None:
+                ids, mask = self.generate(self.fixed_pool, 0)
+                self.pool = {"made_at": 0, "ids": ids, "mask": mask, "cursor": 0}
+            rows = (self.pool["cursor"] + torch.arange(n, device=self.device)) % self.fixed_pool
+            self.pool["cursor"] = (self.pool["cursor"] + n) % self.fixed_pool
+            return self.served(self.pool["ids"][rows], self.pool["mask"][rows])
         made_at = step // self.refresh_every
         if self.pool is None or self.pool["made_at"] != made_at:
             ids, mask = self.generate(n * self.refresh_every, made_at * self.refresh_every)
