@@ -664,3 +664,28 @@ def test_teacher_samples_made_once_into_a_pool_are_served_round_and_round(lm_set
     again.load_state_dict(state)
     again.setup(torch.device("cpu"), None, teacher=teacher.model)
     assert torch.equal(again.batch(6, 10).x, source.batch(6, 10).x)
+
+
+def test_a_killed_kdx_run_on_policy_resumes_to_the_uninterrupted_result(lm_setting, tmp_path):
+    """`kdx run` with student_samples, SIGKILLed once checkpointed, `--resume`d: the same metrics as one run."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import kill_once_checkpointed, strip_timing
+
+    overrides, _, _, _ = lm_setting
+    args = ["configs/lm_tiny.yaml", *overrides, "source.name=student_samples", "source.refresh_every=3",
+            "distill.samples=3200", "distill.checkpoint_every=4", "eval.distributions=[test,student_samples]"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "kdx", "run", *args, "--runs-dir", str(tmp_path)]
+    subprocess.run(cmd + ["--name", "whole"], env=env, check=True, capture_output=True)
+    ckpt = kill_once_checkpointed(cmd + ["--name", "killed"], tmp_path / "killed", env)
+    assert torch.load(ckpt, weights_only=False)["step"] < 100
+    out = subprocess.run(cmd + ["--name", "killed", "--resume"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    whole, resumed = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("whole", "killed"))
+    assert resumed["train"]["resumed_from_step"] > 0
+    assert strip_timing(resumed) == strip_timing(whole)
