@@ -125,7 +125,8 @@ def corpus_docs(n: int = 240, seed: int = 0) -> list[dict]:
     for i in range(n):
         sents = [f"the {rng.choice(ADJS)} {rng.choice(NOUNS)} {rng.choice(VERBS)} the {rng.choice(NOUNS)}."
                  for _ in range(rng.randint(1, 4))]
-        docs.append({"text": " ".join(sents), "group": f"g{i // 3}", "short": f"{rng.choice(NOUNS)} for {rng.choice(NOUNS)}s"})
+        docs.append({"text": " ".join(sents), "group": f"g{i // 3}", "short": f"{rng.choice(NOUNS)} for {rng.choice(NOUNS)}s",
+                     "section": "games" if i % 21 == 0 else "libs"})
     return docs
 
 
@@ -199,6 +200,8 @@ def test_lm_text_windows_enormous_documents_and_skips_empty_ones(tmp_path):
 
     docs = corpus_docs(60) + [{"text": "", "group": "empty", "short": ""}, {"text": "   \n", "group": "blank", "short": ""},
                                {"text": " ".join(["the fast server sends the file."] * 400), "group": "g0", "short": ""}]
+    for d in docs:
+        d.setdefault("section", "libs")
     path = write_corpus(tmp_path / "c", docs=docs)
     from kdx.registry import DATASETS
 
@@ -247,7 +250,8 @@ def test_lm_text_bad_input_gets_named_errors(tmp_path):
         from kdx.registry import DATASETS
 
         DATASETS.build({"name": "lm_text", "path": str(tmp_path / "nowhere")}, "data")
-    empty = write_corpus(tmp_path / "e", docs=[{"text": " ", "group": "a", "short": ""}, {"text": "", "group": "b", "short": ""}])
+    empty = write_corpus(tmp_path / "e", docs=[{"text": " ", "group": "a", "short": "", "section": ""},
+                                               {"text": "", "group": "b", "short": "", "section": ""}])
     with pytest.raises(KdxError, match="0 train and 0 test documents"):
         from kdx.registry import DATASETS
 
@@ -350,7 +354,7 @@ def test_lm_run_from_the_kdx_command_distills_and_evaluates_every_row(lm_setting
                                       "--name", "corpus"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     m = json.loads((tmp_path / "corpus" / "metrics.json").read_text())
-    assert set(m["eval"]) == {"test", "teacher_samples", "student_samples", "random_tokens", "domain"}
+    assert set(m["eval"]) == {"test", "teacher_samples", "student_samples", "random_tokens", "domain", "shift"}
     # random tokens: far from what the teacher was trained on, and the student is furthest from it there
     assert m["eval"]["random_tokens"]["teacher_nll"] > m["eval"]["test"]["teacher_nll"] + 1
     assert m["teacher"]["checkpoint"] == str(teacher.checkpoint)  # the cached teacher
@@ -568,7 +572,8 @@ def test_a_users_causal_lm_folder_trains_as_student_and_serves_as_teacher(lm_set
                                  bos_token_id=0, eos_token_id=0)).save_pretrained(folder)
     small = [*overrides, "distill.samples=64", "eval.distributions=[test,student_samples]"]
     as_student = execute(kconfig.load_config("configs/lm_tiny.yaml", [
-        *[o for o in small if not o.startswith("student.model.")], "student.model.name=hf_causal_lm", f"student.model.path={folder}"]), tmp_path / "s")
+        *[o for o in small if not o.startswith("student.model.")], "student.model.name=hf_causal_lm",
+        f"student.model.path={folder}"]), tmp_path / "s")
     m = json.loads((as_student / "metrics.json").read_text())
     assert m["student"]["arch"] == "hf_causal_lm" and m["eval"]["student_samples"]["tokens"] > 0
     as_teacher = execute(kconfig.load_config("configs/lm_tiny.yaml", [
@@ -689,3 +694,24 @@ def test_a_killed_kdx_run_on_policy_resumes_to_the_uninterrupted_result(lm_setti
     whole, resumed = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("whole", "killed"))
     assert resumed["train"]["resumed_from_step"] > 0
     assert strip_timing(resumed) == strip_timing(whole)
+
+
+def test_lm_text_holds_documents_of_chosen_sections_out_of_both_splits(tmp_path):
+    from kdx.errors import KdxError
+    from kdx.registry import HELDOUT
+
+    docs = corpus_docs()
+    data = lm_data(tmp_path, shift_column="section", shift_values=["games"])
+    games = [d for d in docs if d["section"] == "games"]
+    held_groups = {d["group"] for d in games}
+    kept = data.texts["train"] + data.texts["test"]
+    assert not {d["text"] for d in docs if d["group"] in held_groups} & set(kept)  # their whole groups are out
+    assert "shift" in data.default_heldout
+    decoded = data.decode(data.extra["shift"][0])
+    assert all(any(t in d["text"] for d in games) for t in decoded) and len(decoded) >= len(games)
+    x, y = HELDOUT.build({"name": "shift"}, "eval", data=data, n=100, seed=0)
+    assert y is None and len(x) == len(data.extra["shift"][0])
+    with pytest.raises(KdxError, match="no document has section in"):
+        lm_data(tmp_path, shift_column="section", shift_values=["nonexistent"])
+    with pytest.raises(KdxError, match="shift_column and shift_values go together"):
+        lm_data(tmp_path, shift_column="section")

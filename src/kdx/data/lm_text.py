@@ -3,9 +3,11 @@
 Documents come from json/jsonl, parquet, a folder of .txt files, a HF dataset saved on disk, or the
 Debian descriptions corpus (`kdx data build debian-lm`). They are split into train and test by a hash
 of their document group (`group_column`: e.g. the Debian source package; by default each document is
-its own group), so no group has text on both sides (and a text repeated in two groups is kept once). Tokens: a byte-level BPE trained here on the train
-split (the `tokenizers` library; cached under $KDX_CACHE/tokenizers by a hash of the texts and
-settings) or a user's tokenizer from a model folder.
+its own group), so no group has text on both sides (and a text repeated in two groups is kept once).
+Documents whose `shift_column` value is in `shift_values` (Debian: sections) are held out of both
+splits, with the rest of their groups, as the `shift` held-out row. Tokens: a byte-level BPE trained
+here on the train split (the `tokenizers` library; cached under $KDX_CACHE/tokenizers by a hash of the
+texts and settings) or a user's tokenizer from a model folder.
 
 Each document becomes [eos] ids [eos] and is cut into windows of `context` tokens that overlap by one
 token, so every token but a document's first is a next-token target exactly once; a short last window
@@ -116,6 +118,7 @@ class Document(NamedTuple):
     text: str
     group: str  # documents of one group land on one side of the split
     domain: str = ""  # a shifted-domain text of the same document (Debian: its one-line synopsis), if any
+    kind: str = ""  # the value of the column that can hold documents out of both splits (Debian: the section)
 
 
 def _read_table_rows(files: list[Path]) -> list[dict]:
@@ -134,7 +137,7 @@ def _read_table_rows(files: list[Path]) -> list[dict]:
 
 
 def read_documents(path: str, text_column: str = "text", group_column: str = "",
-                   domain_column: str = "") -> list[Document]:
+                   domain_column: str = "", shift_column: str = "") -> list[Document]:
     """Every document at `path`: a HF dataset saved on disk (all its splits), json/jsonl or parquet file(s)
     (a file, or a folder of them), or a folder of .txt files (a file is a document, its relative path its
     group). Without `group_column` each document is its own group."""
@@ -166,12 +169,22 @@ def read_documents(path: str, text_column: str = "text", group_column: str = "",
     if rows and text_column not in rows[0]:
         raise KdxError(f"lm_text: the corpus at {p} has no column '{text_column}'; it has {', '.join(map(str, rows[0]))} "
                        "(set data.text_column)")
-    for column, arg in ((group_column, "group_column"), (domain_column, "domain_column")):
+    for column, arg in ((group_column, "group_column"), (domain_column, "domain_column"), (shift_column, "shift_column")):
         if column and rows and column not in rows[0]:
             raise KdxError(f"lm_text: the corpus at {p} has no column '{column}'; it has "
                            f"{', '.join(map(str, rows[0]))} (set data.{arg}, or '' for none)")
     return [Document(str(r[text_column] or ""), str(r[group_column]) if group_column else str(i),
-                     str(r[domain_column] or "") if domain_column else "") for i, r in enumerate(rows)]
+                     str(r[domain_column] or "") if domain_column else "",
+                     str(r[shift_column] or "") if shift_column else "") for i, r in enumerate(rows)]
+
+
+def hold_out(docs: list[Document], values: list[str]) -> tuple[list[Document], list[Document]]:
+    """(the documents kept for the splits, the held-out ones): a document whose `kind` is one of `values`
+    is held out; the other documents of its group, and any repeat of a held-out text, are dropped, so
+    neither a group nor a text reaches both sides."""
+    held = [d for d in docs if d.kind in values]
+    groups, texts = {d.group for d in held}, {d.text for d in held}
+    return [d for d in docs if d.group not in groups and d.text not in texts], held
 
 
 def split_documents(docs: list[Document], test_fraction: float) -> tuple[list[Document], list[Document]]:
@@ -225,7 +238,7 @@ def prompts(docs: list[list[int]], k: int, eos_id: int) -> torch.Tensor:
 
 @DATASETS.register()
 def lm_text(path: str = "", text_column: str = "text", group_column: str = "", domain_column: str = "",
-            test_fraction: float = 0.1,
+            shift_column: str = "", shift_values: list[str] = [], test_fraction: float = 0.1,
             context: int = 128, tokenizer: str = "", vocab_size: int = 8000, prompt_tokens: int = 8,
             max_windows: int = 0, max_documents: int = 0) -> Dataset:
     """A causal-LM corpus (txt folder, json/jsonl, parquet, saved HF dataset, debian-lm build) in windows of `context` tokens."""
@@ -235,9 +248,16 @@ def lm_text(path: str = "", text_column: str = "text", group_column: str = "", d
         raise KdxError(f"lm_text: prompt_tokens={prompt_tokens} must be in 1..{context - 1} (below the context)")
     if not 0.0 < test_fraction < 1.0:
         raise KdxError(f"lm_text: test_fraction must be in (0, 1), got {test_fraction}")
-    docs = read_documents(path, text_column, group_column, domain_column)
+    if bool(shift_column) != bool(shift_values):
+        raise KdxError("lm_text: shift_column and shift_values go together (e.g. shift_column=section "
+                       "shift_values=[games, sound]: those documents held out of training, the `shift` row)")
+    docs = read_documents(path, text_column, group_column, domain_column, shift_column)
     if max_documents:
         docs = docs[:max_documents]
+    docs, shifted = hold_out(docs, list(shift_values))
+    if shift_values and not any(d.text.strip() for d in shifted):
+        raise KdxError(f"lm_text: no document has {shift_column} in {list(shift_values)}; values present: "
+                       f"{', '.join(sorted({d.kind for d in docs})[:20])}")
     train_docs, test_docs = split_documents(docs, test_fraction)
     train_texts, test_texts = [d.text for d in train_docs], [d.text for d in test_docs]
     if not train_texts or not test_texts:
@@ -245,8 +265,8 @@ def lm_text(path: str = "", text_column: str = "text", group_column: str = "", d
                        f"(non-empty, split by group at test_fraction={test_fraction}); both need at least one: add "
                        "documents or groups, or change test_fraction")
     tok = load_lm_tokenizer(tokenizer) if tokenizer else train_bpe(train_texts, vocab_size)
-    key = _hash_texts({"tok": tok.key, "pad": tok.pad_id, "eos": tok.eos_id, "context": context, "k": prompt_tokens, "max_windows": max_windows,
-                       "format": LM_WINDOWS_FORMAT}, [*train_texts, "\0split\0", *test_texts])
+    key = _hash_texts({"tok": tok.key, "pad": tok.pad_id, "eos": tok.eos_id, "context": context, "k": prompt_tokens,
+                       "max_windows": max_windows, "format": LM_WINDOWS_FORMAT}, [*train_texts, "\0split\0", *test_texts])
     cached = cache_dir() / "lm_windows" / f"{key}.pt"
     if cached.exists():
         arrays = torch.load(cached)
@@ -268,6 +288,10 @@ def lm_text(path: str = "", text_column: str = "text", group_column: str = "", d
         extra["domain"] = (tok.encode(domain, context), None)  # documents' are a source (lm_downstream)
         extra["domain_train"] = (tok.encode([d.domain for d in train_docs if d.domain.strip()], context), None)
         heldout.append("domain")
+    if shifted:  # documents of the held-out kinds (Debian: sections), windowed like the test split
+        ids = tok.ids([d.text for d in shifted if d.text.strip()])
+        extra["shift"] = (windows(ids, context, tok.eos_id, tok.pad_id, max_windows)[0], None)
+        heldout.append("shift")
     return Dataset("lm_text", arrays["x_train"], arrays["doc_train"], arrays["x_test"], arrays["doc_test"], [],
                    default_heldout=heldout, modality="lm", vocab_size=tok.vocab_size, pad_id=tok.pad_id,
                    special_ids=tok.special_ids, tokenizer=tok, extra=extra,

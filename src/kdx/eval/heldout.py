@@ -295,3 +295,14 @@ def student_samples(data: Dataset, n: int, seed: int, teacher=None, student=None
                     temperature: float = 1.0, top_p: float = 1.0):
     """LM: the trained student's own completions of held-out prompts (seeded; on-policy fidelity)."""
     return lm_prompt_samples(data, n, seed, student, "student_samples", new_tokens, temperature, top_p)
+
+
+@HELDOUT.register(context=_CTX)
+def shift(data: Dataset, n: int, seed: int):
+    """LM: windows of the documents held out of both splits (data.shift_column/shift_values, e.g. Debian sections)."""
+    data.require("lm", "held-out 'shift'", "domain, or the corruptions of each modality")
+    if "shift" not in data.extra:
+        raise KdxError(f"held-out 'shift': dataset '{data.name}' holds no documents out of its splits; set "
+                       "data.shift_column and data.shift_values (e.g. section, [games])")
+    x = data.extra["shift"][0]
+    return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:5 * n]], None
