@@ -500,6 +500,13 @@ def test_teacher_and_student_vocabulary_mismatch_is_refused_at_startup(lm_settin
     with pytest.raises(KdxError, match=r"teacher predicts over 400 tokens, the student over 300.*vocab_size=400"):
         execute(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+    short = tmp_path / "short-lm"
+    GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=16, n_embd=16, n_layer=1, n_head=2, bos_token_id=0,
+                               eos_token_id=0)).save_pretrained(short)
+    cfg = kconfig.load_config("configs/lm_tiny.yaml", [*overrides, "teacher.model.name=hf_causal_lm",
+                                                       f"teacher.model.path={short}"])
+    with pytest.raises(KdxError, match="reads at most 16 positions.*data.context=16"):
+        execute(cfg, tmp_path / "run")
     # the suggested fix: a student of the teacher's size (the data's 300 ids embed in 400); the folder is the teacher
     cfg = kconfig.load_config("configs/lm_tiny.yaml", [*overrides, "teacher.model.name=hf_causal_lm",
                                                        f"teacher.model.path={folder}", "student.model.vocab_size=400",

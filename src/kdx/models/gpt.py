@@ -64,6 +64,9 @@ def gpt(data: Dataset, n_layer: int = 2, n_embd: int = 64, n_head: int = 2, arch
         raise KdxError(f"model 'gpt': vocab_size={vocab} is below the data's vocabulary ({data.vocab_size}); "
                        "use 0 (the data's) or a larger size")
     positions = context or data.max_length
+    if positions < data.max_length:
+        raise KdxError(f"model 'gpt': context={context} is below the data's windows ({data.max_length} tokens); use 0 "
+                       "(the data's) or a larger context")
     eos = data.tokenizer.eos_id if getattr(data.tokenizer, "eos_id", None) is not None else None
     if arch == "gpt2":
         cfg = GPT2Config(vocab_size=vocab, n_positions=positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
@@ -85,13 +88,22 @@ def _folder(path: str) -> Path:
     return d
 
 
-def folder_vocab_size(path: str) -> int:
-    """The logits size of a saved causal LM, from its config.json (read before loading any weights)."""
+def folder_config(path: str, keys: tuple[str, ...]) -> int | None:
+    """The first of `keys` in a saved causal LM's config.json (or its text_config), read before loading weights."""
     cfg = json.loads((_folder(path) / "config.json").read_text())
-    size = cfg.get("vocab_size") or cfg.get("text_config", {}).get("vocab_size")
+    for c in (cfg, cfg.get("text_config") or {}):
+        for k in keys:
+            if c.get(k):
+                return int(c[k])
+    return None
+
+
+def folder_vocab_size(path: str) -> int:
+    """The logits size of a saved causal LM."""
+    size = folder_config(path, ("vocab_size",))
     if not size:
         raise KdxError(f"model 'hf_causal_lm': {path}/config.json has no vocab_size")
-    return int(size)
+    return size
 
 
 @MODELS.register(context=("data",))
@@ -132,6 +144,12 @@ def check_vocabularies(teacher_spec: dict, student_spec: dict, data: Dataset) ->
     if t < data.vocab_size:
         raise KdxError(f"the models predict over {t} tokens but the data's tokenizer has {data.vocab_size}; tokenize "
                        "with the models' own tokenizer (data.tokenizer=the teacher's folder)")
+    for role, spec in (("teacher", teacher_spec), ("student", student_spec)):
+        if spec.get("name") == "hf_causal_lm":
+            positions = folder_config(spec.get("path", ""), ("n_positions", "max_position_embeddings"))
+            if positions is not None and positions < data.max_length:
+                raise KdxError(f"{role}.model: {spec.get('path')} reads at most {positions} positions, the data's "
+                               f"windows are {data.max_length} tokens; set data.context={positions} or less")
 
 
 def _cached_step(lm: nn.Module, ids: torch.Tensor, past):
