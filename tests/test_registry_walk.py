@@ -91,10 +91,12 @@ def kdx_run(tmp_path, name: str, overrides: list[str]):
 
 
 def test_every_trainable_model_has_a_tiny_run_here():
+    from test_lm import LM_MODELS  # the causal LMs' tiny runs are in tests/test_lm.py
     from test_text import TEXT_MODELS  # the text models' tiny runs are in tests/test_text.py
 
     # `hf` needs a save_pretrained folder: tests/test_own_teacher.py runs it through `kdx run`
-    assert set(IMAGE_MODELS) | set(TEXT_MODELS) | {"hf"} >= set(MODELS.names()), "a new model needs a tiny run"
+    assert set(IMAGE_MODELS) | set(TEXT_MODELS) | set(LM_MODELS) | {"hf"} >= set(MODELS.names()), \
+        "a new model needs a tiny run"
 
 
 @pytest.mark.parametrize("model", sorted(IMAGE_MODELS))

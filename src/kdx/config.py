@@ -64,6 +64,7 @@ class DistillConfig:
     samples: int = 600_000  # budget in samples seen, equal across sources by default
     batch_size: int = 256
     loss: str = "kl"
+    loss_args: dict[str, Any] = field(default_factory=dict)  # the loss's own arguments (jsd: beta; skew_kl: skew)
     temperature: float = 4.0
     alpha: float = 0.0  # weight of one-hot cross-entropy, where the source has labels
     switch_at: Optional[float] = None  # fraction of training before which the loss is one-hot

@@ -19,12 +19,14 @@ from kdx import config as kconfig
 from kdx.data import load_dataset
 from kdx.device import resolve_device
 from kdx.distill.loop import distill
-from kdx.distill.losses import NEEDS_LABELS
+from kdx.distill.losses import NEEDS_LABELS, check_loss_fits
 from kdx.distill.teacher import Teacher, cache_root, get_teacher
 from kdx.errors import KdxError
 from kdx.eval import distribution_names, evaluate, heldout
+from kdx.eval.lm import evaluate_lm, lm_curve
 from kdx.io import save_arrays, save_torch, write_json, write_text
 from kdx.models import build_model, load_weights, num_params, predict, read_state_dict
+from kdx.models.gpt import check_vocabularies
 from kdx.registry import DATASETS, HELDOUT, LOSSES, MODELS, SOURCES
 from kdx.rundir import CHECKPOINT, CONFIG, DRAWS, METRICS, STUDENT
 from kdx.sampling.base import Source
@@ -34,7 +36,7 @@ def validate_training(cfg: kconfig.RunConfig) -> dict:
     """What a run needs beyond its models and data: values in range, the loss, the held-out distributions
     and the source. Returns the resolved source spec (its defaults filled in)."""
     kconfig.check_domains(cfg, "config")
-    LOSSES.get(cfg.distill.loss)
+    LOSSES.validate({"name": cfg.distill.loss, **cfg.distill.loss_args}, "distill.loss_args")
     for name in cfg.eval.distributions:
         if name != "default":
             HELDOUT.validate(heldout.parse(name), f"eval.distributions: '{name}'")
@@ -119,6 +121,8 @@ def execute(cfg: kconfig.RunConfig, run_dir: Path, resume: bool = False, overwri
     # Everything that can fail on bad input (data, teacher, student weights) runs before the run directory
     # is made, so a refused run leaves nothing behind to --overwrite.
     data = load_dataset(cfg.data)
+    if data.modality == "lm":  # teacher and student predict over one vocabulary, checked before any training
+        check_vocabularies(cfg.teacher.model, cfg.student.model, data)
     heldout.check(distribution_names(cfg.eval, data), data, cfg.eval.n, cfg.eval.seed)  # fits the data? before training
     t0 = time.perf_counter()
     if ddp and not main:
@@ -146,11 +150,14 @@ def build_source(cfg: kconfig.RunConfig, data) -> Source:
     """The run's source, checked against the loss (one-hot parts need labels)."""
     source = SOURCES.build(cfg.source, "source", data=data, seed=cfg.seed, cache_dir=cache_root(cfg))
     check_source_fits_loss(cfg.distill, source)
+    check_loss_fits(cfg.distill.loss, data)
     return source
 
 
 def learning_curve(teacher: Teacher, data):
     """The loop's `curve`: the student's accuracy and agreement with the teacher on the whole test set."""
+    if data.modality == "lm":  # per token, on the first held-out windows
+        return lm_curve(teacher.model, data)
     y, t_top1 = data.y_test, teacher.logits(data.x_test).argmax(1).cpu()
 
     def score(student: torch.nn.Module) -> dict:
@@ -175,7 +182,10 @@ def distill_and_evaluate(cfg: kconfig.RunConfig, data, teacher: Teacher, student
         draws = source.draw_log() if hasattr(source, "draw_log") else None
         if draws is not None:
             save_arrays(run_dir / DRAWS, steps=train_stats["steps"], **draws)
-    eval_results = evaluate(teacher.logits, student, data, cfg.eval, ddp)
+    if data.modality == "lm":  # per-token fidelity on held-out text and on the models' own samples
+        eval_results = evaluate_lm(teacher.model, student, data, cfg.eval)
+    else:
+        eval_results = evaluate(teacher.logits, student, data, cfg.eval, ddp)
     if not main:
         return None
     metrics = {

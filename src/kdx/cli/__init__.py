@@ -65,7 +65,7 @@ def teacher_cmd(config: Optional[Path] = typer.Argument(None), overrides: Option
             print(f"anchor_test_acc: {a:.4f}  (TF-IDF + logistic regression on the same split)")
 
 
-BUILDABLE = ("debian-descriptions",)
+BUILDABLE = ("debian-descriptions", "debian-lm")
 
 
 @app.command("data")
@@ -88,6 +88,16 @@ def data_cmd(config: Optional[Path] = typer.Argument(None, help="a run config, o
             raise KdxError(f"kdx data build {corpus} needs --out DIR, the folder to write it to")
         from kdx.data.debian import UPDATE_HINT, build_debian_descriptions
 
+        if corpus == "debian-lm":  # every English description, an LM corpus (data.name=lm_text group_column=source)
+            from kdx.data.lm_text import build_debian_lm
+
+            try:
+                ds = build_debian_lm(out, lists_dir)
+            except FileNotFoundError as e:
+                raise KdxError(f"{e}; run `{UPDATE_HINT}` (as root) to fetch apt's English descriptions") from None
+            print(f"wrote {out}: {len(ds)} descriptions of {len(set(ds['source']))} source packages "
+                  f"(use data.name=lm_text data.path={out} data.group_column=source)")
+            return
         try:
             dsd = build_debian_descriptions(out, lists_dir)
         except FileNotFoundError as e:
@@ -99,7 +109,7 @@ def data_cmd(config: Optional[Path] = typer.Argument(None, help="a run config, o
     d = load_dataset(kconfig.load_config(config, overrides).data)
     print(f"{d.name}: train {tuple(d.x_train.shape)} test {tuple(d.x_test.shape)} {d.num_classes} classes, "
           f"{d.x_train.dtype}" + (f", vocabulary {d.vocab_size}, mean length {d.lengths.float().mean():.1f} tokens"
-                                  if d.is_text else ""))
+                                  if d.modality in ("text", "lm") else ""))
 
 
 @app.command("compare")

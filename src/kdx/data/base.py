@@ -5,6 +5,7 @@ This is the one seam between modalities. A `Dataset` holds stored inputs of one 
     image   uint8 (N, C, H, W) in [0, 255]       continuous: mean/std, the input box lo/hi
     signal  float32 (N, C, L)                    continuous: mean/std, the input box lo/hi
     text    int64 token ids (N, L), padded       discrete: vocab_size, pad_id, decode(), token statistics
+    lm      int64 token windows (N, L), padded   text's attributes; y: each window's document (kdx.data.lm_text)
 
 `model_input(x)` is the one conversion from stored to model inputs (images to [0, 1] floats, signals as
 floats, token ids unchanged), used by the loop's sources, `predict`, the held-out sets and the probes.
@@ -25,8 +26,9 @@ import torch
 
 from kdx.errors import KdxError
 
-MODALITIES = ("image", "signal", "text")
-PLURAL = {"image": "images", "signal": "signals", "text": "text"}
+MODALITIES = ("image", "signal", "text", "lm")
+PLURAL = {"image": "images", "signal": "signals", "text": "text", "lm": "language-model corpora"}
+TOKENS = ("text", "lm")  # the modalities of token ids: vocabulary, padding, decode/encode
 
 
 @dataclasses.dataclass
@@ -71,7 +73,7 @@ class Dataset:
             raise KdxError(f"dataset '{self.name}': modality must be one of {', '.join(MODALITIES)}, got '{self.modality}'")
         self.y_train = self.y_train.long()
         self.y_test = self.y_test.long()
-        if self.modality == "text":
+        if self.modality in TOKENS:
             self._text_stats()
             return
         if self.x_train.ndim not in (3, 4):
@@ -119,7 +121,7 @@ class Dataset:
 
     @property
     def max_length(self) -> int:
-        return self.x_train.shape[1] if self.is_text else 0
+        return self.x_train.shape[1] if self.modality in TOKENS else 0
 
     def require(self, modalities: str | tuple[str, ...], what: str, instead: str = "") -> None:
         """Refuse data of another modality: `what` (e.g. "held-out 'blur'") needs one of `modalities`."""
@@ -151,7 +153,7 @@ class Dataset:
     # -- text
     def decode(self, ids: torch.Tensor) -> list[str] | str:
         """Token ids -> text (one string for a 1-D row, a list for a batch); images/signals have none."""
-        self.require("text", "decode()")
+        self.require(TOKENS, "decode()")
         if ids.ndim == 1:
             return self.decode(ids[None])[0]
         rows = [[int(t) for t in r if int(t) != self.pad_id] for r in ids.cpu()]
@@ -161,7 +163,7 @@ class Dataset:
 
     def encode(self, texts: list[str]) -> torch.Tensor:
         """Texts -> (N, max_length) int64 ids with this dataset's tokenizer (text only)."""
-        self.require("text", "encode()")
+        self.require(TOKENS, "encode()")
         if self.tokenizer is None:
             raise KdxError(f"dataset '{self.name}' has no tokenizer to encode texts with")
         return self.tokenizer.encode(texts, self.max_length)

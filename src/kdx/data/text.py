@@ -83,6 +83,11 @@ class Tokenizer:
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """A tokenizer from a local model directory (no network), with a clear error for a missing file."""
+    return Tokenizer(open_tokenizer(path), str(Path(path).expanduser()))
+
+
+def open_tokenizer(path: str | Path):
+    """The transformers fast tokenizer in a local model directory; a missing file is named."""
     from transformers import AutoTokenizer
 
     path = Path(path).expanduser()
@@ -102,7 +107,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     except Exception as e:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError ... for bad folders
         raise KdxError(f"tokenizer: cannot load {path} (it holds {', '.join(sorted(have))}): {type(e).__name__}: "
                        f"{str(e).splitlines()[0][:300] if str(e) else ''}") from None
-    return Tokenizer(tok, str(path))
+    return tok
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = 8000, lowercase: bool = True, min_frequency: int = 2) -> Tokenizer:

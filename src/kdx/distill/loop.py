@@ -126,10 +126,13 @@ def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, seed: 
             elif t_logits is not None and not batch.counted:
                 counts["teacher_cache_lookups"] += len(x)
             s_logits = forward(x)
+            positions = {} if batch.mask is None else {"mask": batch.mask}  # LM: the positions the loss counts
+            loss_args = cfg.loss_args if loss_name == cfg.loss else {}
             loss = LOSSES.get(loss_name).fn(s_logits.float(), None if t_logits is None else t_logits.float(),
-                                            batch.y, cfg.temperature)
+                                            batch.y, cfg.temperature, **positions, **loss_args)
             if cfg.alpha > 0 and loss_name not in NEEDS_LABELS:
-                loss = (1 - cfg.alpha) * loss + cfg.alpha * LOSSES.get("onehot").fn(s_logits.float(), None, batch.y, 1.0)
+                loss = (1 - cfg.alpha) * loss + cfg.alpha * LOSSES.get("onehot").fn(s_logits.float(), None, batch.y,
+                                                                                  1.0, **positions)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -16,6 +16,7 @@ from kdx.device import prepare_model, resolve_device
 from kdx.distill.loop import CHECKPOINT, distill
 from kdx.io import save_torch, write_json
 from kdx.models import Classifier, build_model, load_weights, predict
+from kdx.models.gpt import next_token_accuracy, top_k_log_probs
 from kdx.registry import SOURCES
 
 TEACHER_FORMAT = 1  # bump when the teacher recipe's meaning changes, to invalidate caches
@@ -42,6 +43,18 @@ class TeacherLogits:
         if path:
             save_torch(path, logits.cpu())
         return logits
+
+    def top_k(self, x_stored: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """LM: the teacher's k largest log-probabilities per position of token windows (N, L) and their ids
+        (DistillKit's offline format), cached on disk by the inputs' bytes and k like the full logits."""
+        key = hashlib.blake2b(x_stored.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest()
+        path = self.cache_dir / f"top{k}-{key}-{tuple(x_stored.shape)}.pt".replace(" ", "") if self.cache_dir else None
+        if path and path.exists():
+            return torch.load(path)
+        values, ids = top_k_log_probs(self.teacher, x_stored, k)
+        if path:
+            save_torch(path, (values, ids))
+        return values, ids
 
 
 @dataclasses.dataclass
@@ -85,8 +98,9 @@ def get_teacher(cfg: RunConfig, data: Dataset, progress_desc: str = "teacher") -
         else:
             recipe = cfg.teacher.train
             loop_cfg = recipe.loop_config(len(data.x_train), cfg.distill)
-            source = SOURCES.build({"name": "train", "augment": recipe.augment}, "teacher.train.augment",
-                                   data=data, seed=cfg.teacher.seed, cache_dir=cache_root(cfg))
+            spec = {"name": "corpus"} if data.modality == "lm" else {"name": "train", "augment": recipe.augment}
+            source = SOURCES.build(spec, "teacher.train.augment", data=data, seed=cfg.teacher.seed,
+                                   cache_dir=cache_root(cfg))
             out_dir.mkdir(parents=True, exist_ok=True)
             write_json(out_dir / "recipe.json", {"data": cfg.data, "model": cfg.teacher.model,
                                                  "train": dataclasses.asdict(recipe), "seed": cfg.teacher.seed})
@@ -98,6 +112,9 @@ def get_teacher(cfg: RunConfig, data: Dataset, progress_desc: str = "teacher") -
     info_path = out_dir / "info.json"
     if info_path.exists():
         test_acc = json.loads(info_path.read_text())["test_acc"]
+    elif data.modality == "lm":  # next-token accuracy on the held-out windows
+        test_acc = next_token_accuracy(model, data.x_test, data.pad_id)
+        write_json(info_path, {"test_acc": test_acc, "checkpoint": str(ckpt)})
     else:
         test_acc = float((logits(data.x_test).argmax(1).cpu() == data.y_test).float().mean())
         write_json(info_path, {"test_acc": test_acc, "checkpoint": str(ckpt)})

@@ -13,6 +13,7 @@ from kdx.data import load_dataset
 from kdx.data.base import Dataset, model_input
 from kdx.data.transforms import gaussian_blur, rotate, translate
 from kdx.errors import KdxError
+from kdx.models.gpt import sample
 from kdx.registry import HELDOUT
 
 _CTX = ("data", "n", "seed")
@@ -253,5 +254,55 @@ def random_tokens(data: Dataset, n: int, seed: int):
     """Uniformly random token sequences with the train set's lengths (no labels): text's uniform_noise."""
     from kdx.sampling.text import random_sequences
 
-    _text(data, "random_tokens")
+    data.require(("text", "lm"), "held-out 'random_tokens'", CONTINUOUS_SETS)
     return random_sequences(data, n, torch.Generator().manual_seed(seed), "cpu", "uniform"), None
+
+
+# ---------------------------------------------------------------------------------------------- LM
+# Sampled held-out sets of causal LMs: completions of held-out prompts by the trained models, made by
+# kdx.eval.lm after training (teacher/student given; before it, with None, only the data is checked).
+# They return (ids, mask): the mask marks the sampled positions, the ones the LM metrics count.
+_LM_CTX = (*_CTX, "teacher", "student")
+
+
+def lm_prompt_samples(data: Dataset, n: int, seed: int, model, what: str, new_tokens: int = 0,
+                      temperature: float = 1.0, top_p: float = 1.0):
+    """`model`'s seeded completions of n held-out (test) prompts, up to the context length."""
+    data.require("lm", f"held-out '{what}'", "test, train_subset and the text sets (typos-N, ...)")
+    prompts = data.extra["prompts_test"][0]
+    prompts = prompts[torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed))[:n]]
+    new = new_tokens or data.max_length - prompts.shape[1]
+    if not 1 <= new <= data.max_length - prompts.shape[1]:
+        raise KdxError(f"held-out '{what}': new_tokens={new} must be in 1..{data.max_length - prompts.shape[1]} "
+                       f"(the context {data.max_length} minus the prompt's {prompts.shape[1]} tokens)")
+    if model is None:
+        return prompts, None
+    device = next(model.parameters()).device
+    g = torch.Generator(device=device).manual_seed(seed)
+    ids, mask = sample(model, prompts.to(device), new, g, temperature, top_p, data.tokenizer.eos_id, data.pad_id)
+    return ids.cpu(), mask.cpu()
+
+
+@HELDOUT.register(context=_LM_CTX)
+def teacher_samples(data: Dataset, n: int, seed: int, teacher=None, student=None, new_tokens: int = 0,
+                    temperature: float = 1.0, top_p: float = 1.0):
+    """LM: the teacher's completions of held-out prompts (seeded; sequence-level KD's distribution)."""
+    return lm_prompt_samples(data, n, seed, teacher, "teacher_samples", new_tokens, temperature, top_p)
+
+
+@HELDOUT.register(context=_LM_CTX)
+def student_samples(data: Dataset, n: int, seed: int, teacher=None, student=None, new_tokens: int = 0,
+                    temperature: float = 1.0, top_p: float = 1.0):
+    """LM: the trained student's own completions of held-out prompts (seeded; on-policy fidelity)."""
+    return lm_prompt_samples(data, n, seed, student, "student_samples", new_tokens, temperature, top_p)
+
+
+@HELDOUT.register(context=_CTX)
+def shift(data: Dataset, n: int, seed: int):
+    """LM: windows of the documents held out of both splits (data.shift_column/shift_values, e.g. Debian sections)."""
+    data.require("lm", "held-out 'shift'", "domain, or the corruptions of each modality")
+    if "shift" not in data.extra:
+        raise KdxError(f"held-out 'shift': dataset '{data.name}' holds no documents out of its splits; set "
+                       "data.shift_column and data.shift_values (e.g. section, [games])")
+    x = data.extra["shift"][0]
+    return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:5 * n]], None

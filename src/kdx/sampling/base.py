@@ -21,6 +21,7 @@ class Batch:
     y: torch.Tensor | None = None  # int labels, or (N, K) soft labels after mixup/cutmix; None if unlabeled
     teacher_logits: torch.Tensor | None = None
     counted: bool = False  # the source already counted these logits in its accounting() (computed or looked up)
+    mask: torch.Tensor | None = None  # LM: (N, L) bool, the positions whose next token the loss counts
 
 
 def step_generator(seed: int, step: int, device: torch.device, salt: str = "") -> torch.Generator:

@@ -11,7 +11,8 @@ from kdx.registry import SOURCES
 from kdx.sampling.base import Batch, Source, step_generator
 from kdx.sampling.text import random_sequences
 
-KINDS = {"image": ("uniform", "gaussian"), "signal": ("uniform", "gaussian"), "text": ("uniform", "unigram")}
+KINDS = {"image": ("uniform", "gaussian"), "signal": ("uniform", "gaussian"), "text": ("uniform", "unigram"),
+         "lm": ("uniform", "unigram")}
 
 
 class NoiseSource(Source):
@@ -27,6 +28,11 @@ class NoiseSource(Source):
         d, g = self.data, step_generator(self.seed, step, self.device, "noise")
         if d.is_text:
             return Batch(random_sequences(d, n, g, self.device, self.kind))
+        if d.modality == "lm":  # random token windows at the corpus's window lengths, every real position counted
+            from kdx.sampling.lm_corpus import lm_batch
+            from kdx.sampling.text import random_sequences
+
+            return lm_batch(random_sequences(d, n, g, self.device, self.kind), d)
         if self.kind == "uniform":
             return Batch(d.uniform_in_box(n, g, self.device))
         x = d.channel_view(d.mean).to(self.device) + d.channel_view(d.std).to(self.device) * torch.randn(

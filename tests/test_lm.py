@@ -1,0 +1,724 @@
+"""Language models (kdx's `lm` modality): token-level losses against an independent numpy computation,
+the `lm_text` corpus (split by document, BPE cached, named errors), the `gpt` models, every LM source's
+batches, the LM eval rows, and tiny runs end to end from YAML, the Python API and the `kdx` command."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import log_softmax as np_log_softmax
+from scipy.special import rel_entr
+
+from kdx.distill.losses import TOKEN_LOSSES
+from kdx.registry import LOSSES
+
+
+# ---------------------------------------------------------------------------------------------- losses
+def _random_logits(seed: int, n: int = 3, length: int = 7, vocab: int = 11):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(n, length, vocab, generator=g, dtype=torch.float64) * 2
+    t = torch.randn(n, length, vocab, generator=g, dtype=torch.float64) * 2
+    mask = torch.rand(n, length, generator=g) < 0.7
+    mask[0, 0] = True
+    return s, t, mask
+
+
+def _numpy_reference(name: str, s, t, mask, temperature: float, **args) -> float:
+    """Each loss written out directly in numpy on probabilities, mean over masked positions."""
+    ps = np.exp(np_log_softmax(s.numpy() / temperature, -1))
+    pt = np.exp(np_log_softmax(t.numpy() / temperature, -1))
+    kl = lambda p, q: rel_entr(p, q).sum(-1)  # noqa: E731
+    if name == "forward_kl":
+        per = kl(pt, ps)
+    elif name == "reverse_kl":
+        per = kl(ps, pt)
+    elif name == "jsd":
+        b = args["beta"]
+        m = b * pt + (1 - b) * ps
+        per = b * kl(pt, m) + (1 - b) * kl(ps, m)
+    elif name == "skew_kl":
+        a = args["skew"]
+        per = kl(pt, a * pt + (1 - a) * ps)
+    elif name == "skew_reverse_kl":
+        a = args["skew"]
+        per = kl(ps, a * ps + (1 - a) * pt)
+    elif name == "tv":
+        return float((0.5 * np.abs(pt - ps).sum(-1))[mask.numpy()].mean())
+    return float(per[mask.numpy()].mean() * temperature ** 2)
+
+
+@pytest.mark.parametrize("name,args", [("forward_kl", {}), ("reverse_kl", {}), ("jsd", {"beta": 0.5}),
+                                       ("jsd", {"beta": 0.1}), ("jsd", {"beta": 0.9}), ("skew_kl", {"skew": 0.1}),
+                                       ("skew_reverse_kl", {"skew": 0.3}), ("tv", {})])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_token_losses_equal_an_independent_computation(name, args, temperature, monkeypatch):
+    import kdx.distill.losses as losses
+
+    monkeypatch.setattr(losses, "TOKEN_CHUNK", 4)  # several chunks, one ragged: chunking changes nothing
+    s, t, mask = _random_logits(len(name) * 10 + int(temperature * 3) + int(10 * sum(args.values())))
+    got = LOSSES.get(name).fn(s, t, None, temperature, mask, **args)
+    assert got.item() == pytest.approx(_numpy_reference(name, s, t, mask, temperature, **args), rel=1e-9, abs=1e-12)
+    assert name in TOKEN_LOSSES
+
+
+def test_jsd_ends_are_the_two_kls_and_mixes_probabilities():
+    s, t, mask = _random_logits(3)
+    fwd, rev = (LOSSES.get(n).fn(s, t, None, 1.0, mask) for n in ("forward_kl", "reverse_kl"))
+    jsd = LOSSES.get("jsd").fn
+    assert abs(jsd(s, t, None, 1.0, mask, beta=0.0) - fwd) < 1e-6
+    assert abs(jsd(s, t, None, 1.0, mask, beta=1.0) - rev) < 1e-6
+    assert fwd > 0.1 and rev > 0.1 and abs(fwd - rev) > 1e-3  # the two ends really differ
+    # the known peer bug: a mixture of log-probabilities is not the mixture of probabilities
+    ls, lt = torch.log_softmax(s, -1), torch.log_softmax(t, -1)
+    wrong_m = torch.softmax(0.5 * lt + 0.5 * ls, -1)
+    m = 0.5 * lt.exp() + 0.5 * ls.exp()
+    assert not torch.allclose(wrong_m, m, atol=1e-3)
+    # and the interior goes to 0 at the ends, so the ends must be special-cased (not the limit)
+    assert jsd(s, t, None, 1.0, mask, beta=1e-4) < 0.01 * fwd
+
+
+def test_token_losses_backpropagate_through_chunks(monkeypatch):
+    import kdx.distill.losses as losses
+
+    s, t, mask = _random_logits(5)
+    grads = []
+    for chunk in (4, 10_000):
+        monkeypatch.setattr(losses, "TOKEN_CHUNK", chunk)
+        x = s.clone().requires_grad_(True)
+        LOSSES.get("jsd").fn(x, t, None, 1.0, mask, beta=0.3).backward()
+        grads.append(x.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-12)
+    assert grads[0][~mask].abs().max() == 0 and grads[0][mask].abs().max() > 0  # masked positions get no gradient
+
+
+def test_next_token_cross_entropy_counts_masked_positions_only():
+    s, _, mask = _random_logits(6)
+    y = torch.randint(0, s.shape[-1], mask.shape, generator=torch.Generator().manual_seed(0))
+    got = LOSSES.get("onehot").fn(s, None, y, 1.0, mask)
+    ls = np_log_softmax(s.numpy(), -1)
+    ref = -np.take_along_axis(ls, y.numpy()[..., None], -1)[..., 0][mask.numpy()].mean()
+    assert got.item() == pytest.approx(ref, rel=1e-9)
+
+
+def test_token_loss_arguments_out_of_range_are_named():
+    from kdx.errors import KdxError
+
+    s, t, mask = _random_logits(7)
+    with pytest.raises(KdxError, match="beta=1.5"):
+        LOSSES.get("jsd").fn(s, t, None, 1.0, mask, beta=1.5)
+    with pytest.raises(KdxError, match="skew=1.0"):
+        LOSSES.get("skew_kl").fn(s, t, None, 1.0, mask, skew=1.0)
+
+
+# ---------------------------------------------------------------------------------------------- data
+NOUNS = ["cat", "dog", "tool", "library", "server", "file", "package", "daemon"]
+VERBS = ["reads", "writes", "parses", "sends", "builds", "checks"]
+ADJS = ["small", "fast", "simple", "secure", "old"]
+
+
+def corpus_docs(n: int = 240, seed: int = 0) -> list[dict]:
+    """Documents of a tiny grammar (learnable by a 1-layer LM in a few hundred steps), in groups of three."""
+    import random
+
+    rng = random.Random(seed)
+    docs = []
+    for i in range(n):
+        sents = [f"the {rng.choice(ADJS)} {rng.choice(NOUNS)} {rng.choice(VERBS)} the {rng.choice(NOUNS)}."
+                 for _ in range(rng.randint(1, 4))]
+        docs.append({"text": " ".join(sents), "group": f"g{i // 3}", "short": f"{rng.choice(NOUNS)} for {rng.choice(NOUNS)}s",
+                     "section": "games" if i % 21 == 0 else "libs"})
+    return docs
+
+
+def write_corpus(folder, fmt: str = "jsonl", docs: list[dict] | None = None):
+    import json
+
+    docs = corpus_docs() if docs is None else docs
+    folder.mkdir(parents=True, exist_ok=True)
+    if fmt == "jsonl":
+        path = folder / "corpus.jsonl"
+        path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    elif fmt == "json":
+        path = folder / "corpus.json"
+        path.write_text(json.dumps(docs))
+    elif fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = folder / "corpus.parquet"
+        pq.write_table(pa.Table.from_pylist(docs), path)
+    elif fmt == "txt":
+        path = folder / "txt"
+        path.mkdir()
+        for i, d in enumerate(docs):
+            (path / f"doc{i:04d}.txt").write_text(d["text"])
+    elif fmt == "hf":
+        import datasets
+
+        path = folder / "hf"
+        datasets.Dataset.from_list(docs).save_to_disk(str(path))
+    return path
+
+
+def lm_data(tmp_path, **args):
+    from kdx.registry import DATASETS
+
+    path = write_corpus(tmp_path / "corpus")
+    spec = {"name": "lm_text", "path": str(path), "group_column": "group", "context": 24, "vocab_size": 300,
+            "test_fraction": 0.2, "prompt_tokens": 6, **args}
+    return DATASETS.build(spec, "data")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "parquet", "txt", "hf"])
+def test_lm_text_reads_every_format_and_splits_by_group(tmp_path, fmt):
+    from kdx.data.lm_text import lm_targets, read_documents, split_documents
+    from kdx.registry import DATASETS
+
+    path = write_corpus(tmp_path, fmt)
+    group = "" if fmt == "txt" else "group"
+    data = DATASETS.build({"name": "lm_text", "path": str(path), "group_column": group, "context": 16,
+                           "vocab_size": 300, "test_fraction": 0.25}, "data")
+    assert data.modality == "lm" and data.vocab_size == 300 and data.x_train.shape[1] == 16
+    assert 0 <= int(data.x_train.min()) and int(data.x_train.max()) < data.vocab_size
+    docs = read_documents(str(path), "text", group)
+    distinct = {d.text for d in docs}
+    assert len(docs) == 240 and len(data.texts["train"]) + len(data.texts["test"]) == len(distinct) > 200
+    assert not set(data.texts["train"]) & set(data.texts["test"])
+    train, test = split_documents(docs, 0.25)
+    assert ([d.text for d in train], [d.text for d in test]) == (data.texts["train"], data.texts["test"])
+    if group:  # no group on both sides
+        assert not {d.group for d in train} & {d.group for d in test} and 0.1 < len(test) / 240 < 0.4
+    # every token but a document's first is a next-token target exactly once
+    tok = data.tokenizer
+    _, mask = lm_targets(data.x_train, data.pad_id)
+    assert int(mask.sum()) == sum(len(ids) + 1 for ids in tok.ids(data.texts["train"]))
+    assert data.decode(data.x_test[:1])[0] in " ".join(data.texts["test"])
+
+
+def test_lm_text_windows_enormous_documents_and_skips_empty_ones(tmp_path):
+    from kdx.data.lm_text import lm_targets
+
+    docs = corpus_docs(60) + [{"text": "", "group": "empty", "short": ""}, {"text": "   \n", "group": "blank", "short": ""},
+                               {"text": " ".join(["the fast server sends the file."] * 400), "group": "g0", "short": ""}]
+    for d in docs:
+        d.setdefault("section", "libs")
+    path = write_corpus(tmp_path / "c", docs=docs)
+    from kdx.registry import DATASETS
+
+    spec = {"name": "lm_text", "path": str(path), "group_column": "group", "context": 32, "vocab_size": 300}
+    data = DATASETS.build(spec, "data")
+    assert "" not in data.texts["train"] + data.texts["test"]
+    assert len(data.texts["train"]) + len(data.texts["test"]) == len({d["text"] for d in docs if d["text"].strip()})
+    big = max(range(len(data.texts["train"])), key=lambda i: len(data.texts["train"][i]))
+    n_windows = int((data.y_train == big).sum())
+    n_tokens = len(data.tokenizer.ids([data.texts["train"][big]])[0])
+    assert n_windows == -(-(n_tokens + 1) // 31)  # windows of 32 overlapping by one cover [eos] ids [eos]
+    _, mask = lm_targets(data.x_train[data.y_train == big], data.pad_id)
+    assert int(mask.sum()) == n_tokens + 1
+    capped = DATASETS.build({**spec, "max_windows": 2}, "data")
+    assert int((capped.y_train == big).sum()) == 2
+
+
+def test_lm_text_tokenizer_is_cached_and_reused(tmp_path):
+    from kdx.data.lm_text import load_lm_tokenizer
+
+    a = lm_data(tmp_path)
+    folder = tmp_path / "tok"
+    a.tokenizer.tok.save_pretrained(str(folder))
+    b = lm_data(tmp_path, tokenizer=str(folder))  # a user's tokenizer from a model folder
+    assert torch.equal(a.x_train, b.x_train) and b.tokenizer.key == a.tokenizer.key
+    c = lm_data(tmp_path)  # trained again: the cached file, the same ids
+    assert torch.equal(a.x_train, c.x_train) and c.tokenizer.source == a.tokenizer.source
+    assert load_lm_tokenizer(folder).eos_id == a.tokenizer.eos_id
+
+
+def test_lm_text_bad_input_gets_named_errors(tmp_path):
+    from kdx.errors import KdxError
+
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    with pytest.raises(KdxError, match="missing vocab.json"):
+        lm_data(tmp_path, tokenizer=str(folder))
+    with pytest.raises(KdxError, match="no column 'body'"):
+        lm_data(tmp_path, text_column="body")
+    with pytest.raises(KdxError, match="vocab_size=100"):
+        lm_data(tmp_path, vocab_size=100)
+    with pytest.raises(KdxError, match="prompt_tokens=30"):
+        lm_data(tmp_path, prompt_tokens=30)
+    with pytest.raises(KdxError, match="does not exist"):
+        from kdx.registry import DATASETS
+
+        DATASETS.build({"name": "lm_text", "path": str(tmp_path / "nowhere")}, "data")
+    empty = write_corpus(tmp_path / "e", docs=[{"text": " ", "group": "a", "short": "", "section": ""},
+                                               {"text": "", "group": "b", "short": "", "section": ""}])
+    with pytest.raises(KdxError, match="0 train and 0 test documents"):
+        from kdx.registry import DATASETS
+
+        DATASETS.build({"name": "lm_text", "path": str(empty)}, "data")
+
+
+def test_debian_lm_build_from_apt_lists_through_the_kdx_command(tmp_path):
+    from test_debian import _lists_dir
+    from typer.testing import CliRunner
+
+    from kdx.cli import app
+    from kdx.registry import DATASETS
+
+    lists = _lists_dir(tmp_path)
+    out = tmp_path / "debian-lm"
+    result = CliRunner().invoke(app, ["data", "build", "debian-lm", "--out", str(out), "--lists-dir", str(lists)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    import datasets
+
+    ds = datasets.load_from_disk(str(out))
+    # every package with an English description, the short ones too (no classification filter here)
+    assert "python3-foo-dbg" in ds["package"] and "perlsec" in ds["package"] and len(set(ds["text"])) == len(ds)
+    assert ds[ds["package"].index("python3-foo")]["source"] == "foo"
+    data = DATASETS.build({"name": "lm_text", "path": str(out), "group_column": "source", "domain_column": "short",
+                           "context": 16, "vocab_size": 270, "test_fraction": 0.5, "prompt_tokens": 2}, "data")
+    # the shifted domain: the test packages' one-line synopses, one window each
+    synopses = [r["short"] for r in ds if r["text"] in data.texts["test"]]
+    assert "domain" in data.default_heldout and len(data.extra["domain"][0]) == len(synopses)
+    decoded = data.decode(data.extra["domain"][0])  # cut at the context
+    assert all(s.startswith(d) and len(d) > 5 for d, s in zip(decoded, synopses))
+    by_source = {}
+    for r in ds:
+        by_source.setdefault(r["source"], set()).add(r["text"] in data.texts["test"])
+    assert all(len(v) == 1 for v in by_source.values())  # a source package's descriptions stay on one side
+
+
+# ---------------------------------------------------------------------------------------------- runs
+# the causal-LM models and their tiny runs here (tests/test_registry_walk.py checks every model has one)
+LM_MODELS = {"gpt": "test_lm_run_from_the_kdx_command_distills_and_evaluates_every_row (and arch=llama below)",
+             "hf_causal_lm": "test_a_users_causal_lm_folder_trains_as_student_and_serves_as_teacher"}
+
+
+# the tiny setting: vocabulary 300, windows of 24 tokens, 1 x 32 teacher, 1 x 16 student
+def lm_tiny(path) -> list[str]:
+    return [f"data.path={path}", "data.group_column=group", "data.context=24", "data.vocab_size=300",
+            "data.prompt_tokens=6", "teacher.model.n_layer=1", "teacher.model.n_embd=32", "teacher.train.epochs=4",
+            "teacher.train.lr=0.01", "student.model.n_embd=16", "distill.samples=640", "distill.lr=0.01",
+            "distill.checkpoint_every=5", "distill.log_every=5", "eval.n=24", "eval.bootstrap=100"]
+
+
+@pytest.fixture(scope="session")
+def lm_setting(tmp_path_factory):
+    """The tiny corpus, its config overrides, the dataset and its trained (cached) teacher."""
+    from kdx import config as kconfig
+    from kdx.data import load_dataset
+    from kdx.distill.teacher import get_teacher
+
+    path = write_corpus(tmp_path_factory.mktemp("lm") / "corpus")
+    overrides = lm_tiny(path)
+    cfg = kconfig.load_config("configs/lm_tiny.yaml", overrides)
+    data = load_dataset(cfg.data)
+    return overrides, cfg, data, get_teacher(cfg, data)
+
+
+def unigram_baseline(data) -> float:
+    """Next-token accuracy of always predicting the train set's most frequent token."""
+    from kdx.data.lm_text import lm_targets
+
+    y, mask = lm_targets(data.x_test, data.pad_id)
+    return float((y[mask] == int(data.token_counts.argmax())).float().mean())
+
+
+def test_lm_teacher_trains_with_next_token_cross_entropy_and_is_cached(lm_setting):
+    import json
+    from pathlib import Path
+
+    from kdx.distill.teacher import get_teacher
+
+    _, cfg, data, teacher = lm_setting
+    assert teacher.test_acc > unigram_baseline(data) + 0.1, (teacher.test_acc, unigram_baseline(data))
+    folder = Path(teacher.checkpoint).parent
+    losses = [json.loads(line)["loss"] for line in (folder / "log.jsonl").read_text().splitlines()]
+    assert losses[-1] < losses[0] - 1.0 and json.loads((folder / "recipe.json").read_text())["model"]["name"] == "gpt"
+    stamp = teacher.checkpoint.stat().st_mtime_ns
+    again = get_teacher(cfg, data)  # from the cache: not trained again
+    assert again.checkpoint == teacher.checkpoint and again.checkpoint.stat().st_mtime_ns == stamp
+
+
+def test_lm_run_from_the_kdx_command_distills_and_evaluates_every_row(lm_setting, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from kdx.cli import app
+    from kdx.eval.lm import evaluate_lm
+    from kdx.models import build_model
+
+    overrides, cfg, data, teacher = lm_setting
+    result = CliRunner().invoke(app, ["run", "configs/lm_tiny.yaml", *overrides, "--runs-dir", str(tmp_path),
+                                      "--name", "corpus"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    m = json.loads((tmp_path / "corpus" / "metrics.json").read_text())
+    assert set(m["eval"]) == {"test", "teacher_samples", "student_samples", "random_tokens", "domain", "shift"}
+    # random tokens: far from what the teacher was trained on, and the student is furthest from it there
+    assert m["eval"]["random_tokens"]["teacher_nll"] > m["eval"]["test"]["teacher_nll"] + 1
+    assert m["teacher"]["checkpoint"] == str(teacher.checkpoint)  # the cached teacher
+    assert m["train"]["accounting"]["source"]["trained_tokens"] > 0
+    # the distilled student is much closer to the teacher than the same student untrained
+    untrained = evaluate_lm(teacher.model, build_model(cfg.student.model, data, "student", cfg.seed), data, cfg.eval)
+    for row in ("test", "teacher_samples"):
+        assert m["eval"][row]["kl_teacher_student"] < 0.7 * untrained[row]["kl_teacher_student"]
+        lo, hi = m["eval"][row]["kl_teacher_student_ci"]
+        assert lo <= m["eval"][row]["kl_teacher_student"] <= hi
+    assert 0 < m["eval"]["student_samples"]["distinct_2"] <= 1 and m["eval"]["test"]["tokens"] > 100
+
+
+@pytest.mark.parametrize("spec", [
+    {"name": "corpus"}, {"name": "teacher_samples", "refresh_every": 2, "temperature": 0.8, "top_p": 0.9},
+    {"name": "student_samples"}, {"name": "replay", "buffer": 16, "refresh": 0.5},
+    {"name": "lm_mixture", "components": [{"name": "student_samples", "weight": 0.25}, {"name": "corpus", "weight": 0.75}]},
+    {"name": "noise", "kind": "uniform"}, {"name": "noise", "kind": "unigram"}, {"name": "lm_downstream"}],
+    ids=lambda s: s["name"])
+def test_every_lm_source_gives_valid_ids_labels_and_masks(lm_setting, spec):
+    from kdx.models import build_model
+    from kdx.registry import SOURCES
+
+    _, cfg, data, teacher = lm_setting
+    student = build_model(cfg.student.model, data, "student", 0)
+    source = SOURCES.build(spec, "source", data=data, seed=3)
+    source.setup(torch.device("cpu"), None, teacher=teacher.model, student=student)
+    k = data.extra["prompts_train"][0].shape[1]
+    prompts = {tuple(r) for r in data.extra["prompts_train"][0].tolist()}
+    for step in range(4):
+        b = source.batch(step, 10)
+        assert b.x.shape == b.y.shape == b.mask.shape == (10, data.max_length) and b.mask.dtype == torch.bool
+        assert int(b.x.min()) >= 0 and int(b.x.max()) < data.vocab_size
+        assert torch.equal(b.y[:, :-1], b.x[:, 1:]) and not b.mask[:, -1].any() and b.mask.any()
+        assert not (b.mask & (b.y == data.pad_id)).any()  # no padding is ever a target
+        if spec["name"] in ("teacher_samples", "student_samples", "replay"):  # completions of train prompts only
+            assert all(tuple(r) in prompts for r in b.x[:, :k].tolist()) and not b.mask[:, :k - 1].any()
+    if spec["name"] == "lm_downstream":  # the train documents' synopses
+        assert data.decode(b.x[:1])[0] in {t for t in [r["short"] for r in corpus_docs()]}
+    if spec["name"] != "noise":
+        costs = source.accounting()
+        assert costs["trained_tokens"] > 0 and costs["input_tokens"] == 40 * data.max_length
+    if spec["name"] == "lm_mixture":  # lambda as a weight: exactly 10 of the 40 examples were on-policy
+        assert source.accounting()["student_generated_tokens"] == 10 * (data.max_length - k)
+
+
+def test_student_samples_are_the_current_students(lm_setting, tmp_path):
+    """Each batch of `student_samples` is what the student's weights at that step sample with the step's generator:
+    reproduced from a copy of those weights (not a stale student, not the teacher)."""
+    import copy
+
+    from kdx.distill.loop import distill
+    from kdx.models import build_model
+    from kdx.models.gpt import sample
+    from kdx.registry import SOURCES
+    from kdx.sampling.base import step_generator
+
+    _, cfg, data, teacher = lm_setting
+    student = build_model(cfg.student.model, data, "student", 0)
+    source = SOURCES.build({"name": "student_samples", "refresh_every": 1}, "source", data=data, seed=5)
+    seen = []
+    make = source.batch
+
+    def recording(step, n):
+        seen.append((step, copy.deepcopy(student.state_dict()), make(step, n)))
+        return seen[-1][2]
+    source.batch = recording
+    dcfg = copy.deepcopy(cfg.distill)
+    dcfg.samples, dcfg.batch_size = 60, 12
+    distill(student, source, dcfg, 0, teacher)
+    replica = build_model(cfg.student.model, data, "student", 1)
+    prompts = data.extra["prompts_train"][0]
+    k, new = prompts.shape[1], data.max_length - prompts.shape[1]
+    for step, weights, batch in seen:
+        replica.load_state_dict(weights)
+        g = step_generator(5, step, torch.device("cpu"), "prompts")
+        p = prompts[torch.randint(len(prompts), (12,), generator=g)]
+        ids, mask = sample(replica, p, new, step_generator(5, step, torch.device("cpu"), "sample"), 1.0, 1.0,
+                           data.tokenizer.eos_id, data.pad_id)
+        assert torch.equal(ids, batch.x) and torch.equal(mask, batch.mask)
+    assert not torch.equal(seen[0][2].x, seen[-1][2].x)
+    replica.load_state_dict(seen[0][1])  # a stale student would have sampled something else at the last step
+    step = seen[-1][0]
+    g = step_generator(5, step, torch.device("cpu"), "prompts")
+    p = prompts[torch.randint(len(prompts), (12,), generator=g)]
+    stale, _ = sample(replica, p, new, step_generator(5, step, torch.device("cpu"), "sample"), 1.0, 1.0,
+                      data.tokenizer.eos_id, data.pad_id)
+    assert not torch.equal(stale, seen[-1][2].x)
+
+
+@pytest.mark.parametrize("spec", [{"name": "student_samples", "refresh_every": 3}, {"name": "replay", "buffer": 8}],
+                         ids=lambda s: s["name"])
+def test_a_killed_on_policy_run_resumes_bit_identically(lm_setting, tmp_path, spec):
+    import copy
+
+    from kdx.distill.loop import distill
+    from kdx.models import build_model
+    from kdx.registry import SOURCES
+
+    _, cfg, data, teacher = lm_setting
+    dcfg = copy.deepcopy(cfg.distill)
+    dcfg.samples, dcfg.batch_size, dcfg.checkpoint_every, dcfg.loss = 80, 8, 4, "reverse_kl"
+
+    def fresh():
+        return build_model(cfg.student.model, data, "student", 0), SOURCES.build(spec, "source", data=data, seed=2)
+
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "killed").mkdir()
+    whole_student, whole_source = fresh()
+    whole = distill(whole_student, whole_source, dcfg, 0, teacher, tmp_path / "whole")
+    student, source = fresh()
+    make = source.batch
+
+    def killed(step, n):
+        if step == 6:  # after the checkpoint of step 4, mid refresh period
+            raise KeyboardInterrupt
+        return make(step, n)
+    source.batch = killed
+    with pytest.raises(KeyboardInterrupt):
+        distill(student, source, dcfg, 0, teacher, tmp_path / "killed")
+    student, source = fresh()
+    resumed = distill(student, source, dcfg, 0, teacher, tmp_path / "killed", resume=True)
+    assert resumed["resumed_from_step"] == 4
+    for a, b in zip(whole_student.state_dict().values(), student.state_dict().values()):
+        assert torch.equal(a, b)
+    assert resumed["accounting"]["source"] == whole["accounting"]["source"]
+
+
+def test_teacher_and_student_vocabulary_mismatch_is_refused_at_startup(lm_setting, tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from kdx import config as kconfig
+    from kdx.errors import KdxError
+    from kdx.run import execute
+
+    overrides, _, data, _ = lm_setting
+    overrides = [o for o in overrides if not o.startswith("teacher.model.")]  # the gpt teacher's sizes
+    folder = tmp_path / "own-lm"
+    GPT2LMHeadModel(GPT2Config(vocab_size=400, n_positions=32, n_embd=16, n_layer=1, n_head=2, bos_token_id=0,
+                               eos_token_id=0)).save_pretrained(folder)
+    cfg = kconfig.load_config("configs/lm_tiny.yaml", [*overrides, "teacher.model.name=hf_causal_lm",
+                                                       f"teacher.model.path={folder}"])
+    with pytest.raises(KdxError, match=r"teacher predicts over 400 tokens, the student over 300.*vocab_size=400"):
+        execute(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    short = tmp_path / "short-lm"
+    GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=16, n_embd=16, n_layer=1, n_head=2, bos_token_id=0,
+                               eos_token_id=0)).save_pretrained(short)
+    cfg = kconfig.load_config("configs/lm_tiny.yaml", [*overrides, "teacher.model.name=hf_causal_lm",
+                                                       f"teacher.model.path={short}"])
+    with pytest.raises(KdxError, match="reads at most 16 positions.*data.context=16"):
+        execute(cfg, tmp_path / "run")
+    # the suggested fix: a student of the teacher's size (the data's 300 ids embed in 400); the folder is the teacher
+    cfg = kconfig.load_config("configs/lm_tiny.yaml", [*overrides, "teacher.model.name=hf_causal_lm",
+                                                       f"teacher.model.path={folder}", "student.model.vocab_size=400",
+                                                       "distill.samples=64", "eval.distributions=[test]"])
+    import json
+
+    m = json.loads((execute(cfg, tmp_path / "run") / "metrics.json").read_text())
+    assert m["eval"]["test"]["tokens"] > 0
+
+
+def test_losses_and_data_of_the_other_kind_are_refused_by_name(lm_setting, tmp_path):
+    from kdx import config as kconfig
+    from kdx.errors import KdxError
+    from kdx.run import execute
+
+    overrides, _, _, _ = lm_setting
+    cfg = kconfig.load_config("configs/lm_tiny.yaml", [*overrides, "distill.loss=kl"])
+    with pytest.raises(KdxError, match="needs a token-level loss"):
+        execute(cfg, tmp_path / "a")
+    cfg = kconfig.load_config("configs/lm_tiny.yaml", [*overrides, "distill.loss=jsd", "distill.loss_args.gamma=1"])
+    with pytest.raises(KdxError, match="has no parameter 'gamma'"):
+        execute(cfg, tmp_path / "b")
+    cfg = kconfig.load_config(None, ["data.name=digits", "distill.loss=forward_kl"])
+    with pytest.raises(KdxError, match="token-level loss for causal LMs"):
+        execute(cfg, tmp_path / "c")
+    cfg = kconfig.load_config(None, ["data.name=digits", "source.name=student_samples"])
+    with pytest.raises(KdxError, match="source 'student_samples' needs language-model corpora"):
+        execute(cfg, tmp_path / "d")
+
+
+def test_on_policy_jsd_run_from_the_python_api_evaluates_reproducibly(lm_setting, tmp_path):
+    import json
+
+    from kdx import config as kconfig
+    from kdx.eval.lm import evaluate_lm
+    from kdx.rundir import load_run
+
+    overrides, _, data, teacher = lm_setting
+    cfg = kconfig.load_config("configs/lm_tiny.yaml", [
+        *overrides, "source.name=lm_mixture", "distill.loss=jsd", "distill.loss_args.beta=0.5",
+        'source.components=[{name: student_samples, weight: 0.5}, {name: corpus, weight: 0.5}]', "distill.samples=320",
+        "distill.curve_every=160"])
+    from kdx.run import execute
+
+    run_dir = execute(cfg, tmp_path / "gkd")
+    m = json.loads((run_dir / "metrics.json").read_text())
+    costs = m["train"]["accounting"]["source"]
+    assert costs["student_generated_tokens"] == 160 * 18 and m["source"]["name"] == "lm_mixture"
+    curve = [json.loads(line)["curve"] for line in (run_dir / "log.jsonl").read_text().splitlines() if "curve" in line]
+    assert len(curve) == 2 and all(0 <= c["test_agreement"] <= 1 and c["test_kl_teacher_student"] > 0 for c in curve)
+    run = load_run(run_dir)  # evaluating a finished run again gives its numbers (every sampling seeded)
+    again = evaluate_lm(run.teacher.model, run.student, run.data, cfg.eval)
+    for row, metrics in m["eval"].items():
+        for key, value in metrics.items():
+            assert again[row][key] == (value if value is None else pytest.approx(value, rel=1e-9, abs=1e-12)), (row, key)
+
+
+def test_a_users_causal_lm_folder_trains_as_student_and_serves_as_teacher(lm_setting, tmp_path):
+    import json
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from kdx import config as kconfig
+    from kdx.run import execute
+
+    overrides, _, data, teacher = lm_setting
+    folder = tmp_path / "own-llama"
+    LlamaForCausalLM(LlamaConfig(vocab_size=data.vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
+                                 bos_token_id=0, eos_token_id=0)).save_pretrained(folder)
+    small = [*overrides, "distill.samples=64", "eval.distributions=[test,student_samples]"]
+    as_student = execute(kconfig.load_config("configs/lm_tiny.yaml", [
+        *[o for o in small if not o.startswith("student.model.")], "student.model.name=hf_causal_lm",
+        f"student.model.path={folder}"]), tmp_path / "s")
+    m = json.loads((as_student / "metrics.json").read_text())
+    assert m["student"]["arch"] == "hf_causal_lm" and m["eval"]["student_samples"]["tokens"] > 0
+    as_teacher = execute(kconfig.load_config("configs/lm_tiny.yaml", [
+        *[o for o in small if not o.startswith("teacher.model.")], "teacher.model.name=hf_causal_lm",
+        f"teacher.model.path={folder}", "student.model.arch=llama"]), tmp_path / "t")
+    m = json.loads((as_teacher / "metrics.json").read_text())
+    assert m["teacher"]["arch"] == "hf_causal_lm" and m["eval"]["test"]["tokens"] > 0
+
+
+def test_a_tokenizer_without_padding_pads_with_eos_and_still_counts_each_documents_end(tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    from kdx.data.lm_text import EOS, lm_targets
+    from kdx.sampling.lm_corpus import lm_batch
+
+    trained = lm_data(tmp_path)
+    folder = tmp_path / "gpt2-like"
+    PreTrainedTokenizerFast(tokenizer_object=trained.tokenizer.tok.backend_tokenizer, eos_token=EOS).save_pretrained(folder)
+    data = lm_data(tmp_path, tokenizer=str(folder))
+    assert data.pad_id == data.tokenizer.eos_id
+    _, mask = lm_targets(data.x_train, data.pad_id, data.tokenizer.eos_id)
+    assert int(mask.sum()) == sum(len(ids) + 1 for ids in data.tokenizer.ids(data.texts["train"]))
+    batch = lm_batch(data.x_train[:8], data)
+    assert torch.equal(batch.mask, mask[:8])
+
+
+def test_corpus_with_a_top_k_teacher_cache_skips_the_teacher_and_states_its_error(lm_setting, tmp_path, capsys):
+    import json
+    from pathlib import Path
+
+    from kdx import config as kconfig
+    from kdx.data.lm_text import lm_targets
+    from kdx.models.gpt import dense_from_top_k
+    from kdx.registry import SOURCES
+    from kdx.run import execute
+
+    overrides, _, data, teacher = lm_setting
+    errors = {}
+    for k in (4, 32, data.vocab_size):
+        source = SOURCES.build({"name": "corpus", "top_k": k}, "source", data=data, seed=0)
+        source.setup(torch.device("cpu"), teacher.logits, teacher=teacher.model)
+        errors[k] = source.accounting()["top_k_kl_error"]
+        # the stated error, computed independently in numpy from the full logits and the cache
+        x = data.x_train[:32]
+        full = np_log_softmax(teacher.model(x).double().detach().numpy(), -1)
+        values, ids = source.cached
+        dense = dense_from_top_k(values[:32], ids[:32], data.vocab_size).double().numpy()
+        _, mask = lm_targets(x, data.pad_id)
+        ref = (np.exp(full) * (full - dense)).sum(-1)[mask.numpy()].mean()
+        assert errors[k] == pytest.approx(ref, rel=1e-6, abs=1e-9)
+        assert np.allclose(np.exp(dense).sum(-1), 1.0, atol=1e-4)  # the bucket keeps each row a distribution
+    assert errors[data.vocab_size] < 1e-6 < errors[32] < errors[4]
+    assert "teacher top-4 cache, KL(full || cached)" in capsys.readouterr().err
+    assert list(Path(teacher.checkpoint).parent.glob("top32-*.pt"))  # cached on disk beside the teacher
+    m = json.loads((execute(kconfig.load_config("configs/lm_tiny.yaml", [*overrides, "source.top_k=32",
+                                                                         "eval.distributions=[test]"]),
+                            tmp_path / "topk") / "metrics.json").read_text())
+    costs = m["train"]["accounting"]
+    assert costs["teacher_forwards"] == 0 and costs["teacher_cache_lookups"] == costs["samples_trained"]
+    assert costs["source"]["top_k_kl_error"] == pytest.approx(errors[32])
+
+
+def test_lm_downstream_serves_another_corpus_in_the_runs_tokens(lm_setting, tmp_path):
+    from kdx.errors import KdxError
+    from kdx.registry import SOURCES
+
+    _, _, data, _ = lm_setting
+    other = write_corpus(tmp_path / "other", docs=[{"text": f"a daemon {i} logs.", "group": str(i)}
+                                                  for i in range(20)])
+    source = SOURCES.build({"name": "lm_downstream", "path": str(other)}, "source", data=data, seed=0)
+    source.setup(torch.device("cpu"), None)
+    b = source.batch(0, 5)
+    assert b.x.shape == (5, data.max_length) and all(t.startswith("a daemon ") for t in data.decode(b.x))
+    assert source.epoch_size == 20 and b.mask.any()
+    with pytest.raises(KdxError, match="no split 'nope'"):
+        SOURCES.build({"name": "lm_downstream", "split": "nope"}, "source", data=data, seed=0)
+
+
+def test_teacher_samples_made_once_into_a_pool_are_served_round_and_round(lm_setting):
+    from kdx.registry import SOURCES
+
+    _, _, data, teacher = lm_setting
+    source = SOURCES.build({"name": "teacher_samples", "pool": 25}, "source", data=data, seed=1)
+    source.setup(torch.device("cpu"), None, teacher=teacher.model)
+    batches = [source.batch(step, 10) for step in range(6)]  # 60 rows: the pool of 25 twice and then some
+    rows = torch.cat([b.x for b in batches])
+    assert torch.equal(rows[:25], rows[25:50]) and torch.equal(rows[:10], rows[50:60])
+    assert len({tuple(r) for r in rows[:25].tolist()}) > 20  # the pool itself is varied
+    prompt = data.extra["prompts_train"][0].shape[1]
+    assert source.accounting()["teacher_generated_tokens"] == 25 * (data.max_length - prompt)
+    state = source.state_dict()
+    again = SOURCES.build({"name": "teacher_samples", "pool": 25}, "source", data=data, seed=1)
+    again.load_state_dict(state)
+    again.setup(torch.device("cpu"), None, teacher=teacher.model)
+    assert torch.equal(again.batch(6, 10).x, source.batch(6, 10).x)
+
+
+def test_a_killed_kdx_run_on_policy_resumes_to_the_uninterrupted_result(lm_setting, tmp_path):
+    """`kdx run` with student_samples, SIGKILLed once checkpointed, `--resume`d: the same metrics as one run."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import kill_once_checkpointed, strip_timing
+
+    overrides, _, _, _ = lm_setting
+    args = ["configs/lm_tiny.yaml", *overrides, "source.name=student_samples", "source.refresh_every=3",
+            "distill.samples=3200", "distill.checkpoint_every=4", "eval.distributions=[test,student_samples]"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "kdx", "run", *args, "--runs-dir", str(tmp_path)]
+    subprocess.run(cmd + ["--name", "whole"], env=env, check=True, capture_output=True)
+    ckpt = kill_once_checkpointed(cmd + ["--name", "killed"], tmp_path / "killed", env)
+    assert torch.load(ckpt, weights_only=False)["step"] < 100
+    out = subprocess.run(cmd + ["--name", "killed", "--resume"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    whole, resumed = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("whole", "killed"))
+    assert resumed["train"]["resumed_from_step"] > 0
+    assert strip_timing(resumed) == strip_timing(whole)
+
+
+def test_lm_text_holds_documents_of_chosen_sections_out_of_both_splits(tmp_path):
+    from kdx.errors import KdxError
+    from kdx.registry import HELDOUT
+
+    docs = corpus_docs()
+    data = lm_data(tmp_path, shift_column="section", shift_values=["games"])
+    games = [d for d in docs if d["section"] == "games"]
+    held_groups = {d["group"] for d in games}
+    kept = data.texts["train"] + data.texts["test"]
+    assert not {d["text"] for d in docs if d["group"] in held_groups} & set(kept)  # their whole groups are out
+    assert "shift" in data.default_heldout
+    decoded = data.decode(data.extra["shift"][0])
+    assert all(any(t in d["text"] for d in games) for t in decoded) and len(decoded) >= len(games)
+    x, y = HELDOUT.build({"name": "shift"}, "eval", data=data, n=100, seed=0)
+    assert y is None and len(x) == len(data.extra["shift"][0])
+    with pytest.raises(KdxError, match="no document has section in"):
+        lm_data(tmp_path, shift_column="section", shift_values=["nonexistent"])
+    with pytest.raises(KdxError, match="shift_column and shift_values go together"):
+        lm_data(tmp_path, shift_column="section")
