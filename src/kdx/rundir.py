@@ -4,7 +4,8 @@
     log.jsonl      the loop's log; checkpoint.pt its resumable state, deleted once the run finishes
     student.pt     the trained student
     metrics.json   eval per held-out distribution, train stats, teacher; its presence marks a finished run
-    probes/        what `kdx probe` writes
+    probes/        what `kdx probe` writes: deviation.json (and deviation_<distribution>.png), regions.csv/png,
+                   map.parquet/png, map_arrays.npz, summary.json
 """
 from __future__ import annotations
 
@@ -29,6 +30,13 @@ STUDENT = "student.pt"
 METRICS = "metrics.json"
 PROBES = "probes"
 DRAWS = "draws.npz"  # an adaptive source's picks per pool row (kdx.sampling.adaptive), for the explorer
+DEVIATION = "deviation.json"
+# probes/ holds DEVIATION and these (kdx.probes.probe writes them; the explorer, studies and `kdx probe` read them)
+DEVIATION_PLOT = "deviation_{}.png"  # .format(distribution)
+REGIONS = "regions.csv"
+MAP = "map.parquet"
+MAP_ARRAYS = "map_arrays.npz"  # each map row's projected teacher features and the distillation inputs shown
+SUMMARY = "summary.json"
 
 
 def read_metrics(run_dir: str | Path) -> dict:

@@ -12,12 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from kdx.data.base import Dataset
 from kdx.errors import KdxError
+from kdx.io import save_array, write_json, write_text
 from kdx.registry import DATASETS
 
 TOKENIZER_FORMAT = 1  # bump when the trained tokenizer's recipe changes
@@ -48,7 +51,6 @@ class Tokenizer:
 
     def encode(self, texts: list[str], max_length: int) -> torch.Tensor:
         """(N, max_length) int64 ids: the Rust tokenizer's batch encoding (5x transformers' __call__ here)."""
-        import numpy as np
         from tokenizers import Tokenizer as RawTokenizer
 
         bt = RawTokenizer.from_str(self.tok.backend_tokenizer.to_str())  # a copy: truncation/padding set here only
@@ -66,10 +68,7 @@ class Tokenizer:
             return torch.from_numpy(np.load(path))
         ids = np.array([e.ids for e in bt.encode_batch(cut)], dtype=np.int64).reshape(len(texts), max_length)
         if len(texts) >= 1000:  # the splits, not held-out perturbations: cached by content
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-            np.save(tmp, ids)
-            os.replace(tmp, path)
+            save_array(path, ids)
         return torch.from_numpy(ids)
 
     def decode(self, rows: list[list[int]]) -> list[str]:
@@ -126,10 +125,7 @@ def train_tokenizer(texts: list[str], vocab_size: int = 8000, lowercase: bool = 
         raw.decoder = decoders.WordPiece()
         trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIALS)
         raw.train_from_iterator(texts, trainer)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_suffix(f".tmp{os.getpid()}")
-        raw.save(str(tmp))
-        os.replace(tmp, file)  # atomic: concurrent runs write the same bytes
+        write_text(file, raw.to_str(pretty=True))  # atomic: concurrent runs write the same bytes
     from tokenizers.processors import TemplateProcessing
 
     cls, sep = raw.token_to_id("[CLS]"), raw.token_to_id("[SEP]")
@@ -250,9 +246,6 @@ ANCHOR_FORMAT = 1  # bump when the anchor's recipe changes
 def tfidf_logreg(train_texts, y_train, test_sets: dict, max_features: int = 50_000, C: float = 5.0, seed: int = 0):
     """TF-IDF (words and word pairs, sublinear tf, min_df 2) + logistic regression (saga) fit on the train
     texts: ({name: predicted labels (numpy)} for each list of texts in `test_sets`, number of features)."""
-    import warnings
-
-    import numpy as np
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -281,8 +274,6 @@ def anchor_accuracy(data: Dataset) -> float | None:
     path = cache_dir() / "anchors" / f"{h.hexdigest()[:24]}.json"
     if path.exists():
         return json.loads(path.read_text())["test_acc"]
-    from kdx.io import write_json
-
     preds, n_features = tfidf_logreg(data.texts["train"], data.y_train.numpy(), {"test": data.texts["test"]})
     acc = float((preds["test"] == data.y_test.numpy()).mean())
     write_json(path, {"test_acc": acc, "n_train": len(data.texts["train"]), "n_test": len(data.texts["test"]),
