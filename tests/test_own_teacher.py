@@ -185,7 +185,7 @@ def test_hf_bad_folders(digits, tmp_path):
                                                  num_attention_heads=2, intermediate_size=32)).save_pretrained(base)
     with pytest.raises(KdxError, match=r"no trained weights for classifier.bias, classifier.weight"):
         build(digits, name="hf", path=str(base))
-    with pytest.raises(KdxError, match="needs image data"):
+    with pytest.raises(KdxError, match="model 'hf' needs images.*holds signals: use 'cnn' or 'mlp'"):
         build(DATASETS.build({"name": "mnist1d", "num_samples": 200}, "data"), name="hf", path=str(tmp_path / "x"))
 
 

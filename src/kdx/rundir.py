@@ -16,12 +16,14 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+import kdx
 from kdx import config as kconfig
 from kdx.data import Dataset, load_dataset
 from kdx.device import prepare_model, resolve_device
 from kdx.distill.loop import CHECKPOINT, LOG  # noqa: F401 - the loop's own files, named where it writes them
 from kdx.distill.teacher import Teacher, get_teacher
 from kdx.errors import KdxError
+from kdx.io import write_text
 from kdx.models import build_model
 from kdx.registry import SOURCES
 
@@ -37,6 +39,11 @@ REGIONS = "regions.csv"
 MAP = "map.parquet"
 MAP_ARRAYS = "map_arrays.npz"  # each map row's projected teacher features and the distillation inputs shown
 SUMMARY = "summary.json"
+
+
+def write_config(run_dir: Path, cfg: kconfig.RunConfig) -> None:
+    """config.yaml: the resolved config and the kdx version that ran it."""
+    write_text(Path(run_dir) / CONFIG, kconfig.to_yaml(cfg).rstrip() + f"\nkdx_version: {kdx.__version__}\n")
 
 
 def read_metrics(run_dir: str | Path) -> dict:

@@ -135,7 +135,7 @@ def train_tokenizer(texts: list[str], vocab_size: int = 8000, lowercase: bool = 
     return Tokenizer(tok, str(file))
 
 
-def text_dataset(name: str, train_texts: list[str], y_train, test_texts: list[str], y_test, classes: list[str],
+def text_dataset(name: str, train_texts: list[str], y_train, test_texts: list[str], y_test, classes: list[str], *,
                  tokenizer: str = "", vocab_size: int = 8000, max_length: int = 64, lowercase: bool = True,
                  extra_texts: dict[str, tuple[list[str], list[int] | None]] | None = None,
                  heldout: list[str] | None = None) -> Dataset:
@@ -182,7 +182,8 @@ def debian_descriptions(path: str = "", max_length: int = 64, tokenizer: str = "
     tr_short = [s for s in train["short"] if s.strip()]
     extra = {"domain": ([s for s, _ in te_short], [y for _, y in te_short]), "short_train": (tr_short, None)}
     return text_dataset("debian_descriptions", train["text"], train["label"], test["text"], test["label"],
-                        train.features["label"].names, tokenizer, vocab_size, max_length, lowercase, extra)
+                        train.features["label"].names, tokenizer=tokenizer, vocab_size=vocab_size,
+                        max_length=max_length, lowercase=lowercase, extra_texts=extra)
 
 
 def _open_text(path: str, train_split: str, test_split: str):
@@ -237,7 +238,8 @@ def hf_text(path: str = "", text_column: str = "text", label_column: str = "labe
         extra = {"domain": ([s for s, _ in te], [y for _, y in te]),
                  f"{domain_column}_train": ([s for s in train[domain_column] if s and s.strip()], None)}
     return text_dataset("hf_text", [str(t) for t in train[text_column]], ys[0], [str(t) for t in test[text_column]],
-                        ys[1], classes, tokenizer, vocab_size, max_length, lowercase, extra)
+                        ys[1], classes, tokenizer=tokenizer, vocab_size=vocab_size, max_length=max_length,
+                        lowercase=lowercase, extra_texts=extra)
 
 
 ANCHOR_FORMAT = 1  # bump when the anchor's recipe changes
