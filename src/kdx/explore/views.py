@@ -39,7 +39,7 @@ def check_probed(run_dir: Path, probe: bool = False, log=print) -> None:
     have = path.with_name(MAP_ARRAYS).exists() and (meta or {}).get("format") == MAP_FORMAT
     if have:
         return
-    why = "has no probes/map.parquet" if meta is None else "has a map from an older kdx probe"
+    why = f"has no {PROBES}/{MAP}" if meta is None else "has a map from an older kdx probe"
     if not probe:
         raise KdxError(f"{run_dir} {why}: run `kdx probe {run_dir}` first (about a minute on Fashion-MNIST), "
                        "or pass --probe to have kdx explore run it")
@@ -88,6 +88,6 @@ def run_dirs(target: Path) -> list[Path]:
         return [target]
     runs = sorted(p for p in (target / "runs").glob("*") if (p / METRICS).exists())
     if not runs:
-        raise KdxError(f"{target} is neither a finished run (no metrics.json) nor a study with finished runs "
-                       "(no runs/*/metrics.json): pass a directory that `kdx run` or `kdx study` wrote")
+        raise KdxError(f"{target} is neither a finished run (no {METRICS}) nor a study with finished runs "
+                       f"(no runs/*/{METRICS}): pass a directory that `kdx run` or `kdx study` wrote")
     return runs
