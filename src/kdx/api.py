@@ -110,10 +110,9 @@ def evaluate(teacher: nn.Module, student: nn.Module, data: Dataset, distribution
 def probe(run: FinishedRun | str | Path, *, out: str | Path | None = None, **options: Any) -> dict:
     """Where the student deviates (`kdx probe`): deviation slopes, regions, coverage and, with map=True, the
     explorer's map, written to the run directory (or `out`). `run`: what kdx.distill_student returned, or a
-    run directory; `options`: kdx.probes.ProbeOptions fields (`map` off unless asked for)."""
-    opts = ProbeOptions(**{"map": False, **options})
+    run directory; `options`: kdx.probes.ProbeOptions fields."""
     if isinstance(run, (str, Path)):
-        return probes.probe(run, opts)
+        return probes.probe(run, ProbeOptions(**options))
     if out is not None:
         run = dataclasses.replace(run, dir=Path(out))
         run.dir.mkdir(parents=True, exist_ok=True)
@@ -121,4 +120,4 @@ def probe(run: FinishedRun | str | Path, *, out: str | Path | None = None, **opt
             save_torch(run.dir / STUDENT, {"model": run.student.state_dict()})
     if run.dir is None:
         raise KdxError("kdx.probe writes files: pass out=DIR, or run_dir=DIR to kdx.distill_student")
-    return probes.probe(run, opts)
+    return probes.probe(run, ProbeOptions(**{"map": False, **options}))
