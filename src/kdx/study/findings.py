@@ -494,14 +494,14 @@ def eigen_section(runs_dir: Path, fig_dir: Path) -> tuple[str, dict]:
 
 def run_all(runs_dir: Path, configs: Path, workers: int) -> None:
     """Every findings study (resuming finished runs) and the eigen simulation."""
-    from kdx.io import save_json
+    from kdx.io import write_json
     from kdx.study.execute import run_study
     from kdx.theory.eigen import EigenConfig, plot, simulate
 
     eigen = runs_dir / EIGEN_DIR
     if not (eigen / "eigen.json").exists():
         results = [simulate(EigenConfig(seed=s)) for s in range(EIGEN_SEEDS)]
-        save_json(eigen / "eigen.json", {"runs": results})
+        write_json(eigen / "eigen.json", {"runs": results})
         plot(results[0], eigen / "eigen.png")
     for name in STUDIES:
         run_study(configs / "studies" / f"{name}.yaml", runs_dir, workers)
