@@ -40,6 +40,7 @@ from kdx.models import build_model, predict
 from kdx.distill.teacher import get_teacher
 from kdx.registry import SOURCES
 from kdx.sampling.base import PoolSource
+from kdx.sampling.view import resolve_view
 from kdx.pool import synthesize_pool
 
 REFERENCE = {"name": "inversion", "iterations": 2000, "lr": 0.05, "bn": 10.0, "tv": 2.5e-5, "l2": 0.0, "jitter": 2,
@@ -89,7 +90,7 @@ class Bench:
         return synthesize_pool(dataclasses.replace(self.base, source=spec), self.data, self.teacher, n)
 
     def pool(self, x: torch.Tensor) -> PoolSource:
-        return PoolSource(self.data, self.seed, x, None, self.augment)
+        return PoolSource(self.data, self.seed, x, None, resolve_view(self.data, self.augment, mixup_alpha=1.0))
 
     def student_on(self, source) -> tuple[float, float]:
         student = build_model(self.base.student.model, self.data, "student.model", self.seed)
@@ -134,7 +135,7 @@ def main(argv: list[str]) -> None:
           f"{base.distill.batch_size}; N = {args.n}; seed {args.seed}", flush=True)
 
     def pool_of_train() -> PoolSource:
-        return PoolSource(data, args.seed, data.x_train, data.y_train, args.augment)
+        return PoolSource(data, args.seed, data.x_train, data.y_train, resolve_view(data, args.augment, mixup_alpha=1.0))
 
     def report(row):
         label, sec, conf, bal, acc, agr, note = row

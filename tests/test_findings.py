@@ -2,6 +2,7 @@
 the learning curve it reads, the `samples` study axis, and the one-line command behind every run."""
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -12,7 +13,11 @@ from kdx import config as kconfig
 from kdx.cli import app
 from kdx.errors import KdxError
 from kdx.study import plan
-from kdx.study.findings import STUDIES, _fraction, load_study
+from kdx.study.findings import load_manifest
+from kdx.study.folders import load_study
+from kdx.study.sections import fraction_recovered as _fraction
+
+STUDIES = load_manifest("configs/findings.yaml").names  # the findings studies, in the order `make findings` runs them
 
 SELF_RUN = """data: {name: digits}
 teacher:
@@ -74,6 +79,7 @@ def findings(tmp_path_factory):
     root = tmp_path_factory.mktemp("findings")
     configs, runs = root / "configs", root / "runs"
     (configs / "studies").mkdir(parents=True)
+    shutil.copy("configs/findings.yaml", configs)  # the page's list of studies
     (configs / "self.yaml").write_text(SELF_RUN)
     # the puzzle's base: the FAST setting (the digits_teacher fixture's teacher) as a YAML file
     puzzle = kconfig.load_config(None, FAST)
@@ -190,3 +196,20 @@ def test_findings_without_the_studies_names_the_command(tmp_path):
     res = CliRunner().invoke(app, ["findings", "--runs-dir", str(tmp_path / "none"), "--out", str(tmp_path / "f.md")])
     assert isinstance(res.exception, KdxError) and "make findings" in str(res.exception)
     assert re.search(r"not finished", str(res.exception))
+
+
+def test_a_bad_findings_manifest_names_the_fix(tmp_path):
+    """configs/findings.yaml: a missing file, an unknown role, a comparison without its self study."""
+    with pytest.raises(KdxError, match=r"findings.yaml is missing; .*configs/findings.yaml"):
+        load_manifest(tmp_path / "findings.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("studies:\n  - {name: a, role: self, dataset: X}\n  - {name: p, role: puzzle, dataset: X}\n"
+                   "  - {name: b, role: bugdet, dataset: X}\n")
+    with pytest.raises(KdxError, match=r"study b: role 'bugdet' is none of self, puzzle, budget, longer, temperature"):
+        load_manifest(bad)
+    bad.write_text("studies:\n  - {name: a, role: self, dataset: X}\n  - {name: p, role: puzzle, dataset: X}\n"
+                   "  - {name: t, role: temperature, dataset: Y}\n")
+    with pytest.raises(KdxError, match=r"study t \(temperature\) is read beside the self study of Y.*role: self, dataset: Y"):
+        load_manifest(bad)
+    res = CliRunner().invoke(app, ["findings", "--configs", str(tmp_path), "--out", str(tmp_path / "f.md")])
+    assert isinstance(res.exception, KdxError) and "findings.yaml is missing" in str(res.exception)

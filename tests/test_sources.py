@@ -3,8 +3,7 @@ import torch
 
 from kdx.data import load_dataset
 from kdx.errors import KdxError
-from kdx.registry import SOURCES
-from kdx.sampling.augment import AUGMENTS
+from kdx.registry import SOURCES, VIEWS
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +36,7 @@ def test_cached_logits_belong_to_the_exact_inputs(digits):
     assert aug.batch(0, 64).teacher_logits is None  # augmented views never get a cached output
 
 
-@pytest.mark.parametrize("name", list(AUGMENTS))
+@pytest.mark.parametrize("name", ["none", *VIEWS["image"].names()])
 def test_augmentations_keep_shape_and_are_reproducible(digits, name):
     src = SOURCES.build({"name": "train", "augment": name}, "source", data=digits, seed=3)
     src.setup(torch.device("cpu"), None)
@@ -79,3 +78,49 @@ def test_downstream_refuses_a_shape_mismatch(digits):
 def test_unknown_augment_is_named(digits):
     with pytest.raises(KdxError, match="flipcrop.*flip_crop"):
         SOURCES.build({"name": "train", "augment": "flipcrop"}, "source", data=digits, seed=0)
+
+
+def test_augment_resolves_once_into_a_view_of_the_data_modality(digits):
+    src = SOURCES.build({"name": "train", "augment": "mixup", "mixup_alpha": 0.4}, "source", data=digits, seed=0)
+    assert src.view.name == "mixup" and SOURCES.build({"name": "train"}, "source", data=digits, seed=0).view is None
+    with pytest.raises(KdxError, match="augment 'word_dropout' does not apply to image data; valid for dataset "
+                                       "'digits': none, cutmix, flip_crop, mixup .*'word_dropout' is for text data"):
+        SOURCES.build({"name": "train", "augment": "word_dropout"}, "source", data=digits, seed=0)
+    signal = load_dataset({"name": "mnist1d", "num_samples": 200})
+    with pytest.raises(KdxError, match="does not apply to signal data; valid .*: none, cutmix, flip_crop, mixup"):
+        SOURCES.build({"name": "downstream", "dataset": "self", "augment": "mlm_replace"}, "source", data=signal, seed=0)
+    view = SOURCES.build({"name": "train", "augment": "flip_crop"}, "source", data=signal, seed=0).view
+    x = signal.x_train[:16]
+    a, _ = view(x, None, torch.Generator().manual_seed(1))
+    b, _ = view(x, None, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)  # a 1-D shift, reproducible
+
+
+def test_each_view_reads_its_own_settings(digits):
+    """mixup_alpha moves mixup's weight; p (a text setting) changes nothing for an image view."""
+    def first_batch(**settings):
+        src = SOURCES.build({"name": "train", "augment": "mixup", **settings}, "source", data=digits, seed=3)
+        src.setup(torch.device("cpu"), None)
+        return src.batch(2, 64)
+
+    base = first_batch()
+    assert torch.equal(base.x, first_batch(p=0.9).x) and torch.equal(base.y, first_batch(top_k=3).y)
+    assert not torch.equal(base.x, first_batch(mixup_alpha=0.05).x)
+    # a downstream pool takes the same settings and the same view (unlabeled: y stays None)
+    down = SOURCES.build({"name": "downstream", "dataset": "self", "augment": "mixup", "mixup_alpha": 0.05}, "source",
+                         data=digits, seed=3)
+    assert down.view.name == "mixup" and down.view(digits.x_train[:8].float() / 255, None,
+                                                   torch.Generator().manual_seed(0))[1] is None
+
+
+def test_kdx_list_shows_the_views_of_each_modality():
+    from typer.testing import CliRunner
+
+    from kdx.cli import app
+
+    out = CliRunner().invoke(app, ["list"]).stdout
+    for modality, reg in VIEWS.items():
+        section = out.split(f"{modality} views (source.augment):\n")[1].split(":\n")[0]
+        assert {line.split()[0] for line in section.splitlines() if line.startswith("  ")} >= set(reg.names())
+    assert set(VIEWS["text"].names()) == {"mlm_replace", "word_dropout", "word_swap"}
+    assert set(VIEWS["image"].names()) == set(VIEWS["signal"].names()) == {"cutmix", "flip_crop", "mixup"}

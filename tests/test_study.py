@@ -15,6 +15,7 @@ from statsmodels.stats.contingency_tables import mcnemar
 from conftest import FAST, run_fast
 from kdx.errors import KdxError
 from kdx.study import plan, run_study
+from kdx.study.findings import load_manifest
 
 
 def _study(tmp_path, extra="", sources="[{name: train}, {name: noise, label: uniform}]"):
@@ -112,5 +113,7 @@ def test_every_shipped_config_and_study_validates(path):
     if path.parent.name == "studies":
         study, runs = plan(path)
         assert runs and len({r.name for r in runs}) == len(runs)
+    elif path.name == "findings.yaml":  # the findings page's list of studies: each one exists
+        assert all((path.parent / "studies" / f"{name}.yaml").exists() for name in load_manifest(path).names)
     else:
         validate(load_config(path))

@@ -35,7 +35,7 @@ def test_mlm_views_are_valid_ids_with_unchanged_masks(mlm_source):
     from kdx.sampling.base import step_generator
 
     x0 = data.x_train[:300]
-    out = mlm_replace(x0, step_generator(0, 0, torch.device("cpu"), "augment"), data, 0.4, src.mlm, 5)
+    out = mlm_replace(x0, step_generator(0, 0, torch.device("cpu"), "augment"), data, 0.4, src.view.mlm, 5)
     assert torch.equal(out != data.pad_id, x0 != data.pad_id)
     special = torch.isin(x0, torch.tensor(data.special_ids))
     assert torch.equal(out[special], x0[special])
@@ -51,7 +51,7 @@ def test_replacement_rate_and_candidates_are_the_mlms_top_k(mlm_source):
 
     data, src = mlm_source
     x = data.x_train[:400]
-    out, sel = mlm_replace(x, step_generator(1, 5, torch.device("cpu"), "augment"), data, 0.4, src.mlm, 5,
+    out, sel = mlm_replace(x, step_generator(1, 5, torch.device("cpu"), "augment"), data, 0.4, src.view.mlm, 5,
                            return_selection=True)
     content = (x != data.pad_id) & ~torch.isin(x, torch.tensor(data.special_ids))
     rate = sel[content].float().mean().item()
@@ -111,7 +111,7 @@ def test_the_mlm_is_cached_and_reused(mlm_source, monkeypatch):
     monkeypatch.setattr(m, "train_mlm", boom)
     again = m.get_mlm(data, MLM)
     assert path.stat().st_mtime_ns == mtime
-    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), src.mlm.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), src.view.mlm.state_dict().values()))
     # other settings are another MLM
     assert m.mlm_path(data, {**MLM, "epochs": 4}) != path
 
@@ -125,6 +125,46 @@ def test_mlm_replace_refusals(text_teacher):
         SOURCES.build({**SPEC, "mlm": {"layerz": 1}}, "source", data=data, seed=0)
     with pytest.raises(KdxError, match="top_k"):
         SOURCES.build({**SPEC, "top_k": 0}, "source", data=data, seed=0)
+
+
+def test_downstream_forwards_the_mlm_settings(text_teacher, mlm_source):
+    """A downstream pool with mlm_replace uses its own mlm and top_k settings (it once fell back to the
+    default MLM): on the train split of its own data it draws exactly the train source's views."""
+    from kdx.errors import KdxError
+    from kdx.registry import SOURCES
+
+    cfg, data, teacher = text_teacher
+    _, src = mlm_source
+    down = SOURCES.build({**SPEC, "name": "downstream", "dataset": "self"}, "source", data=data, seed=3)
+    assert (down.view.settings, down.view.top_k, down.view.p) == (MLM, 5, 0.4)
+    down.setup(torch.device("cpu"), None)
+    src.cursor = 0
+    for step in range(2):
+        assert torch.equal(down.batch(step, 64).x, src.batch(step, 64).x)
+    with pytest.raises(KdxError, match="top_k=0"):
+        SOURCES.build({**SPEC, "name": "downstream", "dataset": "self", "top_k": 0}, "source", data=data, seed=0)
+
+
+def test_the_mlm_is_cached_under_the_configured_cache_dir(text_teacher, corpus_dir, kdx_cache, tmp_path):  # noqa: F811
+    """`cache_dir` in the config holds the MLM as it holds the teacher, through every source that builds a pool."""
+    from kdx import config as kconfig
+    from kdx.run import build_source
+    from kdx.sampling.mlm import mlm_path
+
+    cfg0, data, teacher = text_teacher
+    mlm = {**MLM, "epochs": 1, "seed": 7}  # settings no other test trains
+    spec = f"{{name: train, augment: mlm_replace, p: 0.4, top_k: 5, mlm: {json.dumps(mlm)}}}"
+    cache = tmp_path / "cache"
+    cfg = kconfig.load_config(None, text_args(corpus_dir) + [f"cache_dir={cache}", f"source={spec}"])
+    src = build_source(cfg, data)
+    src.setup(torch.device("cpu"), None)
+    assert mlm_path(data, mlm, cache_dir=cache).exists() and mlm_path(data, mlm, cache_dir=cache).is_relative_to(cache)
+    assert not mlm_path(data, mlm).exists() and mlm_path(data, mlm).is_relative_to(kdx_cache)  # not $KDX_CACHE
+    for wrapped, inner in ((f"{{name: adaptive, candidates: {spec}}}", lambda s: s.cand),
+                           (f"{{name: mixture, components: [{spec}]}}", lambda s: s.parts[0]),
+                           (f"{{name: adaptive_mixture, components: [{spec}]}}", lambda s: s.parts[0])):
+        cfg = kconfig.load_config(None, text_args(corpus_dir) + [f"cache_dir={cache}", f"source={wrapped}"])
+        assert inner(build_source(cfg, data)).view.cache_dir == cache
 
 
 def test_a_tiny_run_with_mlm_replace(text_teacher, corpus_dir, tmp_path):  # noqa: F811

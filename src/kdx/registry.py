@@ -102,8 +102,11 @@ class Registry:
         return args
 
     def build(self, spec: dict[str, Any], where: str, **context):
+        """The entry `spec` names, called with its validated arguments and the context it declares (of
+        `context`: kdx passes what it has, e.g. the cache folder, and each entry takes what it needs)."""
         args = self.validate(spec, where)
-        return self.get(spec["name"]).fn(**context, **args)
+        entry = self.get(spec["name"])
+        return entry.fn(**{k: v for k, v in context.items() if k in entry.context}, **args)
 
 
 DATASETS = Registry("dataset", "kdx.data")
@@ -111,4 +114,6 @@ MODELS = Registry("model", "kdx.models")
 SOURCES = Registry("source", "kdx.sampling")
 LOSSES = Registry("loss", "kdx.distill.losses", "losses")
 HELDOUT = Registry("held-out distribution", "kdx.eval.heldout")
+# Augmentations, one registry per modality: `source.augment` names one of the data's modality
+VIEWS = {m: Registry(f"{m} view", "kdx.sampling") for m in ("image", "signal", "text")}
 ALL = {"datasets": DATASETS, "models": MODELS, "sources": SOURCES, "losses": LOSSES, "held-out": HELDOUT}

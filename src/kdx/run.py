@@ -21,7 +21,7 @@ from kdx.data.text import anchor_accuracy
 from kdx.device import resolve_device
 from kdx.distill.loop import distill
 from kdx.distill.losses import NEEDS_LABELS
-from kdx.distill.teacher import Teacher, get_teacher
+from kdx.distill.teacher import Teacher, cache_root, get_teacher
 from kdx.errors import KdxError
 from kdx.eval import distribution_names, heldout, heldout_metrics
 from kdx.io import save_arrays, save_torch, write_json
@@ -146,7 +146,7 @@ def execute(cfg: kconfig.RunConfig, run_dir: Path, resume: bool = False, overwri
 
 def build_source(cfg: kconfig.RunConfig, data) -> Source:
     """The run's source, checked against the loss (one-hot parts need labels)."""
-    source = SOURCES.build(cfg.source, "source", data=data, seed=cfg.seed)
+    source = SOURCES.build(cfg.source, "source", data=data, seed=cfg.seed, cache_dir=cache_root(cfg))
     check_source_fits_loss(cfg.distill, source)
     return source
 

@@ -21,7 +21,7 @@ from kdx import config as kconfig
 from kdx.data import Dataset, load_dataset
 from kdx.device import prepare_model, resolve_device
 from kdx.distill.loop import CHECKPOINT, LOG  # noqa: F401 - the loop's own files, named where it writes them
-from kdx.distill.teacher import Teacher, get_teacher
+from kdx.distill.teacher import Teacher, cache_root, get_teacher
 from kdx.errors import KdxError
 from kdx.io import write_text
 from kdx.models import build_model
@@ -31,8 +31,8 @@ CONFIG = "config.yaml"
 STUDENT = "student.pt"
 METRICS = "metrics.json"
 PROBES = "probes"
-DRAWS = "draws.npz"  # an adaptive source's picks per pool row (kdx.sampling.adaptive), for the explorer
 DEVIATION = "deviation.json"
+DRAWS = "draws.npz"  # an adaptive source's picks per pool row (kdx.sampling.adaptive), for the explorer
 # probes/ holds DEVIATION and these (kdx.probes.probe writes them; the explorer, studies and `kdx probe` read them)
 DEVIATION_PLOT = "deviation_{}.png"  # .format(distribution)
 REGIONS = "regions.csv"
@@ -63,7 +63,7 @@ class FinishedRun:
 
     def source(self):
         """The run's sample source, rebuilt with its seed (a fresh stream from step 0)."""
-        return SOURCES.build(self.cfg.source, "source", data=self.data, seed=self.cfg.seed)
+        return SOURCES.build(self.cfg.source, "source", data=self.data, seed=self.cfg.seed, cache_dir=cache_root(self.cfg))
 
 
 def load_student(run_dir: Path, cfg: kconfig.RunConfig, data: Dataset) -> torch.nn.Module:

@@ -132,14 +132,14 @@ def study_cmd(config: Path = typer.Argument(..., help="study YAML (configs/studi
 def findings_cmd(runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
                  out: Path = typer.Option(Path("docs/findings.md"), "--out", help="the page; its figures go to a folder "
                                           "named after it (docs/findings/)"),
-                 configs: Path = typer.Option(Path("configs"), "--configs", help="the folder holding studies/"),
+                 configs: Path = typer.Option(Path("configs"), "--configs", help="the folder holding studies/ and findings.yaml"),
                  run: bool = typer.Option(False, "--run", help="first run (or resume) every findings study and the "
                                           "eigen simulation"),
                  workers: int = typer.Option(1, "--workers", help="with --run: independent runs in parallel processes")):
     """docs/findings.md: the seed paper's claims at full budget, from the findings studies' run folders."""
     from kdx.study.findings import write_findings
 
-    print(f"wrote {write_findings(runs_dir, out, configs, run, workers)}")
+    print(f"wrote {write_findings(runs_dir, out, configs, run=run, workers=workers)}")
 
 
 @app.command("explore")
@@ -171,10 +171,11 @@ def explore_cmd(target: Path = typer.Argument(..., help="a probed run directory,
 
 @app.command("list")
 def list_cmd():
-    """List registered datasets, models, sources, losses and held-out distributions."""
-    from kdx.registry import ALL
+    """List registered datasets, models, sources, views (source.augment) by modality, losses and held-out distributions."""
+    from kdx.registry import ALL, VIEWS
 
-    for kind, reg in ALL.items():
+    views = {f"{modality} views (source.augment)": reg for modality, reg in VIEWS.items()}
+    for kind, reg in {**ALL, **views}.items():
         print(f"{kind}:")
         for e in reg.entries():
             print(f"  {e.name:22s} {e.description}")

@@ -33,8 +33,9 @@ TOKENIZER_FILES = [("tokenizer.json",), ("vocab.txt",), ("vocab.json", "merges.t
                    ("sentencepiece.bpe.model",)]
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("KDX_CACHE") or Path.home() / ".cache" / "kdx")
+def cache_dir(configured: str | Path | None = None) -> Path:
+    """kdx's cache folder (teachers, MLMs, tokenizers): the config's `cache_dir`, else $KDX_CACHE, else ~/.cache/kdx."""
+    return Path(configured or os.environ.get("KDX_CACHE") or Path.home() / ".cache" / "kdx")
 
 
 class Tokenizer:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from kdx.config import RunConfig
 from kdx.data.base import Dataset
+from kdx.data.text import cache_dir as cache_folder
 from kdx.device import prepare_model, resolve_device
 from kdx.distill.loop import CHECKPOINT, distill
 from kdx.io import save_torch, write_json
@@ -22,7 +22,7 @@ TEACHER_FORMAT = 1  # bump when the teacher recipe's meaning changes, to invalid
 
 
 def cache_root(cfg: RunConfig) -> Path:
-    return Path(cfg.cache_dir or os.environ.get("KDX_CACHE") or Path.home() / ".cache" / "kdx")
+    return cache_folder(cfg.cache_dir)
 
 
 class TeacherLogits:
@@ -86,7 +86,7 @@ def get_teacher(cfg: RunConfig, data: Dataset, progress_desc: str = "teacher") -
             recipe = cfg.teacher.train
             loop_cfg = recipe.loop_config(len(data.x_train), cfg.distill)
             source = SOURCES.build({"name": "train", "augment": recipe.augment}, "teacher.train.augment",
-                                   data=data, seed=cfg.teacher.seed)
+                                   data=data, seed=cfg.teacher.seed, cache_dir=cache_root(cfg))
             out_dir.mkdir(parents=True, exist_ok=True)
             write_json(out_dir / "recipe.json", {"data": cfg.data, "model": cfg.teacher.model,
                                                  "train": dataclasses.asdict(recipe), "seed": cfg.teacher.seed})

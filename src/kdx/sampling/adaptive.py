@@ -42,6 +42,7 @@ inputs that come without logits) are not included.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -158,9 +159,8 @@ class Scorer:
 
 
 class AdaptiveSource(Source):
-    def __init__(self, data: Dataset, seed: int, candidates: Source, score: str = "kl", pick: str = "topk",
-                 oversample: float = 2.0, beta: float = 1.0, regions: int = 20, floor: float = 0.1,
-                 refresh_every: int = 10, ema: float = 0.2, pca_dim: int = 64):
+    def __init__(self, data: Dataset, seed: int, candidates: Source, *, score: str, pick: str, oversample: float,
+                 beta: float, regions: int, floor: float, refresh_every: int, ema: float, pca_dim: int):
         super().__init__(data, seed)
         if score not in SCORES:
             raise KdxError(f"source 'adaptive': score '{score}' is unknown; valid: {', '.join(SCORES)}")
@@ -170,10 +170,10 @@ class AdaptiveSource(Source):
             raise KdxError("source 'adaptive': needs oversample >= 1, beta >= 0, 0 <= floor <= 1, 0 < ema <= 1, "
                            f"refresh_every >= 1 and regions >= 1; got oversample={oversample}, beta={beta}, "
                            f"floor={floor}, ema={ema}, refresh_every={refresh_every}, regions={regions}")
-        if score == "region" and not (isinstance(candidates, PoolSource) and candidates.augment == "none"):
+        if score == "region" and not (isinstance(candidates, PoolSource) and candidates.view is None):
             raise KdxError("source 'adaptive': score=region needs candidates with fixed inputs (a train or downstream "
                            f"pool without augmentation), got {type(candidates).__name__}"
-                           + (f" with augment={candidates.augment}" if isinstance(candidates, PoolSource) else ""))
+                           + (f" with augment={candidates.view.name}" if isinstance(candidates, PoolSource) else ""))
         self.cand, self.score, self.pick = candidates, score, pick
         self.oversample, self.beta, self.k, self.floor = oversample, beta, regions, floor
         self.refresh_every, self.ema, self.pca_dim = refresh_every, ema, pca_dim
@@ -329,13 +329,15 @@ class AdaptiveSource(Source):
                 self._index()
 
 
-@SOURCES.register(context=("data", "seed"))
-def adaptive(data: Dataset, seed: int, candidates: dict[str, Any] = {"name": "train"}, score: str = "kl",
+@SOURCES.register(context=("data", "seed", "cache_dir"))
+def adaptive(data: Dataset, seed: int, *, candidates: dict[str, Any] = {"name": "train"}, score: str = "kl",
              pick: str = "topk", oversample: float = 2.0, beta: float = 1.0, regions: int = 20, floor: float = 0.1,
-             refresh_every: int = 10, ema: float = 0.2, pca_dim: int = 64) -> AdaptiveSource:
+             refresh_every: int = 10, ema: float = 0.2, pca_dim: int = 64,
+             cache_dir: Path | None = None) -> AdaptiveSource:
     """Keep the candidates an acquisition score ranks highest (kl|tv|disagree|student_*|teacher_*|region)."""
     spec = dict(candidates)
     if "name" not in spec:
         raise KdxError("source 'adaptive' needs candidates: {name: SOURCE, ...} (e.g. {name: train, augment: mixup})")
-    cand = SOURCES.build(spec, "source.candidates", data=data, seed=seed)
-    return AdaptiveSource(data, seed, cand, score, pick, oversample, beta, regions, floor, refresh_every, ema, pca_dim)
+    cand = SOURCES.build(spec, "source.candidates", data=data, seed=seed, cache_dir=cache_dir)
+    return AdaptiveSource(data, seed, cand, score=score, pick=pick, oversample=oversample, beta=beta, regions=regions,
+                          floor=floor, refresh_every=refresh_every, ema=ema, pca_dim=pca_dim)

@@ -16,7 +16,7 @@ from kdx.data.base import Dataset
 from kdx.errors import KdxError
 from kdx.registry import SOURCES
 from kdx.sampling.base import step_generator
-from kdx.sampling.synthesis import SynthesisSource, config_args
+from kdx.sampling.synthesis import SynthesisSource
 
 
 class Generator(nn.Module):
@@ -100,8 +100,9 @@ class AdversarialSource(SynthesisSource):
 
 
 @SOURCES.register(context=("data", "seed"))
-def adversarial(data: Dataset, seed: int, loss: str = "l1", ratio: float = 0.2, lr: float = 1e-3, z_dim: int = 100,
+def adversarial(data: Dataset, seed: int, *, loss: str = "l1", ratio: float = 0.2, lr: float = 1e-3, z_dim: int = 100,
                 width: int = 64, batch: int = 256, pool_size: int = 256, refresh_every: int = 1,
                 max_nonfinite: float = 1e-3) -> AdversarialSource:
     """A generator trained online to maximise student-teacher discrepancy (l1|kl), `ratio` steps per student step."""
-    return AdversarialSource(data, seed, **config_args(locals()))
+    return AdversarialSource(data, seed, loss=loss, ratio=ratio, lr=lr, z_dim=z_dim, width=width, batch=batch,
+                             pool_size=pool_size, refresh_every=refresh_every, max_nonfinite=max_nonfinite)

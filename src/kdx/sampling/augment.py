@@ -1,11 +1,15 @@
-"""Batched augmentation on the device. Teacher and student see the same view (function matching).
+"""Image and signal views (kdx.sampling.view), batched on the device: crops and flips, mixup, cutmix.
 
-Each takes (x, y, generator, num_classes, mixup_alpha) and returns (x, y); mixing makes soft labels.
+Mixing makes soft labels (N, K) from int labels; unlabeled pools (y None) stay unlabeled.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from kdx.data.base import Dataset
+from kdx.registry import VIEWS
+from kdx.sampling.view import View
 
 
 def _soft(y: torch.Tensor | None, k: int) -> torch.Tensor | None:
@@ -14,8 +18,28 @@ def _soft(y: torch.Tensor | None, k: int) -> torch.Tensor | None:
     return F.one_hot(y, k).float()
 
 
-def flip_crop(x, y, g, k, alpha):
+@VIEWS["image"].register(context=("data",))
+@VIEWS["signal"].register(context=("data",))
+def flip_crop(data: Dataset) -> View:
     """Random crop after 4-pixel zero padding (1-D: shift); horizontal flip for images."""
+    return View(crop_and_flip)
+
+
+@VIEWS["image"].register(context=("data",))
+@VIEWS["signal"].register(context=("data",))
+def mixup(data: Dataset, *, mixup_alpha: float) -> View:
+    """Mixup with one Beta(mixup_alpha, mixup_alpha) weight per batch against a permutation of the batch."""
+    return View(lambda x, y, g: mix(x, y, g, data.num_classes, mixup_alpha))
+
+
+@VIEWS["image"].register(context=("data",))
+@VIEWS["signal"].register(context=("data",))
+def cutmix(data: Dataset, *, mixup_alpha: float) -> View:
+    """CutMix: paste a random box (weight Beta(mixup_alpha, mixup_alpha)) from a permuted batch; labels mixed by area."""
+    return View(lambda x, y, g: cut_and_paste(x, y, g, data.num_classes, mixup_alpha))
+
+
+def crop_and_flip(x, y, g):
     pad = 4
     n = x.shape[0]
     if x.ndim == 4:
@@ -35,16 +59,14 @@ def flip_crop(x, y, g, k, alpha):
     return torch.gather(xp, 2, cols), y
 
 
-def mixup(x, y, g, k, alpha):
-    """Mixup with one Beta(alpha, alpha) weight per batch against a permutation of the batch."""
+def mix(x, y, g, k, alpha):
     lam = _beta(alpha, g)
     perm = torch.randperm(x.shape[0], generator=g, device=g.device).to(x.device)
     ys = _soft(y, k)
     return lam * x + (1 - lam) * x[perm], (lam * ys + (1 - lam) * ys[perm]) if ys is not None else None
 
 
-def cutmix(x, y, g, k, alpha):
-    """CutMix: paste a random box from a permuted batch; labels mixed by the pasted area."""
+def cut_and_paste(x, y, g, k, alpha):
     lam = _beta(alpha, g)
     perm = torch.randperm(x.shape[0], generator=g, device=g.device).to(x.device)
     size = x.shape[2:]
@@ -61,14 +83,6 @@ def cutmix(x, y, g, k, alpha):
 def _beta(alpha: float, g: torch.Generator) -> float:
     # torch's Beta sampler takes no generator; the inverse CDF of a generator-drawn uniform keeps
     # the draw a function of (seed, step), so a resumed run mixes exactly as an uninterrupted one.
-    from scipy.stats import beta
+    from scipy.stats import beta  # here: scipy.stats takes seconds to import, and only mixing needs it
 
     return float(beta.ppf(float(torch.rand(1, generator=g, device=g.device)), alpha, alpha))
-
-
-def none(x, y, g, k, alpha):
-    """No augmentation."""
-    return x, y
-
-
-AUGMENTS = {"none": none, "flip_crop": flip_crop, "mixup": mixup, "cutmix": cutmix}

@@ -20,6 +20,7 @@ the batch, so every rank's rewards, weights and component streams stay equal.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,8 +35,8 @@ from kdx.sampling.mixture import MixtureSource
 
 
 class AdaptiveMixture(MixtureSource):
-    def __init__(self, data: Dataset, seed: int, parts: list[Source], weights: list[float], tau: float = 0.5,
-                 floor: float = 0.1, ema: float = 0.2, refresh_every: int = 1):
+    def __init__(self, data: Dataset, seed: int, parts: list[Source], weights: list[float], *, tau: float,
+                 floor: float, ema: float, refresh_every: int):
         super().__init__(data, seed, parts, weights)
         if tau <= 0 or not 0 <= floor <= 1 or not 0 < ema <= 1 or refresh_every < 1:
             raise KdxError("source 'adaptive_mixture': needs tau > 0, 0 <= floor <= 1, 0 < ema <= 1 and "
@@ -68,9 +69,9 @@ class AdaptiveMixture(MixtureSource):
         if step // self.refresh_every != self.refreshed:
             self.weights, self.refreshed = self.policy(), step // self.refresh_every
             self.history[step] = self.weights.tolist()
-        counts = self.counts(step, n)
+        sizes = self.split(step, n)
         batches = []
-        for p, c in zip(self.parts, counts):
+        for p, c in zip(self.parts, sizes):
             if c > 0:
                 b = p.batch(step, c)
                 if b.teacher_logits is None:
@@ -82,9 +83,9 @@ class AdaptiveMixture(MixtureSource):
         t = torch.cat([b.teacher_logits for b in batches])
         kl = kl_rows(t, self.scorer.run_student(x))
         self.scorer.counts["candidates_drawn"] += len(x)
-        arm = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)).to(kl.device)
-        count = torch.tensor(counts, dtype=torch.float64)
-        mean = (torch.zeros(len(counts), dtype=torch.float64, device=kl.device).index_add_(0, arm, kl).cpu()
+        arm = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)).to(kl.device)
+        count = torch.tensor(sizes, dtype=torch.float64)
+        mean = (torch.zeros(len(sizes), dtype=torch.float64, device=kl.device).index_add_(0, arm, kl).cpu()
                 / count.clamp_min(1))
         old = self.rewards
         upd = torch.where(torch.isnan(old), mean, (1 - self.ema) * old + self.ema * mean)
@@ -122,9 +123,10 @@ class AdaptiveMixture(MixtureSource):
         self.history = {int(k): list(v) for k, v in state["history"].items()}
 
 
-@SOURCES.register(context=("data", "seed"))
-def adaptive_mixture(data: Dataset, seed: int, components: list[dict[str, Any]] = [], tau: float = 0.5,
-                     floor: float = 0.1, ema: float = 0.2, refresh_every: int = 1) -> AdaptiveMixture:
+@SOURCES.register(context=("data", "seed", "cache_dir"))
+def adaptive_mixture(data: Dataset, seed: int, *, components: list[dict[str, Any]] = [], tau: float = 0.5,
+                     floor: float = 0.1, ema: float = 0.2, refresh_every: int = 1,
+                     cache_dir: Path | None = None) -> AdaptiveMixture:
     """A mixture whose weights follow each component's teacher-student KL (a bandit with a floor)."""
     if not components:
         raise KdxError("source 'adaptive_mixture' needs components: a list of {name: SOURCE, weight: W, ...} "
@@ -135,7 +137,8 @@ def adaptive_mixture(data: Dataset, seed: int, components: list[dict[str, Any]] 
         weights.append(float(comp.pop("weight", 1.0)))
         if comp.get("name") in ("mixture", "adaptive_mixture"):
             raise KdxError("source 'adaptive_mixture' cannot contain another mixture; flatten the components")
-        parts.append(SOURCES.build(comp, f"source.components[{i}]", data=data, seed=seed * 1000 + i))
+        parts.append(SOURCES.build(comp, f"source.components[{i}]", data=data, seed=seed * 1000 + i,
+                                   cache_dir=cache_dir))
     if min(weights) < 0 or sum(weights) <= 0:
         raise KdxError(f"source 'adaptive_mixture': weights must be non-negative with a positive sum, got {weights}")
-    return AdaptiveMixture(data, seed, parts, weights, tau, floor, ema, refresh_every)
+    return AdaptiveMixture(data, seed, parts, weights, tau=tau, floor=floor, ema=ema, refresh_every=refresh_every)

@@ -12,6 +12,7 @@ import hashlib
 import torch
 
 from kdx.data.base import Dataset, model_input
+from kdx.sampling.view import View
 
 
 @dataclasses.dataclass
@@ -67,31 +68,12 @@ class Source:
 
 
 class PoolSource(Source):
-    """A fixed pool of stored inputs, drawn without replacement in per-epoch permutations."""
+    """A fixed pool of stored inputs, drawn without replacement in per-epoch permutations, each batch
+    seen through `view` (kdx.sampling.view) if one is given."""
 
-    def __init__(self, data: Dataset, seed: int, x: torch.Tensor, y: torch.Tensor | None, augment: str = "none",
-                 mixup_alpha: float = 1.0, p: float = 0.1, mlm: dict | None = None, top_k: int = 15):
+    def __init__(self, data: Dataset, seed: int, x: torch.Tensor, y: torch.Tensor | None, view: View | None = None):
         super().__init__(data, seed)
-        from kdx.errors import KdxError
-        from kdx.sampling.augment import AUGMENTS
-        from kdx.sampling.text import TEXT_AUGMENTS
-
-        valid = ["none", *TEXT_AUGMENTS, "mlm_replace"] if data.is_text else list(AUGMENTS)
-        if augment not in valid:
-            other = augment in AUGMENTS or augment in TEXT_AUGMENTS or augment == "mlm_replace"
-            raise KdxError(f"source augment '{augment}' {'does not apply to ' + data.modality + ' data' if other else 'is unknown'}"
-                           f"; valid for dataset '{data.name}': {', '.join(valid)}")
-        if not 0.0 <= p <= 1.0:
-            raise KdxError(f"source augment probability p={p} must be in [0, 1]")
-        self.x, self.y, self.augment, self.mixup_alpha, self.p = x, y, augment, mixup_alpha, p
-        self.mlm_settings, self.top_k, self.mlm = mlm, top_k, None
-        if augment == "mlm_replace":
-            from kdx.sampling.mlm import mask_id, mlm_settings
-
-            mlm_settings(mlm)  # refuse unknown settings at build time, before any training
-            mask_id(data)
-            if not 1 <= top_k <= len(data.candidate_ids()):
-                raise KdxError(f"source top_k={top_k} must be in 1..{len(data.candidate_ids())}")
+        self.x, self.y, self.view = x, y, view
         self.has_labels = y is not None
         self.epoch_size = len(x)
         self.cursor = 0
@@ -102,11 +84,9 @@ class PoolSource(Source):
         super().setup(device, teacher_logits_fn)
         self.x = self.x.to(device)
         self.y = self.y.to(device) if self.y is not None else None
-        if self.augment == "mlm_replace" and self.mlm is None:
-            from kdx.sampling.mlm import get_mlm
-
-            self.mlm = get_mlm(self.data, self.mlm_settings, device)  # trained once, cached like a teacher
-        if self.augment == "none" and teacher_logits_fn is not None:
+        if self.view is not None:
+            self.view.setup(device)
+        elif teacher_logits_fn is not None:
             self.cached_logits = teacher_logits_fn(self.x)  # the exact stored inputs: safe to cache
 
     def _permutation(self, epoch: int) -> torch.Tensor:
@@ -126,26 +106,13 @@ class PoolSource(Source):
         return torch.cat(out)
 
     def batch(self, step: int, n: int) -> Batch:
-        from kdx.sampling.augment import AUGMENTS
-
         idx = self.indices(n)
         self.last_indices = idx  # which pool rows this batch holds (an adaptive source logs its picks by them)
         x, y = model_input(self.x[idx]), (self.y[idx] if self.y is not None else None)
-        if self.augment == "none":
+        if self.view is None:
             return Batch(x, y, self.cached_logits[idx] if self.cached_logits is not None else None)
-        g = step_generator(self.seed, step, self.device, "augment")
-        if self.augment == "mlm_replace":  # masked-LM replacements (TinyBERT); labels unchanged
-            from kdx.sampling.mlm import mlm_replace
-
-            if self.mlm is None:
-                self.setup(self.device, None)
-            return Batch(mlm_replace(x, g, self.data, self.p, self.mlm, self.top_k), y, None)
-        if self.data.is_text:  # token-level views; labels unchanged
-            from kdx.sampling.text import TEXT_AUGMENTS
-
-            return Batch(TEXT_AUGMENTS[self.augment](x, g, self.data, self.p), y, None)
-        x, y = AUGMENTS[self.augment](x, y, g, self.data.num_classes, self.mixup_alpha)
-        return Batch(x, y, None)
+        x, y = self.view(x, y, step_generator(self.seed, step, self.device, "augment"))
+        return Batch(x, y, None)  # a fresh view: the loop runs the teacher on it
 
     def skip(self, step: int, n: int) -> None:
         self.cursor += n

@@ -11,7 +11,7 @@ from kdx.data.base import Dataset, model_input
 from kdx.errors import KdxError
 from kdx.registry import SOURCES
 from kdx.sampling.base import step_generator
-from kdx.sampling.synthesis import SynthesisSource, config_args, entropy
+from kdx.sampling.synthesis import SynthesisSource, entropy
 
 
 class BoundarySource(SynthesisSource):
@@ -45,8 +45,9 @@ class BoundarySource(SynthesisSource):
 
 
 @SOURCES.register(context=("data", "seed"))
-def boundary(data: Dataset, seed: int, start: str = "train", steps: int = 10, step_size: float = 0.01,
+def boundary(data: Dataset, seed: int, *, start: str = "train", steps: int = 10, step_size: float = 0.01,
              batch: int = 256, pool_size: int = 10240, refresh_every: int = 1,
              max_nonfinite: float = 1e-3) -> BoundarySource:
     """Inputs where the teacher is unsure: ascend its predictive entropy from train inputs or noise."""
-    return BoundarySource(data, seed, **config_args(locals()))
+    return BoundarySource(data, seed, start=start, steps=steps, step_size=step_size, batch=batch, pool_size=pool_size,
+                          refresh_every=refresh_every, max_nonfinite=max_nonfinite)

@@ -1,6 +1,7 @@
 """A downstream set: the inputs the student will serve, maybe of another domain; labels never used."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from kdx.data import load_dataset
@@ -8,12 +9,16 @@ from kdx.data.base import Dataset
 from kdx.errors import KdxError
 from kdx.registry import SOURCES
 from kdx.sampling.base import PoolSource
+from kdx.sampling.view import resolve_view
 
 
-@SOURCES.register(context=("data", "seed"))
-def downstream(data: Dataset, seed: int, dataset: str = "fashion_mnist_shifted", split: str = "train",
-               args: dict[str, Any] = {}, augment: str = "none", p: float = 0.1) -> PoolSource:
-    """Unlabeled inputs from any registered dataset and split (dataset=self: the run's own, split may name its extra sets, e.g. short_train)."""
+@SOURCES.register(context=("data", "seed", "cache_dir"))
+def downstream(data: Dataset, seed: int, *, dataset: str = "fashion_mnist_shifted", split: str = "train",
+               args: dict[str, Any] = {}, augment: str = "none", mixup_alpha: float = 1.0, p: float = 0.1,
+               mlm: dict = {}, top_k: int = 15, cache_dir: Path | None = None) -> PoolSource:
+    """Unlabeled inputs from any registered dataset and split (dataset=self: the run's own, split may name its extra sets, e.g. short_train).
+
+    `augment` and its settings as for the `train` source (an mlm_replace MLM is trained on the teacher's train set)."""
     other = data if dataset == "self" else load_dataset({"name": dataset, **args}, f"source.dataset={dataset}")
     splits = ["train", "test", *other.extra]
     if split not in splits:
@@ -26,4 +31,5 @@ def downstream(data: Dataset, seed: int, dataset: str = "fashion_mnist_shifted",
     if tuple(x.shape[1:]) != data.input_shape:
         raise KdxError(f"source 'downstream': dataset '{dataset}' has inputs {tuple(x.shape[1:])}, "
                        f"but the teacher takes {data.input_shape}")
-    return PoolSource(data, seed, x, None, augment, p=p)
+    view = resolve_view(data, augment, cache_dir=cache_dir, mixup_alpha=mixup_alpha, p=p, mlm=mlm, top_k=top_k)
+    return PoolSource(data, seed, x, None, view)

@@ -16,9 +16,11 @@ import torch.nn.functional as F
 
 from kdx.data.base import Dataset, model_input
 from kdx.errors import KdxError
+from kdx.models import predict
 from kdx.registry import SOURCES
 from kdx.sampling.base import Source, step_generator
-from kdx.sampling.synthesis import SynthesisSource, config_args
+from kdx.sampling.synthesis import SynthesisSource
+from kdx.sampling.text import random_sequences
 
 
 def embedding_layer(model: torch.nn.Module) -> torch.nn.Embedding:
@@ -77,8 +79,6 @@ class HotFlipSource(SynthesisSource):
         self.specials = torch.tensor(self.data.special_ids or [-1], device=device)
 
     def synthesize(self, step: int) -> torch.Tensor:
-        from kdx.sampling.text import random_sequences
-
         d, g, n = self.data, step_generator(self.seed, step, self.device, "hotflip"), self.synth_batch
         if self.start == "train":
             idx = torch.randint(len(d.x_train), (n,), generator=g, device=self.device)
@@ -127,8 +127,6 @@ class HotFlipSource(SynthesisSource):
     def make(self, step: int):
         """A new batch and the teacher's logits on it; checks that ids are valid (in the vocabulary,
         padding only at the end) instead of the continuous sources' box."""
-        from kdx.models import predict
-
         x = self.synthesize(step).detach()
         d = self.data
         mask = x != d.pad_id
@@ -141,8 +139,9 @@ class HotFlipSource(SynthesisSource):
 
 
 @SOURCES.register(context=("data", "seed"))
-def hotflip(data: Dataset, seed: int, start: str = "unigram", objective: str = "class", flips: int = 4,
+def hotflip(data: Dataset, seed: int, *, start: str = "unigram", objective: str = "class", flips: int = 4,
             positions: int = 8, batch: int = 256, pool_size: int = 10240, refresh_every: int = 10,
             max_nonfinite: float = 1e-3) -> HotFlipSource:
     """Text synthesis: HotFlip token substitutions by the embedding gradient, toward a class or student-teacher discrepancy."""
-    return HotFlipSource(data, seed, **config_args(locals()))
+    return HotFlipSource(data, seed, start=start, objective=objective, flips=flips, positions=positions, batch=batch,
+                         pool_size=pool_size, refresh_every=refresh_every, max_nonfinite=max_nonfinite)

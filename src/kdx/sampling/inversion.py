@@ -25,7 +25,7 @@ from torch import nn
 from kdx.data.base import Dataset
 from kdx.registry import SOURCES
 from kdx.sampling.base import step_generator
-from kdx.sampling.synthesis import SynthesisSource, config_args
+from kdx.sampling.synthesis import SynthesisSource
 
 
 def total_variation(z: torch.Tensor) -> torch.Tensor:
@@ -121,9 +121,11 @@ class InversionSource(SynthesisSource):
 
 
 @SOURCES.register(context=("data", "seed"))
-def inversion(data: Dataset, seed: int, iterations: int = 20, lr: float = 0.25, bn: float = 10.0,
+def inversion(data: Dataset, seed: int, *, iterations: int = 20, lr: float = 0.25, bn: float = 10.0,
               tv: float = 2.5e-5, l2: float = 0.0, adaptive: float = 0.0, temperature: float = 3.0, jitter: int = 2,
               batch: int = 256, pool_size: int = 10240, refresh_every: int = 10,
               max_nonfinite: float = 1e-3, cosine: bool = False) -> InversionSource:
     """DeepInversion: inputs optimised for sampled classes, BatchNorm statistics, TV/L2 priors (+adaptive JS)."""
-    return InversionSource(data, seed, **config_args(locals()))
+    return InversionSource(data, seed, iterations=iterations, lr=lr, bn=bn, tv=tv, l2=l2, adaptive=adaptive,
+                           temperature=temperature, jitter=jitter, batch=batch, pool_size=pool_size,
+                           refresh_every=refresh_every, max_nonfinite=max_nonfinite, cosine=cosine)

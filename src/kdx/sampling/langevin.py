@@ -15,7 +15,7 @@ from kdx.data.base import Dataset
 from kdx.errors import KdxError
 from kdx.registry import SOURCES
 from kdx.sampling.base import step_generator
-from kdx.sampling.synthesis import SynthesisSource, config_args
+from kdx.sampling.synthesis import SynthesisSource
 
 
 def energy(logits: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
@@ -59,8 +59,10 @@ class LangevinSource(SynthesisSource):
 
 
 @SOURCES.register(context=("data", "seed"))
-def langevin(data: Dataset, seed: int, steps: int = 20, step_size: float = 1.0, noise: float = 0.01,
+def langevin(data: Dataset, seed: int, *, steps: int = 20, step_size: float = 1.0, noise: float = 0.01,
              start: str = "buffer", reinit: float = 0.05, conditional: bool = False, batch: int = 256,
              pool_size: int = 10240, refresh_every: int = 1, max_nonfinite: float = 1e-3) -> LangevinSource:
     """SGLD on the teacher's energy -logsumexp f(x), from noise or a replay buffer of earlier samples."""
-    return LangevinSource(data, seed, **config_args(locals()))
+    return LangevinSource(data, seed, steps=steps, step_size=step_size, noise=noise, start=start, reinit=reinit,
+                          conditional=conditional, batch=batch, pool_size=pool_size, refresh_every=refresh_every,
+                          max_nonfinite=max_nonfinite)

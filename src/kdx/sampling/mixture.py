@@ -1,6 +1,7 @@
 """A mixture of other sources: each batch splits its samples among components by weight."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,18 +25,19 @@ class MixtureSource(Source):
         for p in self.parts:
             p.setup(device, teacher_logits_fn, teacher=teacher, student=student)
 
-    def counts(self, step: int, n: int) -> list[int]:
+    def split(self, step: int, n: int) -> list[int]:
+        """How many of the step's n samples each component gives (drawn by weight)."""
         g = step_generator(self.seed, step, torch.device("cpu"), "mixture")
         return torch.bincount(torch.multinomial(self.weights, n, replacement=True, generator=g),
                               minlength=len(self.parts)).tolist()
 
     def skip(self, step: int, n: int) -> None:
-        for p, c in zip(self.parts, self.counts(step, n)):
+        for p, c in zip(self.parts, self.split(step, n)):
             if c > 0:
                 p.skip(step, c)
 
     def batch(self, step: int, n: int) -> Batch:
-        batches = [p.batch(step, c) for p, c in zip(self.parts, self.counts(step, n)) if c > 0]
+        batches = [p.batch(step, c) for p, c in zip(self.parts, self.split(step, n)) if c > 0]
         x = torch.cat([b.x for b in batches])
         logits = (torch.cat([b.teacher_logits for b in batches])
                   if all(b.teacher_logits is not None for b in batches) else None)
@@ -55,8 +57,9 @@ class MixtureSource(Source):
             p.load_state_dict(s)
 
 
-@SOURCES.register(context=("data", "seed"))
-def mixture(data: Dataset, seed: int, components: list[dict[str, Any]] = []) -> MixtureSource:
+@SOURCES.register(context=("data", "seed", "cache_dir"))
+def mixture(data: Dataset, seed: int, *, components: list[dict[str, Any]] = [],
+            cache_dir: Path | None = None) -> MixtureSource:
     """Weights over other sources, e.g. components: [{name: train, weight: 0.5}, {name: noise, weight: 0.5}]."""
     if not components:
         raise KdxError("source 'mixture' needs components: a list of {name: SOURCE, weight: W, ...}")
@@ -66,7 +69,8 @@ def mixture(data: Dataset, seed: int, components: list[dict[str, Any]] = []) -> 
         w = float(comp.pop("weight", 1.0))
         if comp.get("name") == "mixture":
             raise KdxError("source 'mixture' cannot contain another mixture; flatten the components")
-        parts.append(SOURCES.build(comp, f"source.components[{i}]", data=data, seed=seed * 1000 + i))
+        parts.append(SOURCES.build(comp, f"source.components[{i}]", data=data, seed=seed * 1000 + i,
+                                   cache_dir=cache_dir))
         weights.append(w)
     if min(weights) < 0 or sum(weights) <= 0:
         raise KdxError(f"source 'mixture': weights must be non-negative with a positive sum, got {weights}")

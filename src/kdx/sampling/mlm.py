@@ -1,9 +1,10 @@
 """Masked-LM replacement views in the style of TinyBERT's data augmentation (Jiao et al., 2020).
 
 A small masked LM (`BertForMaskedLM`, from scratch, sized by `MLM_DEFAULTS` or the source's `mlm:`
-settings) is trained ONCE on the train set's token ids and cached under $KDX_CACHE/mlm by a hash of
-those ids and the settings (written atomically; a lock makes concurrent workers wait for one
-training instead of each training their own). A view then selects each word (WordPiece word, as in
+settings) is trained ONCE on the train set's token ids and cached in mlm/ under the config's
+`cache_dir` (else $KDX_CACHE, as teachers are) by a hash of those ids and the settings (written
+atomically; a lock makes concurrent workers wait for one training instead of each training their
+own). The `mlm_replace` view (kdx.sampling.view) then selects each word (WordPiece word, as in
 `kdx.sampling.text`) with probability p, masks all its tokens, runs the MLM once on the masked batch
 (on the device) and replaces each masked token with one of the MLM's top-k candidates at that
 position, drawn uniformly (TinyBERT: k=15). Candidates never include padding or special tokens, and
@@ -15,6 +16,7 @@ step)) and the MLM runs in eval mode, so a resumed run draws the same views.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import math
@@ -24,7 +26,12 @@ from pathlib import Path
 import torch
 
 from kdx.data.base import Dataset
+from kdx.data.text import cache_dir as cache_folder
 from kdx.errors import KdxError
+from kdx.io import save_torch, write_json
+from kdx.registry import VIEWS
+from kdx.sampling.text import word_index
+from kdx.sampling.view import View, check_probability
 
 MLM_FORMAT = 1  # bump when the MLM's training recipe changes meaning
 MLM_DEFAULTS = {"layers": 2, "hidden": 128, "heads": 2, "intermediate": 512, "epochs": 2.0, "batch_size": 64,
@@ -54,11 +61,10 @@ def mlm_key(data: Dataset, settings: dict) -> str:
     return h.hexdigest()[:16]
 
 
-def mlm_path(data: Dataset, settings: dict | None = None) -> Path:
-    from kdx.data.text import cache_dir
-
+def mlm_path(data: Dataset, settings: dict | None = None, *, cache_dir: Path | None = None) -> Path:
+    """Where the MLM is cached: under the run's cache folder (`cache_dir` in the config), else $KDX_CACHE."""
     s = mlm_settings(settings)
-    return cache_dir() / "mlm" / f"bert-{mlm_key(data, s)}" / "mlm.pt"
+    return cache_folder(cache_dir) / "mlm" / f"bert-{mlm_key(data, s)}" / "mlm.pt"
 
 
 def build_mlm(data: Dataset, s: dict):
@@ -79,8 +85,6 @@ def masked_logits(mlm, inp: torch.Tensor, attn: torch.Tensor, sel: torch.Tensor)
 
 @contextlib.contextmanager
 def _lock(path: Path):
-    import fcntl
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -128,13 +132,11 @@ def train_mlm(data: Dataset, s: dict, device) -> tuple[object, dict]:
     return mlm.eval(), stats
 
 
-def get_mlm(data: Dataset, settings: dict | None = None, device="cpu"):
+def get_mlm(data: Dataset, settings: dict | None = None, device="cpu", *, cache_dir: Path | None = None):
     """The cached MLM for this train set and settings (trained here once, under a lock, if missing)."""
-    from kdx.io import save_torch, write_json
-
     s = mlm_settings(settings)
     mask_id(data)
-    path = mlm_path(data, s)
+    path = mlm_path(data, s, cache_dir=cache_dir)
     with _lock(path.parent.with_suffix(".lock")):
         if not path.exists():
             mlm, stats = train_mlm(data, s, torch.device("cpu") if str(device) == "cpu" else device)
@@ -148,9 +150,7 @@ def get_mlm(data: Dataset, settings: dict | None = None, device="cpu"):
 
 def mlm_selection(x: torch.Tensor, g: torch.Generator, data: Dataset, p: float) -> torch.Tensor:
     """Which tokens a view replaces: every token of each word selected with probability p (never specials)."""
-    from kdx.sampling.text import _words
-
-    mask, special, widx = _words(x, data)
+    mask, special, widx = word_index(x, data)
     pick = torch.rand(x.shape, generator=g, device=g.device).to(x.device) < p
     return pick.gather(1, widx) & mask & ~special
 
@@ -185,3 +185,32 @@ def candidate_logits(mlm, x: torch.Tensor, sel: torch.Tensor, data: Dataset) -> 
     was_start = data.word_start.to(x.device)[x[sel]]
     allowed = torch.where(was_start.view(-1, 1), starts.view(1, -1), conts.view(1, -1))
     return logits.masked_fill(~allowed, float("-inf"))
+
+
+class MLMReplaceView(View):
+    """The mlm_replace view: its MLM is loaded (trained once and cached, if missing) at setup."""
+
+    def __init__(self, data: Dataset, *, p: float, settings: dict, top_k: int, cache_dir: Path | None):
+        super().__init__()
+        self.data, self.p, self.settings, self.top_k, self.cache_dir = data, p, settings, top_k, cache_dir
+        self.mlm = None
+
+    def setup(self, device) -> None:
+        if self.mlm is None:
+            self.mlm = get_mlm(self.data, self.settings, device, cache_dir=self.cache_dir)
+
+    def __call__(self, x, y, g):
+        if self.mlm is None:  # a batch drawn before setup: the MLM on the inputs' device
+            self.setup(x.device)
+        return mlm_replace(x, g, self.data, self.p, self.mlm, self.top_k), y
+
+
+@VIEWS["text"].register("mlm_replace", context=("data", "cache_dir"))
+def mlm_replace_view(data: Dataset, *, p: float, mlm: dict, top_k: int, cache_dir: Path | None = None) -> View:
+    """Masked-LM replacement (TinyBERT): each word with probability p replaced by one of the MLM's top_k candidates."""
+    check_probability(p)
+    mlm_settings(mlm)  # refuse unknown settings at build time, before any training
+    mask_id(data)
+    if not 1 <= top_k <= len(data.candidate_ids()):
+        raise KdxError(f"source top_k={top_k} must be in 1..{len(data.candidate_ids())}")
+    return MLMReplaceView(data, p=p, settings=mlm, top_k=top_k, cache_dir=cache_dir)

@@ -9,6 +9,7 @@ from kdx.data.base import Dataset
 from kdx.errors import KdxError
 from kdx.registry import SOURCES
 from kdx.sampling.base import Batch, Source, step_generator
+from kdx.sampling.text import random_sequences
 
 KINDS = {"image": ("uniform", "gaussian"), "signal": ("uniform", "gaussian"), "text": ("uniform", "unigram")}
 
@@ -25,8 +26,6 @@ class NoiseSource(Source):
     def batch(self, step: int, n: int) -> Batch:
         d, g = self.data, step_generator(self.seed, step, self.device, "noise")
         if d.is_text:
-            from kdx.sampling.text import random_sequences
-
             return Batch(random_sequences(d, n, g, self.device, self.kind))
         if self.kind == "uniform":
             return Batch(d.uniform_in_box(n, g, self.device))

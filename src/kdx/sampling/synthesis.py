@@ -16,6 +16,7 @@ import torch
 
 from kdx.data.base import Dataset
 from kdx.errors import KdxError
+from kdx.models import predict
 from kdx.sampling.base import Batch, Source, step_generator
 
 
@@ -71,8 +72,6 @@ class SynthesisSource(Source):
 
     def make(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A new checked batch and the teacher's logits on exactly those inputs."""
-        from kdx.models import predict
-
         self._counts = torch.zeros(2, dtype=torch.long, device=self.device)
         self._values = 0
         x = self.keep_in_box(self.synthesize(step).detach())  # the final guarantee, whatever the method did
@@ -119,12 +118,6 @@ class SynthesisSource(Source):
         if state["pool"] is not None:
             self.pool_x, self.pool_logits = (t.to(self.device) for t in state["pool"])
         self.written, self.last_refresh, self.totals = state["written"], state["last_refresh"], dict(state["totals"])
-
-
-def config_args(args: dict) -> dict:
-    """A registered function's `locals()` less the injected data and seed: its config arguments, passed on
-    by keyword (each method's class takes its own and hands the pool's to SynthesisSource)."""
-    return {k: v for k, v in args.items() if k not in ("data", "seed")}
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""Token-level operations for text sources, batched on the device: word dropout and word swap views
-(augmentations the teacher sees too), and random token sequences whose lengths follow the train set's.
+"""Token-level operations for text sources, batched on the device: the word dropout and word swap views
+(kdx.sampling.view; the teacher sees them too), and random token sequences whose lengths follow the
+train set's.
 
 Words are WordPiece words: a token that does not start with '##' starts one (`data.word_start`); the
 special tokens ([CLS], [SEP]) stay where they are and padding stays at the end, so every output is
@@ -11,6 +12,8 @@ from __future__ import annotations
 import torch
 
 from kdx.data.base import Dataset
+from kdx.registry import VIEWS
+from kdx.sampling.view import View, check_probability
 
 
 def _specials(x: torch.Tensor, data: Dataset) -> torch.Tensor:
@@ -18,7 +21,7 @@ def _specials(x: torch.Tensor, data: Dataset) -> torch.Tensor:
     return torch.isin(x, ids)
 
 
-def _words(x: torch.Tensor, data: Dataset):
+def word_index(x: torch.Tensor, data: Dataset):
     """(mask, special, word index per token): each special token is a word of its own."""
     mask = x != data.pad_id
     special = _specials(x, data) & mask
@@ -36,7 +39,7 @@ def _compact(x: torch.Tensor, keep: torch.Tensor, pad_id: int) -> torch.Tensor:
 
 def word_dropout(x: torch.Tensor, g: torch.Generator, data: Dataset, p: float) -> torch.Tensor:
     """Drop each word with probability p (never the special tokens, never every word of a row)."""
-    mask, special, widx = _words(x, data)
+    mask, special, widx = word_index(x, data)
     drop_word = torch.rand(x.shape, generator=g, device=g.device).to(x.device) < p
     drop = drop_word.gather(1, widx) & mask & ~special
     content = mask & ~special
@@ -47,7 +50,7 @@ def word_dropout(x: torch.Tensor, g: torch.Generator, data: Dataset, p: float) -
 
 def word_swap(x: torch.Tensor, g: torch.Generator, data: Dataset, p: float) -> torch.Tensor:
     """Move each word past its right neighbour with probability p (local shuffling; specials stay put)."""
-    mask, special, widx = _words(x, data)
+    mask, special, widx = word_index(x, data)
     n, length = x.shape
     move = (torch.rand(x.shape, generator=g, device=g.device).to(x.device) < p).float() * 1.5
     word_key = torch.arange(length, device=x.device).float().expand(n, length) + move
@@ -60,7 +63,18 @@ def word_swap(x: torch.Tensor, g: torch.Generator, data: Dataset, p: float) -> t
     return x.gather(1, torch.sort(key, dim=1, stable=True).indices)
 
 
-TEXT_AUGMENTS = {"word_dropout": word_dropout, "word_swap": word_swap}
+@VIEWS["text"].register("word_dropout", context=("data",))
+def word_dropout_view(data: Dataset, *, p: float) -> View:
+    """Word dropout: each word dropped with probability p (specials kept, never every word of a row)."""
+    check_probability(p)
+    return View(lambda x, y, g: (word_dropout(x, g, data, p), y))
+
+
+@VIEWS["text"].register("word_swap", context=("data",))
+def word_swap_view(data: Dataset, *, p: float) -> View:
+    """Word swap: each word moved past its right neighbour with probability p (specials stay put)."""
+    check_probability(p)
+    return View(lambda x, y, g: (word_swap(x, g, data, p), y))
 
 
 def random_sequences(data: Dataset, n: int, g: torch.Generator, device, kind: str = "uniform") -> torch.Tensor:

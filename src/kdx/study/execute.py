@@ -15,11 +15,10 @@ from kdx.errors import KdxError
 from kdx.io import write_json
 from kdx.probes import ProbeOptions, probe
 from kdx.run import execute
-from kdx.rundir import METRICS, PROBES
+from kdx.rundir import DEVIATION, METRICS, PROBES
+from kdx.study.folders import TIMING
 from kdx.study.plan import PlannedRun, plan
 from kdx.study.report import write_reports
-
-TIMING = "timing.json"  # in the study folder: wall seconds of each invocation
 
 
 def _run_one(cfg: kconfig.RunConfig, run_dir: Path, threads: int, probe_options: ProbeOptions | None) -> str:
@@ -75,7 +74,7 @@ def run_study(study_path: str | Path, runs_dir: str | Path = "runs", workers: in
             seen.add(key)
             get_teacher(r.cfg, load_dataset(r.cfg.data))
     todo = [r for r in runs if not (out / "runs" / r.name / METRICS).exists()
-            or (study.probe and not (out / "runs" / r.name / PROBES / "deviation.json").exists())]
+            or (study.probe and not (out / "runs" / r.name / PROBES / DEVIATION).exists())]
     print(f"study {study.name}: {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to do")
     probe_options = ProbeOptions(on=study.probe_on, source_n=study.probe_source_n, map=False) if study.probe else None
     if executor == "ray":

@@ -5,7 +5,6 @@ import base64
 import csv
 import html
 import io
-import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -13,32 +12,36 @@ import numpy as np
 
 from kdx.eval.statistics import mean_interval
 from kdx.io import figure_png, pyplot, write_text
-from kdx.rundir import read_metrics
+from kdx.study.folders import Run
+from kdx.study.plan import PlannedRun
 
-METRICS = ["n", "teacher_acc", "student_acc", "agreement", "kl_teacher_student", "tv", "teacher_nll", "student_nll",
-           "teacher_ece", "student_ece", "acc_diff", "acc_diff_ci", "mcnemar_p"]
+# the eval fields of metrics.json that summary.csv carries, per run and distribution
+METRIC_KEYS = ["n", "teacher_acc", "student_acc", "agreement", "kl_teacher_student", "tv", "teacher_nll", "student_nll",
+               "teacher_ece", "student_ece", "acc_diff", "acc_diff_ci", "mcnemar_p"]
 ALPHA = 0.05
 
 
-def _slopes(run_dir: Path) -> dict:
+def beats_loses(evals: list[dict]) -> tuple[int, int]:
+    """Seeds whose student beats / loses to its teacher: accuracies differ with exact McNemar p < ALPHA on the
+    same inputs (`evals`: one eval entry of metrics.json per seed, or summary rows carrying its fields)."""
+    return (sum(1 for e in evals if e["mcnemar_p"] < ALPHA and e["acc_diff"] > 0),
+            sum(1 for e in evals if e["mcnemar_p"] < ALPHA and e["acc_diff"] < 0))
+
+
+def _slopes(run: Run) -> dict:
     """{distribution: slope} for the teacher's top-1 class, from the run's probe, if it was probed."""
-    path = run_dir / "probes" / "deviation.json"
-    if not path.exists():
-        return {}
-    dev = json.loads(path.read_text())
-    return {dist: d["teacher_top1"]["slope"] for dist, d in dev.get("distributions", dev).items()
+    return {dist: d["teacher_top1"]["slope"] for dist, d in (run.deviation() or {}).items()
             if isinstance(d, dict) and "teacher_top1" in d}
 
 
-def collect(runs, out: Path) -> list[dict]:
+def collect(runs: list[Run]) -> list[dict]:
     rows = []
     for r in runs:
-        run_dir = out / "runs" / r.name
-        m = read_metrics(run_dir)
-        slopes = _slopes(run_dir)
+        m = r.metrics
+        slopes = _slopes(r)
         for dist, e in m["eval"].items():
             row = {"run": r.name, **{k: v for k, v in r.axes.items()}, "distribution": dist}
-            for k in METRICS:
+            for k in METRIC_KEYS:
                 if k == "acc_diff_ci":
                     row["acc_diff_lo"], row["acc_diff_hi"] = e[k] if e[k] else (None, None)
                 else:
@@ -100,8 +103,7 @@ def summary_blocks(study, rows: list[dict], axes: list[str]) -> list[tuple]:
                 continue
             labeled = rs[0]["student_acc"] is not None
             ps = [r["mcnemar_p"] for r in rs] if labeled else []
-            beats = sum(1 for r in rs if labeled and r["mcnemar_p"] < ALPHA and r["acc_diff"] > 0)
-            loses = sum(1 for r in rs if labeled and r["mcnemar_p"] < ALPHA and r["acc_diff"] < 0)
+            beats, loses = beats_loses(rs) if labeled else (0, 0)
             table.append([*(str(k) for k in key), fmt_interval([r["student_acc"] for r in rs]),
                           fmt_interval([r["agreement"] for r in rs]), fmt_interval([r["kl_teacher_student"] for r in rs], percent=False),
                           fmt_interval([r["acc_diff"] for r in rs]), ", ".join(f"{p:.2g}" for p in ps) or "-",
@@ -140,7 +142,7 @@ def _img(png: bytes, alt: str = "figure") -> str:
     return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
-def figures(study, rows: list[dict], axes: list[str], out: Path) -> list[tuple[str, str]]:
+def figures(study, rows: list[dict], axes: list[str], runs: list[Run]) -> list[tuple[str, str]]:
     plt = pyplot()
 
     figs = []
@@ -198,16 +200,19 @@ def figures(study, rows: list[dict], axes: list[str], out: Path) -> list[tuple[s
         ax.legend(fontsize=7)
         figs.append(("Late distillation: final accuracy against the switch point", _img(figure_png(fig, bbox_inches="tight"))))
 
+    by_name = {r.name: r for r in runs}
     for g, name in zip(groups, names):  # the probes' deviation scatter of each group's first seed
         first = next(r["run"] for r in rows if _group_key(r, axes) == g)
-        png = out / "runs" / first / "probes" / "deviation_test.png"
+        png = by_name[first].deviation_plot("test")
         if png.exists():
             figs.append((f"Deviation on test: {name} ({first})", _img(png.read_bytes(), "deviation")))
     return figs
 
 
-def write_reports(study, runs, out: Path) -> None:
-    rows = collect(runs, out)
+def write_reports(study, planned: list[PlannedRun], out: Path) -> None:
+    """summary.csv, summary.md and report.html in the study folder `out`, from its finished runs."""
+    runs = [Run.read(p, out) for p in planned]
+    rows = collect(runs)
     axes = list(runs[0].axes)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
@@ -216,7 +221,7 @@ def write_reports(study, runs, out: Path) -> None:
     write_text(out / "summary.csv", buf.getvalue())
     blocks = summary_blocks(study, rows, axes)
     write_text(out / "summary.md", to_markdown(blocks))
-    body = to_html(blocks) + "\n".join(f"<h2>{html.escape(t)}</h2>{img}" for t, img in figures(study, rows, axes, out))
+    body = to_html(blocks) + "\n".join(f"<h2>{html.escape(t)}</h2>{img}" for t, img in figures(study, rows, axes, runs))
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>kdx study " + html.escape(study.name) + "</title>"
             "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}th{background:#eee}img{max-width:100%}</style>"
