@@ -94,11 +94,6 @@ def save_arrays(path, **arrays) -> None:
     _atomic(path, lambda f: np.savez(f, **arrays))
 
 
-def save_array(path, array) -> None:
-    """One numpy array as .npy (np.load gives it back as it is)."""
-    _atomic(path, lambda f: np.save(f, array))
-
-
 def read_parquet_meta(path) -> dict | None:
     import pyarrow.parquet as pq
 

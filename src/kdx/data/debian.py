@@ -70,7 +70,6 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
 from kdx.errors import KdxError
-from kdx.io import write_text
 
 APT_LISTS = Path("/var/lib/apt/lists")
 UPDATE_HINT = "apt-get -o Acquire::Languages=en update"
@@ -401,14 +400,14 @@ def build_debian_descriptions(out: Path | str, lists_dir: Path | str = APT_LISTS
         shutil.rmtree(out)
     dsd.save_to_disk(str(out))
     translations, packages = find_list_files(lists_dir)
-    write_text(out / "class_counts.md",
-               f"# debian-descriptions: packages per class\n\n{len(rows)} packages with a description; "
-               f"{sum(len(v) for v in splits.values())} examples in {len(names)} classes, split by source "
-               f"(test_fraction={test_fraction}).\n\n" + _class_table(names, counts))
+    (out / "class_counts.md").write_text(
+        f"# debian-descriptions: packages per class\n\n{len(rows)} packages with a description; "
+        f"{sum(len(v) for v in splits.values())} examples in {len(names)} classes, split by source "
+        f"(test_fraction={test_fraction}).\n\n" + _class_table(names, counts))
     info = {"lists_dir": str(lists_dir), "test_fraction": test_fraction, "min_chars": min_chars,
             "sections": _class_map(sections), "packages_with_description": len(rows),
             "files": [{"name": p.name, "bytes": p.stat().st_size} for p in translations + packages],
             "counts": {s: dict(sorted(c.items())) for s, c in counts.items()}}
-    write_text(out / "build_info.json", json.dumps(info, indent=1) + "\n")
+    (out / "build_info.json").write_text(json.dumps(info, indent=1) + "\n")
     return dsd
 

@@ -20,7 +20,7 @@ import torch
 
 from kdx.data.base import Dataset
 from kdx.errors import KdxError
-from kdx.io import save_array, write_json, write_text
+from kdx.io import write_json
 from kdx.registry import DATASETS
 
 TOKENIZER_FORMAT = 1  # bump when the trained tokenizer's recipe changes
@@ -69,7 +69,10 @@ class Tokenizer:
             return torch.from_numpy(np.load(path))
         ids = np.array([e.ids for e in bt.encode_batch(cut)], dtype=np.int64).reshape(len(texts), max_length)
         if len(texts) >= 1000:  # the splits, not held-out perturbations: cached by content
-            save_array(path, ids)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+            np.save(tmp, ids)
+            os.replace(tmp, path)
         return torch.from_numpy(ids)
 
     def decode(self, rows: list[list[int]]) -> list[str]:
@@ -126,7 +129,10 @@ def train_tokenizer(texts: list[str], vocab_size: int = 8000, lowercase: bool = 
         raw.decoder = decoders.WordPiece()
         trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIALS)
         raw.train_from_iterator(texts, trainer)
-        write_text(file, raw.to_str(pretty=True))  # atomic: concurrent runs write the same bytes
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_suffix(f".tmp{os.getpid()}")
+        raw.save(str(tmp))
+        os.replace(tmp, file)  # atomic: concurrent runs write the same bytes
     from tokenizers.processors import TemplateProcessing
 
     cls, sep = raw.token_to_id("[CLS]"), raw.token_to_id("[SEP]")
