@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     def loop_rate(source_spec: dict, loss: str, with_teacher: bool, compile_teacher: bool = False) -> float:
         student = build_model(cfg.student.model, data, "student.model", 0)
         source = SOURCES.build(source_spec, "source", data=data, seed=0)
-        stats = distill(student, source, dataclasses.replace(loop_cfg, loss=loss, compile_teacher=compile_teacher), 0,
-                        teacher if with_teacher else None)
+        stats = distill(student, source, dataclasses.replace(loop_cfg, loss=loss, compile_teacher=compile_teacher),
+                        teacher=teacher if with_teacher else None)
         return stats["samples_per_s"]
 
     def teacher_rate() -> float:

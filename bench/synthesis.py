@@ -94,8 +94,8 @@ class Bench:
 
     def student_on(self, source) -> tuple[float, float]:
         student = build_model(self.base.student.model, self.data, "student.model", self.seed)
-        distill(student, source, self.base.distill, self.seed,  # logits recomputed, not cached on disk
-                dataclasses.replace(self.teacher, logits=lambda x: predict(self.teacher.model, x)), desc="bench")
+        distill(student, source, self.base.distill,  # logits recomputed, not cached on disk
+                teacher=dataclasses.replace(self.teacher, logits=lambda x: predict(self.teacher.model, x)), desc="bench")
         return self.evaluate(student)
 
     def evaluate(self, student) -> tuple[float, float]:
@@ -154,7 +154,7 @@ def main(argv: list[str]) -> None:
             source.record = collections.deque(maxlen=math.ceil(args.n / source.synth_batch))
             student = build_model(base.student.model, data, "student.model", args.seed)
             t0 = time.perf_counter()
-            distill(student, source, base.distill, args.seed, teacher, desc="bench")
+            distill(student, source, base.distill, teacher=teacher, desc="bench")
             seconds = time.perf_counter() - t0
             logits = torch.cat([b[1] for b in source.record])[-args.n:]
             report((label, seconds, *bench.describe(logits), *bench.evaluate(student), "online; seconds include its student"))

@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     def loop_rate(spec: dict, loss: str, with_teacher: bool) -> float:
         student = build_model(cfg.student.model, data, "student.model", 0)
         source = SOURCES.build(spec, "source", data=data, seed=0)
-        return distill(student, source, dataclasses.replace(loop_cfg, loss=loss), 0,
-                       teacher if with_teacher else None)["samples_per_s"]
+        return distill(student, source, dataclasses.replace(loop_cfg, loss=loss),
+                       teacher=teacher if with_teacher else None)["samples_per_s"]
 
     def teacher_rate() -> float:
         x = data.x_train[: steps * b].to(device)

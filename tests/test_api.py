@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 import kdx
@@ -121,7 +122,7 @@ def test_a_python_run_equals_the_same_cli_run(digits_teacher, tmp_path):
     cli = read_metrics(run_fast(tmp_path, "distill.samples=2000", name="cli"))
     student = build_model(cfg.student.model, data, "student.model", 0)
     result = kdx.distill_student(teacher.model, student, load_dataset({"name": "digits"}), source="train", seed=0,
-                                 **{k.split("=")[0]: v for k, v in (o.split("=", 1) for o in FAST + ["distill.samples=2000"])
+                                 **{k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in FAST + ["distill.samples=2000"])
                                     if k.startswith(("distill.", "eval."))})
     assert result.metrics["eval"] == cli["eval"]
 

@@ -318,8 +318,11 @@ def test_missing_lists_raise_the_named_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_tfidf_anchor_scores_a_separable_corpus():
+def test_tfidf_anchor_scores_a_separable_corpus(tmp_path):
     import datasets
+
+    from kdx.data import load_dataset
+    from kdx.data.text import anchor_accuracy, tfidf_logreg
 
     words = {0: "packet socket route interface network", 1: "matrix solver equation physics simulation"}
     features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["net", "science"]),
@@ -334,7 +337,10 @@ def test_tfidf_anchor_scores_a_separable_corpus():
             rows["short"].append(words[y].split()[i % 5])
         return datasets.Dataset.from_dict(rows, features=features)
 
-    result = debian.tfidf_anchor(datasets.DatasetDict(train=split(40, 0), test=split(20, 1000)))
-    assert result["accuracy"] == 1.0 and result["short_accuracy"] == 1.0
-    assert (result["n_train"], result["n_test"]) == (40, 20)
-    assert set(result["per_class_recall"]) == {"net", "science"}
+    datasets.DatasetDict(train=split(40, 0), test=split(20, 1000)).save_to_disk(str(tmp_path / "corpus"))
+    data = load_dataset({"name": "debian_descriptions", "path": str(tmp_path / "corpus"), "vocab_size": 200})
+    assert (len(data.texts["train"]), len(data.texts["test"])) == (40, 20) and data.classes == ["net", "science"]
+    assert anchor_accuracy(data) == 1.0
+    # the domain shift (test's one-line synopses), by the same fit
+    preds, n_features = tfidf_logreg(data.texts["train"], data.y_train.numpy(), {"domain": data.texts["domain"]})
+    assert (preds["domain"] == data.extra["domain"][1].numpy()).all() and n_features > 0

@@ -55,6 +55,36 @@ def test_the_cycle_check_can_fail():
                                                                         ["c", "a", "b", "c"]]
 
 
+def lazy_kdx_imports(tree: ast.Module) -> list[int]:
+    """The lines of `from kdx... import` and `import kdx...` inside a function."""
+    lines = set()
+    for fn in ast.walk(tree):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "kdx" \
+                        or isinstance(node, ast.Import) and any(a.name.split(".")[0] == "kdx" for a in node.names):
+                    lines.add(node.lineno)
+    return sorted(lines)
+
+
+def test_the_library_imports_kdx_at_module_tops():
+    """A module's kdx dependencies stand at its top. Not checked: the CLI, which imports the library on use,
+    and kdx/__init__.py, which loads the Python API on first use (so `kdx --help` does not pay for it)."""
+    offenders = []
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC)
+        if rel.parts[:2] == ("kdx", "cli") or rel == Path("kdx/__init__.py"):
+            continue
+        offenders += [f"{rel}:{line}" for line in lazy_kdx_imports(ast.parse(path.read_text()))]
+    assert offenders == []
+
+
+def test_the_lazy_import_check_can_fail():
+    code = "import os\nfrom kdx import io\ndef f():\n    import numpy\n    from kdx.io import write_json\n" \
+           "    def g():\n        import kdx.data\n"
+    assert lazy_kdx_imports(ast.parse(code)) == [5, 7]
+
+
 def test_no_library_module_imports_the_cli():
     graph = import_graph(False)
     offenders = [m for m, targets in graph.items() if m not in ("kdx.__main__",) and not m.startswith("kdx.cli") and any(

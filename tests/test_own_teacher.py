@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdx.data.base import model_input
+from kdx.data.base import Dataset, model_input
 from kdx.errors import KdxError
 from kdx.models.hf import match_labels
 from kdx.models.torchvision_pretrained import expected_input
@@ -185,8 +185,13 @@ def test_hf_bad_folders(digits, tmp_path):
                                                  num_attention_heads=2, intermediate_size=32)).save_pretrained(base)
     with pytest.raises(KdxError, match=r"no trained weights for classifier.bias, classifier.weight"):
         build(digits, name="hf", path=str(base))
-    with pytest.raises(KdxError, match="needs image data"):
+    with pytest.raises(KdxError, match="model 'hf' needs images.*holds signals: use 'cnn' or 'mlp'"):
         build(DATASETS.build({"name": "mnist1d", "num_samples": 200}, "data"), name="hf", path=str(tmp_path / "x"))
+    ids = torch.randint(1, 20, (8, 6))  # text gets pointed at the text models, not at cnn or mlp
+    text = Dataset("ids", ids, torch.arange(8) % 2, ids, torch.arange(8) % 2, ["a", "b"], modality="text", vocab_size=20)
+    for name, args in (("hf", {"path": str(tmp_path / "x")}), ("torchvision", {"arch": "resnet18"}), ("resnet18", {})):
+        with pytest.raises(KdxError, match=f"model '{name}' needs images.*holds text: use a text model: bert"):
+            build(text, name=name, **args)
 
 
 def test_hf_without_processor_resizes_to_config(digits, tmp_path, capsys):

@@ -122,7 +122,7 @@ def test_compiled_teacher_trains_the_same_student_as_eager(digits_teacher):
     for compile_teacher in (False, True):
         student = build_model(cfg.student.model, data, "student.model", 0)
         source = SOURCES.build({"name": "noise"}, "source", data=data, seed=0)  # the teacher runs on each batch
-        distill(student, source, dataclasses.replace(short, compile_teacher=compile_teacher), 0, teacher)
+        distill(student, source, dataclasses.replace(short, compile_teacher=compile_teacher), teacher=teacher)
         outputs.append(predict(student, data.x_test[:300]))
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the teacher really was compiled
     assert torch.allclose(outputs[0], outputs[1], rtol=1e-3, atol=1e-3)

@@ -148,7 +148,7 @@ def test_synth_pool_reads_back_as_a_downstream_source(digits_teacher, tmp_path):
 def _student_acc(cfg, data, teacher, spec, seed) -> float:
     student = build_model(cfg.student.model, data, "student.model", seed)
     source = SOURCES.build(spec, "source", data=data, seed=seed)
-    distill(student, source, dataclasses.replace(cfg.distill, samples=8000), seed, teacher)
+    distill(student, source, dataclasses.replace(cfg.distill, samples=8000), teacher=teacher)
     return float((predict(student, data.x_test).argmax(1) == data.y_test).float().mean())
 
 
@@ -167,5 +167,5 @@ def test_synthesis_source_in_a_mixture(digits_teacher):
                                               {"name": "inversion", "weight": 1, **SMALL["inversion"]}]}
     source = SOURCES.build(spec, "source", data=data, seed=0)
     student = build_model(cfg.student.model, data, "student.model", 0)
-    distill(student, source, dataclasses.replace(cfg.distill, samples=640), 0, teacher)
+    distill(student, source, dataclasses.replace(cfg.distill, samples=640), teacher=teacher)
     assert source.parts[1].written > 0  # the inversion part got the teacher through the mixture and made inputs

@@ -13,25 +13,24 @@ from the command line give the same numbers.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
 from torch import nn
 
-import kdx
 from kdx import config as kconfig
 from kdx import probes
 from kdx.data.base import Dataset
 from kdx.device import prepare_model, resolve_device
 from kdx.distill.teacher import Teacher, TeacherLogits
 from kdx.errors import KdxError
-from kdx.eval import evaluate as evaluate_logits
+from kdx.eval import heldout_metrics
 from kdx.eval.report import eval_table
-from kdx.io import write_text
+from kdx.io import save_torch
 from kdx.models.wrap import wrap_model
 from kdx.probes import ProbeOptions
-from kdx.rundir import CONFIG, FinishedRun
+from kdx.rundir import STUDENT, FinishedRun, write_config
 from kdx.run import build_source, distill_and_evaluate, prepare_run_dir, validate_training
 
 
@@ -47,14 +46,14 @@ class DistillResult(FinishedRun):
 
 def _config(source: str | dict, config: dict[str, Any], seed: int) -> kconfig.RunConfig:
     """The run config from keyword arguments: `samples=...` and the other `distill` fields by name, any
-    other field by its dotted key (`**{"eval.n": 500}`)."""
+    other field by its dotted key (`**{"eval.n": 500}`), as one layer over the defaults."""
     distill_fields = {f.name for f in dataclasses.fields(kconfig.DistillConfig)}
-    overrides = [f"seed={seed}"]
+    given = OmegaConf.create({"seed": seed})
     for key, value in config.items():
-        dotted = f"distill.{key}" if key in distill_fields else key
-        overrides.append(f"{dotted}={value if isinstance(value, str) else json.dumps(value)}")
+        OmegaConf.update(given, f"distill.{key}" if key in distill_fields else key, value)
     spec = {"name": source} if isinstance(source, str) else dict(source)
-    return kconfig.load_config(None, overrides, layers=[("source", {"source": spec})])
+    return kconfig.load_config(None, layers=[("source", {"source": spec}),
+                                             ("keyword arguments", OmegaConf.to_container(given))])
 
 
 def _user_teacher(teacher: nn.Module, data: Dataset, cfg: kconfig.RunConfig, features: str | None,
@@ -67,7 +66,7 @@ def _user_teacher(teacher: nn.Module, data: Dataset, cfg: kconfig.RunConfig, fea
     return Teacher(model, Path("<python module>"), test_acc, logits)
 
 
-def distill_student(teacher: nn.Module, student: nn.Module, data: Dataset, source: str | dict = "train",
+def distill_student(teacher: nn.Module, student: nn.Module, data: Dataset, source: str | dict = "train", *,
                     run_dir: str | Path | None = None, seed: int = 0, teacher_features: str | None = None,
                     student_features: str | None = None, **config: Any) -> DistillResult:
     """Train `student` (in place) to match `teacher` on inputs drawn from `source` (a registered source
@@ -87,35 +86,38 @@ def distill_student(teacher: nn.Module, student: nn.Module, data: Dataset, sourc
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None:  # made once nothing can be refused any more, as `kdx run` does
         prepare_run_dir(run_dir, resume=False, overwrite=False)
-        write_text(run_dir / CONFIG, kconfig.to_yaml(cfg).rstrip() + f"\nkdx_version: {kdx.__version__}\n")
-    metrics = distill_and_evaluate(cfg, data, t, s, source, source_spec, run_dir)
+        write_config(run_dir, cfg)
+    metrics = distill_and_evaluate(cfg, data, t, s, source, source_spec=source_spec, run_dir=run_dir)
     return DistillResult(run_dir, cfg, data, t, s.eval(), metrics)
 
 
-def evaluate(teacher: nn.Module, student: nn.Module, data: Dataset, distributions: list[str] | None = None,
-             n: int = 2000, bootstrap: int = 1000, seed: int = 1234) -> dict:
+def evaluate(teacher: nn.Module, student: nn.Module, data: Dataset, distributions: list[str] | None = None, *,
+             n: int = kconfig.EvalConfig.n, bootstrap: int = kconfig.EvalConfig.bootstrap,
+             seed: int = kconfig.EvalConfig.seed) -> dict:
     """Fidelity (agreement, KL, TV) and accuracy with paired tests, per held-out distribution (default: the
-    data's list), for any two modules; the metrics of metrics.json's `eval` section."""
-    cfg = kconfig.load_config(None, [f"eval.n={n}", f"eval.bootstrap={bootstrap}", f"eval.seed={seed}"]
-                              + ([f"eval.distributions=[{','.join(distributions)}]"] if distributions else []))
+    data's list), for any two modules; the metrics of metrics.json's `eval` section. `distributions`, `n`,
+    `bootstrap`, `seed`: the `eval` config fields of the same names."""
+    given = {"n": n, "bootstrap": bootstrap, "seed": seed}
+    if distributions:
+        given["distributions"] = list(distributions)
+    cfg = kconfig.load_config(None, layers=[("keyword arguments", {"eval": given})])
     validate_training(dataclasses.replace(cfg, source={"name": "train"}))
     t = _user_teacher(teacher, data, cfg, None, None)
     s = prepare_model(wrap_model(student, data, None, "student"), resolve_device(cfg.distill.device), data.is_image)
-    return evaluate_logits(t.logits, s, data, cfg.eval)
+    return heldout_metrics(t.logits, s, data, cfg.eval)
 
 
-def probe(result: FinishedRun | str | Path, out: str | Path | None = None, **options: Any) -> dict:
+def probe(run: FinishedRun | str | Path, *, out: str | Path | None = None, **options: Any) -> dict:
     """Where the student deviates (`kdx probe`): deviation slopes, regions, coverage and, with map=True, the
-    explorer's map, written to the run directory (or `out`). `options`: kdx.probes.ProbeOptions fields."""
-    if isinstance(result, (str, Path)):
-        return probes.probe(result, ProbeOptions(**options))
+    explorer's map, written to the run directory (or `out`). `run`: what kdx.distill_student returned, or a
+    run directory; `options`: kdx.probes.ProbeOptions fields."""
+    if isinstance(run, (str, Path)):
+        return probes.probe(run, ProbeOptions(**options))
     if out is not None:
-        result = dataclasses.replace(result, dir=Path(out))
-        result.dir.mkdir(parents=True, exist_ok=True)
-        if result.student is not None and not (result.dir / "student.pt").exists():
-            from kdx.io import save_torch
-
-            save_torch(result.dir / "student.pt", {"model": result.student.state_dict()})
-    if result.dir is None:
+        run = dataclasses.replace(run, dir=Path(out))
+        run.dir.mkdir(parents=True, exist_ok=True)
+        if run.student is not None and not (run.dir / STUDENT).exists():
+            save_torch(run.dir / STUDENT, {"model": run.student.state_dict()})
+    if run.dir is None:
         raise KdxError("kdx.probe writes files: pass out=DIR, or run_dir=DIR to kdx.distill_student")
-    return probes.probe(result, ProbeOptions(**{"map": False, **options}))
+    return probes.probe(run, ProbeOptions(**{"map": False, **options}))

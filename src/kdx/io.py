@@ -9,6 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -42,7 +43,8 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """JSON, indented, with NaN written as null (strict JSON readers reject NaN)."""
+    write_text(path, json.dumps(_nan_to_none(obj), indent=2, sort_keys=False) + "\n")
 
 
 def save_torch(path: Path, obj) -> None:
@@ -89,8 +91,6 @@ def save_parquet(df, path, meta: dict | None = None) -> None:
 
 def save_arrays(path, **arrays) -> None:
     """numpy arrays in one .npz file."""
-    import numpy as np
-
     _atomic(path, lambda f: np.savez(f, **arrays))
 
 
@@ -99,11 +99,6 @@ def read_parquet_meta(path) -> dict | None:
 
     raw = (pq.read_schema(path).metadata or {}).get(b"kdx")
     return json.loads(raw) if raw else None
-
-
-def save_json(path, obj) -> None:
-    """JSON with NaN written as null (strict JSON readers reject NaN)."""
-    write_json(path, _nan_to_none(obj))
 
 
 def _nan_to_none(obj):

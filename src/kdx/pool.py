@@ -18,6 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from kdx.device import resolve_device
@@ -47,7 +48,7 @@ def synthesize_pool(cfg, data, teacher, n: int) -> dict:
     if source.needs_student:
         student = build_model(cfg.student.model, data, "student.model", cfg.seed)
         samples = max(cfg.distill.samples, batches * source.refresh_every * cfg.distill.batch_size)
-        distill(student, source, dataclasses.replace(cfg.distill, samples=samples), cfg.seed, teacher,
+        distill(student, source, dataclasses.replace(cfg.distill, samples=samples), teacher=teacher,
                 desc=f"synth {source.method}")
     else:
         source.setup(resolve_device(cfg.distill.device), teacher.logits, teacher=teacher.model)
@@ -64,9 +65,7 @@ def save_pool(out: Path, data, x: torch.Tensor, teacher_model, params: dict) -> 
     image (or input, for signals; input_ids and text, for text), label (the teacher's top-1 class) and teacher_logits; the parameters
     go in the dataset's description and in synth.json. Returns the logits stored."""
     import datasets
-    import numpy as np
     from PIL import Image
-
 
     if data.is_image:  # quantise to what an 8-bit image holds, then take the teacher's outputs on that
         u8 = (x * 255).round().clamp(0, 255).to(torch.uint8)

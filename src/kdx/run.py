@@ -17,18 +17,19 @@ import torch.distributed as dist
 import kdx
 from kdx import config as kconfig
 from kdx.data import load_dataset
+from kdx.data.text import anchor_accuracy
 from kdx.device import resolve_device
 from kdx.distill.loop import distill
 from kdx.distill.losses import NEEDS_LABELS, check_loss_fits
 from kdx.distill.teacher import Teacher, cache_root, get_teacher
 from kdx.errors import KdxError
-from kdx.eval import distribution_names, evaluate, heldout
+from kdx.eval import distribution_names, heldout, heldout_metrics
 from kdx.eval.lm import evaluate_lm, lm_curve
-from kdx.io import save_arrays, save_torch, write_json, write_text
+from kdx.io import save_arrays, save_torch, write_json
 from kdx.models import build_model, load_weights, num_params, predict, read_state_dict
 from kdx.models.gpt import check_vocabularies
 from kdx.registry import DATASETS, HELDOUT, LOSSES, MODELS, SOURCES
-from kdx.rundir import CHECKPOINT, CONFIG, DRAWS, METRICS, STUDENT
+from kdx.rundir import CHECKPOINT, CONFIG, DRAWS, METRICS, STUDENT, write_config
 from kdx.sampling.base import Source
 
 
@@ -137,10 +138,11 @@ def execute(cfg: kconfig.RunConfig, run_dir: Path, resume: bool = False, overwri
         load_weights(student, cfg.student.init, "student.init")
     if main:
         prepare_run_dir(run_dir, resume, overwrite)
-        write_text(config_file, kconfig.to_yaml(cfg).rstrip() + f"\nkdx_version: {kdx.__version__}\n")
+        write_config(run_dir, cfg)
     if ddp:
         dist.barrier()  # the others write into run_dir once rank 0 has made it
-    distill_and_evaluate(cfg, data, teacher, student, source, source_spec, run_dir, resume, ddp, teacher_seconds)
+    distill_and_evaluate(cfg, data, teacher, student, source, source_spec=source_spec, run_dir=run_dir, resume=resume,
+                         ddp=ddp, teacher_seconds=teacher_seconds)
     if ddp:
         dist.barrier()  # every rank returns once rank 0 has written everything
     return run_dir
@@ -166,7 +168,7 @@ def learning_curve(teacher: Teacher, data):
     return score
 
 
-def distill_and_evaluate(cfg: kconfig.RunConfig, data, teacher: Teacher, student: torch.nn.Module, source: Source,
+def distill_and_evaluate(cfg: kconfig.RunConfig, data, teacher: Teacher, student: torch.nn.Module, source: Source, *,
                          source_spec: dict, run_dir: Path | None = None, resume: bool = False, ddp: bool = False,
                          teacher_seconds: float | None = None) -> dict | None:
     """The part of a run that both `kdx run` and the Python API (kdx.distill_student) go through: the
@@ -176,7 +178,8 @@ def distill_and_evaluate(cfg: kconfig.RunConfig, data, teacher: Teacher, student
     torch.manual_seed(cfg.seed)
     desc = run_dir.name if run_dir else "distill"
     curve = learning_curve(teacher, data) if cfg.distill.curve_every else None
-    train_stats = distill(student, source, cfg.distill, cfg.seed, teacher, run_dir, resume, desc, ddp, curve)
+    train_stats = distill(student, source, cfg.distill, teacher=teacher, run_dir=run_dir, resume=resume, desc=desc,
+                          ddp=ddp, curve=curve)
     if main and run_dir:
         save_torch(run_dir / STUDENT, {"model": student.state_dict(), "spec": cfg.student.model})
         draws = source.draw_log() if hasattr(source, "draw_log") else None
@@ -185,7 +188,7 @@ def distill_and_evaluate(cfg: kconfig.RunConfig, data, teacher: Teacher, student
     if data.modality == "lm":  # per-token fidelity on held-out text and on the models' own samples
         eval_results = evaluate_lm(teacher.model, student, data, cfg.eval)
     else:
-        eval_results = evaluate(teacher.logits, student, data, cfg.eval, ddp)
+        eval_results = heldout_metrics(teacher.logits, student, data, cfg.eval, ddp=ddp)
     if not main:
         return None
     metrics = {
@@ -198,8 +201,6 @@ def distill_and_evaluate(cfg: kconfig.RunConfig, data, teacher: Teacher, student
         "eval": eval_results,
     }
     if data.is_text:  # the TF-IDF + logistic-regression anchor on the same split, read beside the teacher
-        from kdx.data.text import anchor_accuracy
-
         metrics["teacher"]["anchor_test_acc"] = anchor_accuracy(data)
     if run_dir:
         write_json(run_dir / METRICS, metrics)

@@ -4,7 +4,8 @@
     log.jsonl      the loop's log; checkpoint.pt its resumable state, deleted once the run finishes
     student.pt     the trained student
     metrics.json   eval per held-out distribution, train stats, teacher; its presence marks a finished run
-    probes/        what `kdx probe` writes
+    probes/        what `kdx probe` writes: deviation.json (and deviation_<distribution>.png), regions.csv/png,
+                   map.parquet/png, map_arrays.npz, summary.json
 """
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+import kdx
 from kdx import config as kconfig
 from kdx.data import Dataset, load_dataset
 from kdx.device import prepare_model, resolve_device
 from kdx.distill.loop import CHECKPOINT, LOG  # noqa: F401 - the loop's own files, named where it writes them
 from kdx.distill.teacher import Teacher, cache_root, get_teacher
 from kdx.errors import KdxError
+from kdx.io import write_text
 from kdx.models import build_model
 from kdx.registry import SOURCES
 
@@ -30,6 +33,17 @@ METRICS = "metrics.json"
 PROBES = "probes"
 DEVIATION = "deviation.json"
 DRAWS = "draws.npz"  # an adaptive source's picks per pool row (kdx.sampling.adaptive), for the explorer
+# probes/ holds DEVIATION and these (kdx.probes.probe writes them; the explorer, studies and `kdx probe` read them)
+DEVIATION_PLOT = "deviation_{}.png"  # .format(distribution)
+REGIONS = "regions.csv"
+MAP = "map.parquet"
+MAP_ARRAYS = "map_arrays.npz"  # each map row's projected teacher features and the distillation inputs shown
+SUMMARY = "summary.json"
+
+
+def write_config(run_dir: Path, cfg: kconfig.RunConfig) -> None:
+    """config.yaml: the resolved config and the kdx version that ran it."""
+    write_text(Path(run_dir) / CONFIG, kconfig.to_yaml(cfg).rstrip() + f"\nkdx_version: {kdx.__version__}\n")
 
 
 def read_metrics(run_dir: str | Path) -> dict:

@@ -6,11 +6,19 @@ run directory: `kdx probe RUN` means `kdx probe run RUN` (which also works, e.g.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
+import pandas as pd
 import typer
 from typer.core import TyperGroup
+
+from kdx.probes import ProbeOptions, probe
+from kdx.probes.probe import DEFAULT_ON
+from kdx.rundir import DEVIATION, PROBES, REGIONS, SUMMARY
+
+DEFAULTS = ProbeOptions()  # the options' one home: kdx.probes.ProbeOptions
 
 
 class RunOrCommand(TyperGroup):
@@ -28,35 +36,35 @@ probe_app = typer.Typer(cls=RunOrCommand, no_args_is_help=True, add_completion=F
 @probe_app.command("run")
 def probe_run_cmd(run: Path = typer.Argument(..., help="a finished run directory (kdx run wrote it)"),
             on: Optional[str] = typer.Option(None, "--on", help="comma-separated held-out distributions "
-                                             "(default: train_subset,test)"),
-            regions: int = typer.Option(20, "--regions", help="k of the k-means regions"),
-            source_n: int = typer.Option(60_000, "--source-n", help="distillation inputs streamed for coverage"),
-            map_: bool = typer.Option(True, "--map/--no-map", help="compute the UMAP map (about a minute)"),
-            remap: bool = typer.Option(False, "--remap", help="recompute map.parquet even if a matching one exists"),
-            map_source_n: int = typer.Option(5_000, "--map-source-n", help="distillation inputs shown on the map"),
-            map_epochs: Optional[int] = typer.Option(None, "--map-epochs", help="UMAP epochs (default: UMAP's)"),
-            neighbors: int = typer.Option(10, "--neighbors", help="neighbour list length in map.parquet"),
-            resamples: int = typer.Option(1000, "--resamples", help="bootstrap resamples for slope intervals"),
-            seed: int = typer.Option(0, "--seed")):
+                                             f"(default: {','.join(DEFAULT_ON)})"),
+            regions: int = typer.Option(DEFAULTS.regions, "--regions", help="k of the k-means regions"),
+            source_n: int = typer.Option(DEFAULTS.source_n, "--source-n",
+                                         help="distillation inputs streamed for coverage"),
+            map_: bool = typer.Option(DEFAULTS.map, "--map/--no-map", help="compute the UMAP map (about a minute)"),
+            remap: bool = typer.Option(DEFAULTS.remap, "--remap",
+                                       help="recompute map.parquet even if a matching one exists"),
+            map_source_n: int = typer.Option(DEFAULTS.map_source_n, "--map-source-n",
+                                             help="distillation inputs shown on the map"),
+            map_epochs: Optional[int] = typer.Option(DEFAULTS.map_epochs, "--map-epochs",
+                                                     help="UMAP epochs (default: UMAP's)"),
+            neighbors: int = typer.Option(DEFAULTS.neighbors, "--neighbors",
+                                          help="neighbour list length in map.parquet"),
+            resamples: int = typer.Option(DEFAULTS.resamples, "--resamples",
+                                          help="bootstrap resamples for slope intervals"),
+            seed: int = typer.Option(DEFAULTS.seed, "--seed")):
     """Probe a finished run (same as `kdx probe RUN`): writes RUN/probes/."""
-    from kdx.probes import ProbeOptions, probe
-
     opts = ProbeOptions(on=on.split(",") if on else None, regions=regions, source_n=source_n, map=map_, remap=remap,
                         map_source_n=map_source_n, map_epochs=map_epochs, neighbors=neighbors, resamples=resamples,
                         seed=seed)
     summary = probe(run, opts)
-    print(report(run / "probes"))
+    print(report(run / PROBES))
     print(f"seconds: {summary['seconds']}")
-    print(f"wrote {run / 'probes'}")
+    print(f"wrote {run / PROBES}")
 
 
 def report(probes_dir: Path) -> str:
     """The headline numbers: slope with interval, lowest-decile deviation, the most underfit regions."""
-    import json
-
-    import pandas as pd
-
-    dev = json.loads((probes_dir / "deviation.json").read_text())
+    dev = json.loads((probes_dir / DEVIATION).read_text())
     lines = [f"{'distribution':16s} {'class':13s} {'n':>6s} {'slope [95% CI]':>22s} {'lowest decile dev [CI]':>26s}"]
     for name, fits in dev["distributions"].items():
         for choice, f in fits.items():
@@ -65,12 +73,12 @@ def report(probes_dir: Path) -> str:
             d = f["deciles"][0]
             lines.append(f"{name:16s} {choice:13s} {f['n']:6d} {f['slope']:7.3f} [{f['slope_ci'][0]:.3f}, "
                          f"{f['slope_ci'][1]:.3f}] {d['mean_deviation']:+8.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]")
-    table = pd.read_csv(probes_dir / "regions.csv")
+    table = pd.read_csv(probes_dir / REGIONS)
     lines.append("most underfit regions:")
     for _, r in table.head(3).iterrows():
         lines.append(f"  #{r['rank']} n={r['size']} {r['dominant_classes']}: agreement {r['agreement']:.3f}, "
                      f"mean deviation {r['mean_deviation']:+.3f}, coverage {r['coverage_median']:.2f}")
-    summary = json.loads((probes_dir / "summary.json").read_text())
+    summary = json.loads((probes_dir / SUMMARY).read_text())
     rho = summary["coverage_vs_disagreement_spearman"]["all"]
     lines.append(f"Spearman(coverage distance, disagreement) over points: {rho['rho']} (n={rho['n']})")
     return "\n".join(lines)
@@ -81,11 +89,11 @@ def eigen_cmd(out: Path = typer.Option(Path("runs/probe-eigen"), "--out", help="
               seeds: int = typer.Option(5, "--seeds", help="repeat the simulation for seeds 0..N-1"),
               noise: float = typer.Option(8.0, "--noise", help="label-noise sd in the low-eigenvalue directions")):
     """The linear-regression simulation of science.md (Theory): distillation's extra bias toward top eigendirections."""
-    from kdx.io import save_json
+    from kdx.io import write_json
     from kdx.theory.eigen import EigenConfig, plot, simulate
 
     results = [simulate(EigenConfig(seed=s, noise=noise)) for s in range(seeds)]
-    save_json(out / "eigen.json", {"runs": results})
+    write_json(out / "eigen.json", {"runs": results})
     plot(results[0], out / "eigen.png")
     for r in results:
         low, err = r["low_progress"], r["test_error"]

@@ -411,27 +411,3 @@ def build_debian_descriptions(out: Path | str, lists_dir: Path | str = APT_LISTS
     (out / "build_info.json").write_text(json.dumps(info, indent=1) + "\n")
     return dsd
 
-
-def tfidf_anchor(dsd, max_features: int = 50_000, C: float = 5.0, seed: int = 0) -> dict:
-    """The linear floor: TF-IDF (words and word pairs, sublinear tf) + logistic regression trained on
-    train's `text`, scored on test's `text` (and, as a domain shift, on test's `short`).
-    `kdx.data.text.tfidf_logreg` is the fit; `kdx.data.text.anchor_accuracy` the same for any text Dataset."""
-    import numpy as np
-
-    from kdx.data.text import tfidf_logreg
-
-    train, test = dsd["train"], dsd["test"]
-    sets = {"text": test["text"]}
-    if "short" in test.column_names:
-        sets["short"] = test["short"]
-    preds, n_features = tfidf_logreg(train["text"], train["label"], sets, max_features, C, seed)
-    y = np.asarray(test["label"])
-    pred = preds["text"]
-    names = train.features["label"].names
-    result = {"accuracy": float((pred == y).mean()), "n_train": len(train), "n_test": len(test),
-              "n_features": n_features,
-              "per_class_recall": {n: float((pred[y == i] == i).mean()) if (y == i).any() else float("nan")
-                                   for i, n in enumerate(names)}}
-    if "short" in preds:
-        result["short_accuracy"] = float((preds["short"] == y).mean())
-    return result

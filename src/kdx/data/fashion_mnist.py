@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+import kdx.data  # for load_dataset's per-process cache, read when called (kdx.data imports this module first)
 from kdx.data.base import Dataset, model_input, data_root
 from kdx.data.idx import find_idx_split, read_idx
 from kdx.data.transforms import gaussian_blur, rotate
@@ -59,9 +60,7 @@ def fashion_mnist(root: str | None = None, download: bool = False) -> Dataset:
 
 
 def _base(root: str | None) -> Dataset:
-    from kdx.data import load_dataset  # the per-process cache: Fashion-MNIST is read once
-
-    return load_dataset({"name": "fashion_mnist", "root": root})
+    return kdx.data.load_dataset({"name": "fashion_mnist", "root": root})  # Fashion-MNIST is read once
 
 
 @DATASETS.register()

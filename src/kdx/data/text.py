@@ -12,12 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from kdx.data.base import Dataset
 from kdx.errors import KdxError
+from kdx.io import write_json
 from kdx.registry import DATASETS
 
 TOKENIZER_FORMAT = 1  # bump when the trained tokenizer's recipe changes
@@ -49,7 +52,6 @@ class Tokenizer:
 
     def encode(self, texts: list[str], max_length: int) -> torch.Tensor:
         """(N, max_length) int64 ids: the Rust tokenizer's batch encoding (5x transformers' __call__ here)."""
-        import numpy as np
         from tokenizers import Tokenizer as RawTokenizer
 
         bt = RawTokenizer.from_str(self.tok.backend_tokenizer.to_str())  # a copy: truncation/padding set here only
@@ -145,7 +147,7 @@ def train_tokenizer(texts: list[str], vocab_size: int = 8000, lowercase: bool = 
     return Tokenizer(tok, str(file))
 
 
-def text_dataset(name: str, train_texts: list[str], y_train, test_texts: list[str], y_test, classes: list[str],
+def text_dataset(name: str, train_texts: list[str], y_train, test_texts: list[str], y_test, classes: list[str], *,
                  tokenizer: str = "", vocab_size: int = 8000, max_length: int = 64, lowercase: bool = True,
                  extra_texts: dict[str, tuple[list[str], list[int] | None]] | None = None,
                  heldout: list[str] | None = None) -> Dataset:
@@ -192,7 +194,8 @@ def debian_descriptions(path: str = "", max_length: int = 64, tokenizer: str = "
     tr_short = [s for s in train["short"] if s.strip()]
     extra = {"domain": ([s for s, _ in te_short], [y for _, y in te_short]), "short_train": (tr_short, None)}
     return text_dataset("debian_descriptions", train["text"], train["label"], test["text"], test["label"],
-                        train.features["label"].names, tokenizer, vocab_size, max_length, lowercase, extra)
+                        train.features["label"].names, tokenizer=tokenizer, vocab_size=vocab_size,
+                        max_length=max_length, lowercase=lowercase, extra_texts=extra)
 
 
 def _open_text(path: str, train_split: str, test_split: str):
@@ -247,7 +250,8 @@ def hf_text(path: str = "", text_column: str = "text", label_column: str = "labe
         extra = {"domain": ([s for s, _ in te], [y for _, y in te]),
                  f"{domain_column}_train": ([s for s in train[domain_column] if s and s.strip()], None)}
     return text_dataset("hf_text", [str(t) for t in train[text_column]], ys[0], [str(t) for t in test[text_column]],
-                        ys[1], classes, tokenizer, vocab_size, max_length, lowercase, extra)
+                        ys[1], classes, tokenizer=tokenizer, vocab_size=vocab_size, max_length=max_length,
+                        lowercase=lowercase, extra_texts=extra)
 
 
 ANCHOR_FORMAT = 1  # bump when the anchor's recipe changes
@@ -256,9 +260,6 @@ ANCHOR_FORMAT = 1  # bump when the anchor's recipe changes
 def tfidf_logreg(train_texts, y_train, test_sets: dict, max_features: int = 50_000, C: float = 5.0, seed: int = 0):
     """TF-IDF (words and word pairs, sublinear tf, min_df 2) + logistic regression (saga) fit on the train
     texts: ({name: predicted labels (numpy)} for each list of texts in `test_sets`, number of features)."""
-    import warnings
-
-    import numpy as np
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -287,8 +288,6 @@ def anchor_accuracy(data: Dataset) -> float | None:
     path = cache_dir() / "anchors" / f"{h.hexdigest()[:24]}.json"
     if path.exists():
         return json.loads(path.read_text())["test_acc"]
-    from kdx.io import write_json
-
     preds, n_features = tfidf_logreg(data.texts["train"], data.y_train.numpy(), {"test": data.texts["test"]})
     acc = float((preds["test"] == data.y_test.numpy()).mean())
     write_json(path, {"test_acc": acc, "n_train": len(data.texts["train"]), "n_test": len(data.texts["test"]),

@@ -64,7 +64,7 @@ def rank_batch(source: Source, step: int, batch_size: int, rank: int, world: int
     return batch
 
 
-def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, seed: int, teacher=None,
+def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, *, teacher=None,
             run_dir: Path | None = None, resume: bool = False, desc: str = "distill", ddp: bool = False,
             curve=None) -> dict:
     """Train `student` on `source` for cfg.samples inputs; the config was checked by kdx.run.validate.

@@ -104,7 +104,7 @@ def get_teacher(cfg: RunConfig, data: Dataset, progress_desc: str = "teacher") -
             out_dir.mkdir(parents=True, exist_ok=True)
             write_json(out_dir / "recipe.json", {"data": cfg.data, "model": cfg.teacher.model,
                                                  "train": dataclasses.asdict(recipe), "seed": cfg.teacher.seed})
-            stats = distill(model, source, loop_cfg, cfg.teacher.seed, run_dir=out_dir, resume=True, desc=progress_desc)
+            stats = distill(model, source, loop_cfg, run_dir=out_dir, resume=True, desc=progress_desc)
             save_torch(ckpt, {"model": model.state_dict(), "train": stats})
             (out_dir / CHECKPOINT).unlink(missing_ok=True)
     model = prepare_model(model, device, data.is_image).eval().requires_grad_(False)

@@ -8,6 +8,7 @@ from kdx.config import EvalConfig
 from kdx.data.base import Dataset
 from kdx.eval import heldout
 from kdx.eval.fidelity import fidelity_metrics
+from kdx.models import predict
 
 
 def distribution_names(cfg: EvalConfig, data: Dataset) -> list[str]:
@@ -17,25 +18,23 @@ def distribution_names(cfg: EvalConfig, data: Dataset) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def evaluate(teacher_outputs, student: torch.nn.Module, data: Dataset, cfg: EvalConfig, ddp: bool = False) -> dict | None:
-    """Metrics for every held-out distribution; the teacher's logits come from its cache. Under DDP
-    the ranks predict a shard each and rank 0, which alone gets the metrics, gathers them."""
-    from kdx.models import predict
-
+def heldout_metrics(teacher_logits, student: torch.nn.Module, data: Dataset, cfg: EvalConfig, *,
+                    ddp: bool = False) -> dict | None:
+    """metrics.json's `eval`: the metrics on every held-out distribution of `cfg`, `teacher_logits(x)`
+    giving the teacher's (its cache, kdx.distill.teacher.TeacherLogits). Under DDP the ranks predict a
+    shard each and rank 0, which alone gets the metrics, gathers them."""
     results = {}
     for name in distribution_names(cfg, data):
         ho = heldout.load(name, data, cfg.n, cfg.seed)
         s_logits = predict_sharded(student, ho.x, cfg.batch_size) if ddp else predict(student, ho.x, cfg.batch_size)
         if not ddp or dist.get_rank() == 0:
-            results[name] = fidelity_metrics(teacher_outputs(ho.x), s_logits, ho.y, cfg.bootstrap, cfg.seed)
+            results[name] = fidelity_metrics(teacher_logits(ho.x), s_logits, ho.y, cfg.bootstrap, cfg.seed)
     return results if not ddp or dist.get_rank() == 0 else None
 
 
 def predict_sharded(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """predict() over all ranks: rank r takes the r-th of `world` equal slices (the last padded by
     wrapping round, as all_gather needs equal sizes) and every rank gets all rows back in order."""
-    from kdx.models import predict
-
     rank, world = dist.get_rank(), dist.get_world_size()
     per = -(-len(x) // world)
     idx = torch.arange(per * world) % len(x)

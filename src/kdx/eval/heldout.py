@@ -6,6 +6,8 @@ pixels and signal values refuse text, and the text ones refuse images and signal
 from __future__ import annotations
 
 import dataclasses
+import random
+import string
 
 import torch
 
@@ -15,6 +17,7 @@ from kdx.data.transforms import gaussian_blur, rotate, translate
 from kdx.errors import KdxError
 from kdx.models.gpt import sample
 from kdx.registry import HELDOUT
+from kdx.sampling import text as sampling_text
 
 _CTX = ("data", "n", "seed")
 
@@ -183,9 +186,6 @@ def _text_subset(data: Dataset, n: int, seed: int):
 @HELDOUT.register(context=_CTX)
 def typos(data: Dataset, n: int, seed: int, severity: int = 2):
     """Test texts with character typos (swap, drop, insert, replace) in 10/25/50% of the words, re-tokenised."""
-    import random
-    import string
-
     _text(data, "typos")
     idx, _ = _text_subset(data, n, seed)
     p = _severity(severity, (0.10, 0.25, 0.50))
@@ -211,22 +211,18 @@ def typos(data: Dataset, n: int, seed: int, severity: int = 2):
 @HELDOUT.register(context=_CTX)
 def word_dropout(data: Dataset, n: int, seed: int, severity: int = 2):
     """Test texts with 10/25/50% of their words dropped (the token-level view the train source's augment makes)."""
-    from kdx.sampling.text import word_dropout as drop
-
     _text(data, "word_dropout")
     idx, g = _text_subset(data, n, seed)
-    return drop(data.x_test[idx], g, data, _severity(severity, (0.10, 0.25, 0.50))), data.y_test[idx]
+    return sampling_text.word_dropout(data.x_test[idx], g, data, _severity(severity, (0.10, 0.25, 0.50))), data.y_test[idx]
 
 
 @HELDOUT.register(context=_CTX)
 def truncation(data: Dataset, n: int, seed: int, severity: int = 2):
     """Test texts cut to their first 75/50/25% of tokens (the closing special token kept)."""
-    from kdx.sampling.text import template
-
     _text(data, "truncation")
     idx, _ = _text_subset(data, n, seed)
     x = data.x_test[idx].clone()
-    bos, eos = template(data)
+    bos, eos = sampling_text.template(data)
     lengths = (x != data.pad_id).sum(1)
     ends = int(bos is not None) + int(eos is not None)
     keep = ((lengths - ends).float() * _severity(severity, (0.75, 0.50, 0.25))).ceil().long().clamp_min(1)
@@ -252,10 +248,8 @@ def domain(data: Dataset, n: int, seed: int):
 @HELDOUT.register(context=_CTX)
 def random_tokens(data: Dataset, n: int, seed: int):
     """Uniformly random token sequences with the train set's lengths (no labels): text's uniform_noise."""
-    from kdx.sampling.text import random_sequences
-
     data.require(("text", "lm"), "held-out 'random_tokens'", CONTINUOUS_SETS)
-    return random_sequences(data, n, torch.Generator().manual_seed(seed), "cpu", "uniform"), None
+    return sampling_text.random_sequences(data, n, torch.Generator().manual_seed(seed), "cpu", "uniform"), None
 
 
 # ---------------------------------------------------------------------------------------------- LM

@@ -1,6 +1,10 @@
 """Plain-text tables of results, for the terminal and the README."""
 from __future__ import annotations
 
+from pathlib import Path
+
+from kdx.rundir import read_metrics
+
 
 def _pct(v):
     return "  -  " if v is None else f"{100 * v:5.1f}"
@@ -35,10 +39,7 @@ def eval_table(metrics: dict, distributions: list[str] | None = None) -> str:
 
 def compare_table(run_dirs, distributions: list[str]) -> str:
     """Rows: runs; columns: per distribution student acc / agreement / KL(t||s)."""
-    import json
-    from pathlib import Path
-
-    runs = [(Path(d), json.loads((Path(d) / "metrics.json").read_text())) for d in run_dirs]
+    runs = [(Path(d), read_metrics(d)) for d in run_dirs]
     head = f"| {'run':28s} | {'source':30s} | " + " | ".join(f"{d} acc / agree / KL" for d in distributions) + " |"
     lines = [head, "|" + "---|" * (2 + len(distributions))]
     if runs:

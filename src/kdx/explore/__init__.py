@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kdx.explore.page import write_page
+from kdx.explore.views import load_view, run_dirs
+from kdx.io import write_text
+
 
 def build(target, out=None, probe: bool = False, log=print) -> Path:
     """Write the page(s) of a run or a study into `out` (default TARGET/explore); return the folder.
     A run's page is index.html; a study's runs get NAME.html each, and index.html opens the first."""
-    from kdx.explore.page import write_page
-    from kdx.explore.views import load_view, run_dirs
-    from kdx.io import write_text
-
     runs = run_dirs(Path(target))
     out = Path(out) if out else Path(target) / "explore"
     if len(runs) == 1:

@@ -15,6 +15,7 @@ import numpy as np
 
 from kdx.explore import thumbs as th
 from kdx.explore.views import View
+from kdx.io import write_text
 
 HERE = Path(__file__).parent
 COLOR_BY = {"disagreement": "disagreement (total variation)", "deviation": "deviation phi(student) - phi(teacher)",
@@ -123,8 +124,6 @@ def write_page(view: View, path: Path, runs: list[str] | None = None) -> Path:
     """The page of one view at `path` (runs: the study's run names, for the run selector)."""
     from bokeh.embed import components
     from bokeh.resources import INLINE
-
-    from kdx.io import write_text
 
     script, div = components(plots(view))
     data = json.dumps(page_data(view, runs or []), separators=(",", ":")).replace("</", "<\\/")

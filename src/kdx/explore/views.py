@@ -9,8 +9,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from kdx import probes
 from kdx.errors import KdxError
+from kdx.eval import heldout
 from kdx.explore import thumbs as th
+from kdx.io import read_parquet_meta
+from kdx.probes.probe import MAP_FORMAT
+from kdx.rundir import MAP, MAP_ARRAYS, METRICS, PROBES, REGIONS, load_run
 
 
 TEXT_CHARS = 400  # of each decoded text input, what the page keeps
@@ -29,34 +34,25 @@ class View:
 
 def check_probed(run_dir: Path, probe: bool = False, log=print) -> None:
     """A current map.parquet in RUN/probes, or probe the run now when `probe`, or say how to get one."""
-    from kdx.io import read_parquet_meta
-    from kdx.probes.probe import MAP_FORMAT
-
-    path = run_dir / "probes" / "map.parquet"
+    path = run_dir / PROBES / MAP
     meta = read_parquet_meta(path) if path.exists() else None
-    have = path.with_name("map_arrays.npz").exists() and (meta or {}).get("format") == MAP_FORMAT
+    have = path.with_name(MAP_ARRAYS).exists() and (meta or {}).get("format") == MAP_FORMAT
     if have:
         return
-    why = "has no probes/map.parquet" if meta is None else "has a map from an older kdx probe"
+    why = f"has no {PROBES}/{MAP}" if meta is None else "has a map from an older kdx probe"
     if not probe:
         raise KdxError(f"{run_dir} {why}: run `kdx probe {run_dir}` first (about a minute on Fashion-MNIST), "
                        "or pass --probe to have kdx explore run it")
-    from kdx.probes import ProbeOptions, probe
-
     log(f"{run_dir} {why}: running `kdx probe {run_dir}` first")
-    probe(run_dir, ProbeOptions(on=meta["on"]) if meta else None)
+    probes.probe(run_dir, probes.ProbeOptions(on=meta["on"]) if meta else None)
 
 
 def load_view(run_dir, probe: bool = False, log=print) -> View:
-    from kdx.eval import heldout
-    from kdx.io import read_parquet_meta
-    from kdx.rundir import load_run
-
     run_dir = Path(run_dir)
     check_probed(run_dir, probe, log)
-    probes = run_dir / "probes"
-    points = pd.read_parquet(probes / "map.parquet")
-    meta = read_parquet_meta(probes / "map.parquet")
+    probes_dir = run_dir / PROBES
+    points = pd.read_parquet(probes_dir / MAP)
+    meta = read_parquet_meta(probes_dir / MAP)
     run = load_run(run_dir)
     data = run.data
     # The inputs again: evaluation points are rows of their held-out set (a function of data and
@@ -67,10 +63,10 @@ def load_view(run_dir, probe: bool = False, log=print) -> View:
         if g["kind"].iloc[0] == "eval":
             x = heldout.load(source, data, meta["eval_n"], meta["eval_seed"]).x[rows]
         else:
-            arr = np.load(probes / "map_arrays.npz")["distill_x"]
+            arr = np.load(probes_dir / MAP_ARRAYS)["distill_x"]
             x = torch.from_numpy(arr.astype(np.float32 if arr.dtype.kind == "f" else np.int64))[rows]
         inputs.append((g["id"].to_numpy(), data.decode(x) if data.is_text else th.images(x, data.lo, data.hi)))
-    regions = pd.read_csv(probes / "regions.csv")
+    regions = pd.read_csv(probes_dir / REGIONS)
     if data.is_text:  # the decoded text is the point's "thumbnail"
         texts = [""] * len(points)
         for ids, t in inputs:
@@ -88,10 +84,10 @@ def load_view(run_dir, probe: bool = False, log=print) -> View:
 def run_dirs(target: Path) -> list[Path]:
     """A run directory, or a study's (DIR/studies/NAME) finished runs in name order."""
     target = Path(target)
-    if (target / "metrics.json").exists():
+    if (target / METRICS).exists():
         return [target]
-    runs = sorted(p for p in (target / "runs").glob("*") if (p / "metrics.json").exists())
+    runs = sorted(p for p in (target / "runs").glob("*") if (p / METRICS).exists())
     if not runs:
-        raise KdxError(f"{target} is neither a finished run (no metrics.json) nor a study with finished runs "
-                       "(no runs/*/metrics.json): pass a directory that `kdx run` or `kdx study` wrote")
+        raise KdxError(f"{target} is neither a finished run (no {METRICS}) nor a study with finished runs "
+                       f"(no runs/*/{METRICS}): pass a directory that `kdx run` or `kdx study` wrote")
     return runs

@@ -12,6 +12,14 @@ from kdx.errors import KdxError
 from kdx.registry import MODELS
 
 
+TEXT_MODELS = "a text model: bert, bag_of_embeddings or text_cnn"  # where image and signal models point text users
+
+
+def require_image(data: Dataset, what: str) -> None:
+    """An image-only part refuses signals (cnn and mlp take them) and text (the text models take it)."""
+    data.require("image", what, "'cnn' or 'mlp'" if data.modality == "signal" else TEXT_MODELS)
+
+
 class Classifier(nn.Module):
     """`body` maps normalised inputs to a feature vector, `head` maps features to logits.
 

@@ -6,17 +6,15 @@ import math
 from torch import nn
 
 from kdx.data.base import Dataset
-from kdx.models.base import Classifier
+from kdx.models.base import TEXT_MODELS, Classifier
 from kdx.registry import MODELS
-
-NOT_TEXT_INSTEAD = "a text model: bert, bag_of_embeddings or text_cnn"
 
 
 @MODELS.register(context=("data",))
 def cnn(data: Dataset, channels: list[int] = [32, 64, 128], convs_per_block: int = 1, hidden: int = 1200,
         dropout: float = 0.0) -> Classifier:
     """VGG-style CNN: blocks of conv-BN-ReLU then 2x max-pool, a hidden layer, a linear head (2-D or 1-D by data)."""
-    data.require(("image", "signal"), "model 'cnn'", NOT_TEXT_INSTEAD)
+    data.require(("image", "signal"), "model 'cnn'", TEXT_MODELS)
     one_d = not data.is_image
     conv, bn, pool = (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d) if one_d else (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d)
     layers, c_in = [], data.input_shape[0]
@@ -35,7 +33,7 @@ def cnn(data: Dataset, channels: list[int] = [32, 64, 128], convs_per_block: int
 @MODELS.register(context=("data",))
 def mlp(data: Dataset, hidden: list[int] = [512, 256]) -> Classifier:
     """Multi-layer perceptron on flattened inputs, ReLU between layers."""
-    data.require(("image", "signal"), "model 'mlp'", NOT_TEXT_INSTEAD)
+    data.require(("image", "signal"), "model 'mlp'", TEXT_MODELS)
     layers, d = [nn.Flatten()], math.prod(data.input_shape)
     for h in hidden:
         layers += [nn.Linear(d, h), nn.ReLU(inplace=True)]

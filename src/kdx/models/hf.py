@@ -18,7 +18,8 @@ from torch import nn
 
 from kdx.data.base import Dataset
 from kdx.errors import KdxError
-from kdx.models.pretrained import PretrainedClassifier, Preprocess, files_digest, need_image
+from kdx.models.base import require_image
+from kdx.models.pretrained import PretrainedClassifier, Preprocess, files_digest, require_image_channels
 from kdx.registry import MODELS
 
 HEAD_NAMES = ("classifier", "head", "fc", "score")  # what transformers calls the final layer
@@ -192,8 +193,7 @@ def _load_dir(path: str) -> Path:
 @MODELS.register(context=("data",))
 def hf(data: Dataset, path: str, label_map: Optional[dict[Any, str]] = None) -> PretrainedClassifier:
     """Your trained transformers image classifier (save_pretrained folder at path), its processor applied inside."""
-    if not data.is_image:
-        need_image(data, "hf", 3)
+    require_image(data, "model 'hf'")
     d = _load_dir(path)
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
@@ -212,7 +212,7 @@ def hf(data: Dataset, path: str, label_map: Optional[dict[Any, str]] = None) -> 
     net.eval()
     config = net.config
     channels = int(getattr(config, "num_channels", 3) or 3)
-    need_image(data, "hf", channels)
+    require_image_channels(data, "hf", channels)
     labels = [str(config.id2label.get(i, config.id2label.get(str(i), f"LABEL_{i}"))) for i in range(config.num_labels)]
     order = match_labels(data.classes, labels, label_map)
 

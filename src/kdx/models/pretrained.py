@@ -22,7 +22,7 @@ from torch import nn
 
 from kdx.data.base import Dataset
 from kdx.errors import KdxError
-from kdx.models.base import Classifier, call_capturing
+from kdx.models.base import Classifier, call_capturing, require_image
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, what PIL's convert("L") uses
 
@@ -55,10 +55,9 @@ class Preprocess:
         return ", ".join(parts)
 
 
-def need_image(data: Dataset, name: str, channels: int) -> None:
-    if not data.is_image:
-        raise KdxError(f"model '{name}' needs image data (N, C, H, W); dataset '{data.name}' holds signals "
-                       f"{tuple(data.input_shape)}: use 'cnn' or 'mlp'")
+def require_image_channels(data: Dataset, name: str, channels: int) -> None:
+    """Images with `channels` channels, or with a count the model adapts (1 -> channels, 3 -> 1)."""
+    require_image(data, f"model '{name}'")
     c = data.input_shape[0]
     if c != channels and c != 1 and not (c == 3 and channels == 1):
         raise KdxError(f"model '{name}' takes {channels}-channel images; dataset '{data.name}' has {c} channels "

@@ -18,7 +18,7 @@ import torch
 from kdx.data.base import Dataset
 from kdx.errors import KdxError
 from kdx.models.base import read_state_dict
-from kdx.models.pretrained import PretrainedClassifier, Preprocess, files_digest, need_image
+from kdx.models.pretrained import PretrainedClassifier, Preprocess, files_digest, require_image_channels
 from kdx.registry import MODELS
 
 NORMALIZE = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), "none": ((0.0,) * 3, (1.0,) * 3)}
@@ -80,7 +80,7 @@ def torchvision_pretrained(data: Dataset, arch: str, weights: Optional[str] = No
     """Any torchvision classifier (arch) at its own input size, with your state-dict weights; resized inside."""
     import torchvision
 
-    need_image(data, "torchvision", 3)
+    require_image_channels(data, "torchvision", 3)
     check_arch(arch)
     if normalize == "data":
         mean, std = tuple(data.mean.tolist()), tuple(data.std.tolist())

@@ -5,7 +5,7 @@ from torch import nn
 
 from kdx.data.base import Dataset
 from kdx.errors import KdxError
-from kdx.models.base import Classifier
+from kdx.models.base import Classifier, require_image
 from kdx.registry import MODELS
 
 
@@ -26,8 +26,7 @@ def vit(data: Dataset, patch_size: int = 4, hidden_size: int = 128, layers: int 
     """transformers ViT from ViTConfig (random init), patch size and depth by config."""
     from transformers import ViTConfig, ViTForImageClassification
 
-    data.require("image", "model 'vit'", "'cnn' or 'mlp'" if data.modality == "signal"
-                 else "a text model: bert, bag_of_embeddings or text_cnn")
+    require_image(data, "model 'vit'")
     c, h, w = data.input_shape
     if h != w or h % patch_size:
         raise KdxError(f"model 'vit': image {h}x{w} must be square and divisible by patch_size={patch_size}")

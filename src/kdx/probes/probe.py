@@ -12,12 +12,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kdx.models import predict
 from kdx.errors import KdxError
-from kdx.probes import deviation, maps, regions
-from kdx.io import read_parquet_meta, save_arrays, save_csv, save_json, save_parquet
+from kdx.eval import heldout
+from kdx.io import read_parquet_meta, save_arrays, save_csv, save_parquet, write_json
+from kdx.models import predict
 from kdx.neighbors import Projection, kmeans, search
-from kdx.rundir import DRAWS, PROBES, STUDENT, load_run
+from kdx.probes import deviation, maps, regions
+from kdx.rundir import DEVIATION, DEVIATION_PLOT, DRAWS, MAP, MAP_ARRAYS, PROBES, REGIONS, STUDENT, SUMMARY, load_run
 
 DEFAULT_ON = ["train_subset", "test"]
 MAP_FORMAT = 3  # bump when map.parquet's columns change meaning, so stale maps are recomputed
@@ -120,8 +121,6 @@ def _map_key(run, names: list[str], opts: ProbeOptions) -> dict:
 
 def probe(run, opts: ProbeOptions | None = None, log=print) -> dict:
     """Write RUN/probes/ for a FinishedRun (or a run directory); return summary.json's content."""
-    from kdx.eval import heldout
-
     opts = opts or ProbeOptions()
     run = run if hasattr(run, "teacher") else load_run(run)
     out_dir, data, seconds = run.dir / PROBES, run.data, {}
@@ -146,8 +145,8 @@ def probe(run, opts: ProbeOptions | None = None, log=print) -> dict:
     for name, o in evals.items():
         fits, points = deviation.summarize(o.teacher_logits, o.student_logits, o.labels, opts.resamples, opts.seed)
         report["distributions"][name] = fits
-        deviation.plot(out_dir / f"deviation_{name}.png", name, points, fits)
-    save_json(out_dir / "deviation.json", report)
+        deviation.plot(out_dir / DEVIATION_PLOT.format(name), name, points, fits)
+    write_json(out_dir / DEVIATION, report)
     lap("deviation")
 
     project = Projection(np.concatenate([o.features for o in evals.values()]), opts.pca_dim)
@@ -163,8 +162,8 @@ def probe(run, opts: ProbeOptions | None = None, log=print) -> dict:
     points["region"] = assign
     lap("kmeans")
     table = regions.region_table(points, data.classes)
-    save_csv(table, out_dir / "regions.csv")
-    regions.plot(table, out_dir / "regions.png")
+    save_csv(table, out_dir / REGIONS)
+    regions.plot(table, (out_dir / REGIONS).with_suffix(".png"))
     summary = {"run": str(run.dir), "on": names, "options": dataclasses.asdict(opts),
                "pca_explained_variance": project.explained,
                "coverage_vs_disagreement_spearman": regions.coverage_correlation(points)}
@@ -174,15 +173,13 @@ def probe(run, opts: ProbeOptions | None = None, log=print) -> dict:
         summary["map"] = write_map(run, names, opts, points, eval_feats, src, centroids, log)
         lap("map")
     summary["seconds"] = seconds
-    save_json(out_dir / "summary.json", summary)
+    write_json(out_dir / SUMMARY, summary)
     return summary
 
 
 def adaptive_draws(run, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """For train_subset points of a run whose adaptive source drew from the train set: how often it drew
     each, and when (mean step / steps, 0..1); NaN elsewhere and for other runs."""
-    from kdx.eval import heldout
-
     drawn, when = np.full(len(frame), np.nan), np.full(len(frame), np.nan)
     path = run.dir / DRAWS
     if not path.exists():
@@ -202,8 +199,8 @@ def write_map(run, names, opts, points, eval_feats, src: ModelOutputs, centroids
     """map.parquet, map.png and map_arrays.npz (each map row's projected teacher features, and the
     distillation inputs on the map, for the explorer), or nothing when a map of the same inputs and
     models exists."""
-    path, key = run.dir / PROBES / "map.parquet", _map_key(run, names, opts)
-    arrays = path.with_name("map_arrays.npz")
+    path, key = run.dir / PROBES / MAP, _map_key(run, names, opts)
+    arrays = path.with_name(MAP_ARRAYS)
     if path.exists() and arrays.exists() and not opts.remap and read_parquet_meta(path) == key:
         log(f"{path}: made from the same inputs and models; reused (--remap recomputes it)")
         return "reused"

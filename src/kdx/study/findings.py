@@ -18,7 +18,7 @@ from omegaconf import MISSING
 
 from kdx import config as kconfig
 from kdx.errors import KdxError
-from kdx.io import save_json, write_text
+from kdx.io import write_json, write_text
 from kdx.study import sections
 from kdx.study.execute import run_study
 from kdx.study.folders import load_study
@@ -85,7 +85,7 @@ def run_all(runs_dir: Path, configs: Path, manifest: FindingsConfig, *, workers:
     eigen = runs_dir / manifest.eigen.dir
     if not (eigen / sections.EIGEN_JSON).exists():
         results = [simulate(EigenConfig(seed=s)) for s in range(manifest.eigen.seeds)]
-        save_json(eigen / sections.EIGEN_JSON, {"runs": results})
+        write_json(eigen / sections.EIGEN_JSON, {"runs": results})
         plot(results[0], eigen / sections.EIGEN_PNG)
     for name in manifest.names:
         run_study(configs / "studies" / f"{name}.yaml", runs_dir, workers)

@@ -14,7 +14,7 @@ import numpy as np
 from kdx import config as kconfig
 from kdx.data import load_dataset
 from kdx.errors import KdxError
-from kdx.rundir import DEVIATION, LOG, METRICS, PROBES, read_metrics
+from kdx.rundir import DEVIATION, DEVIATION_PLOT, LOG, METRICS, PROBES, read_metrics
 from kdx.study.plan import PlannedRun, StudyConfig, plan
 
 
@@ -69,8 +69,8 @@ class Run:
         return dev.get("distributions", dev)  # files written before the probe grouped them lack the key
 
     def deviation_plot(self, dist: str) -> Path:
-        """The probe's scatter plot on one distribution (named after its deviation.json)."""
-        return self.dir / PROBES / f"{Path(DEVIATION).stem}_{dist}.png"
+        """The probe's scatter plot on one distribution."""
+        return self.dir / PROBES / DEVIATION_PLOT.format(dist)
 
 
 def curves(runs: list[Run]) -> tuple[np.ndarray, np.ndarray]:

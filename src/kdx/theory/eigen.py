@@ -20,6 +20,7 @@ import dataclasses
 import numpy as np
 
 from kdx.errors import KdxError
+from kdx.io import pyplot, save_figure
 
 
 @dataclasses.dataclass
@@ -106,8 +107,6 @@ def _first(hit: np.ndarray) -> int:
 def plot(result: dict, path) -> None:
     """Left: per-direction progress at matched top-direction progress, measured (dots) and theory (lines).
     Right: distilled over one-hot progress per direction, which the theory says is a_k(t2) a_k(T) / a_k(t1)."""
-    from kdx.io import pyplot, save_figure
-
     plt = pyplot()
     lam = np.array(result["lambda"])
     fig, (ax, ratio) = plt.subplots(1, 2, figsize=(12, 4.8))
