@@ -9,6 +9,7 @@ from kdx.data.base import Dataset
 from kdx.errors import KdxError
 from kdx.registry import SOURCES
 from kdx.sampling.base import Batch, Source, step_generator
+from kdx.sampling.lm_corpus import lm_batch
 from kdx.sampling.text import random_sequences
 
 KINDS = {"image": ("uniform", "gaussian"), "signal": ("uniform", "gaussian"), "text": ("uniform", "unigram"),
@@ -29,9 +30,6 @@ class NoiseSource(Source):
         if d.is_text:
             return Batch(random_sequences(d, n, g, self.device, self.kind))
         if d.modality == "lm":  # random token windows at the corpus's window lengths, every real position counted
-            from kdx.sampling.lm_corpus import lm_batch
-            from kdx.sampling.text import random_sequences
-
             return lm_batch(random_sequences(d, n, g, self.device, self.kind), d)
         if self.kind == "uniform":
             return Batch(d.uniform_in_box(n, g, self.device))
