@@ -120,6 +120,7 @@ def execute(cfg: kconfig.RunConfig, run_dir: Path, resume: bool = False, overwri
     # is made, so a refused run leaves nothing behind to --overwrite.
     data = load_dataset(cfg.data)
     heldout.check(distribution_names(cfg.eval, data), data, cfg.eval.n, cfg.eval.seed)  # fits the data? before training
+    source = build_source(cfg, data)  # its values checked against the data; it needs no teacher, so before one
     t0 = time.perf_counter()
     if ddp and not main:
         dist.barrier()  # rank 0 finds or trains (in one process) the teacher; the others then load it
@@ -127,7 +128,6 @@ def execute(cfg: kconfig.RunConfig, run_dir: Path, resume: bool = False, overwri
     if ddp and main:
         dist.barrier()
     teacher_seconds = time.perf_counter() - t0
-    source = build_source(cfg, data)
     student = build_model(cfg.student.model, data, "student.model", cfg.seed)
     if cfg.student.init:
         load_weights(student, cfg.student.init, "student.init")

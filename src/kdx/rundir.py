@@ -21,7 +21,7 @@ from kdx.device import prepare_model, resolve_device
 from kdx.distill.loop import CHECKPOINT, LOG  # noqa: F401 - the loop's own files, named where it writes them
 from kdx.distill.teacher import Teacher, get_teacher
 from kdx.errors import KdxError
-from kdx.models import build_model
+from kdx.models import build_model, read_state_dict
 from kdx.registry import SOURCES
 
 CONFIG = "config.yaml"
@@ -54,7 +54,7 @@ class FinishedRun:
 def load_student(run_dir: Path, cfg: kconfig.RunConfig, data: Dataset) -> torch.nn.Module:
     """The run's trained student, on the CPU, as built by its config."""
     student = build_model(cfg.student.model, data, "student.model", cfg.seed)
-    student.load_state_dict(torch.load(Path(run_dir) / STUDENT, map_location="cpu")["model"])
+    student.load_state_dict(read_state_dict(Path(run_dir) / STUDENT, "the run's student"))  # weights_only=True
     return student
 
 

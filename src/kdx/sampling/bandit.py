@@ -30,7 +30,7 @@ from kdx.errors import KdxError
 from kdx.registry import SOURCES
 from kdx.sampling.adaptive import COUNTS, Scorer, kl_rows
 from kdx.sampling.base import Batch, Source
-from kdx.sampling.mixture import MixtureSource
+from kdx.sampling.mixture import MixtureSource, component_weight
 
 
 class AdaptiveMixture(MixtureSource):
@@ -132,7 +132,7 @@ def adaptive_mixture(data: Dataset, seed: int, components: list[dict[str, Any]] 
     parts, weights = [], []
     for i, comp in enumerate(components):
         comp = dict(comp)
-        weights.append(float(comp.pop("weight", 1.0)))
+        weights.append(component_weight(comp.pop("weight", 1.0), f"source 'adaptive_mixture': components[{i}]"))
         if comp.get("name") in ("mixture", "adaptive_mixture"):
             raise KdxError("source 'adaptive_mixture' cannot contain another mixture; flatten the components")
         parts.append(SOURCES.build(comp, f"source.components[{i}]", data=data, seed=seed * 1000 + i))

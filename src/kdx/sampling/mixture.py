@@ -1,6 +1,7 @@
 """A mixture of other sources: each batch splits its samples among components by weight."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -55,19 +56,31 @@ class MixtureSource(Source):
             p.load_state_dict(s)
 
 
+def component_weight(value, where: str) -> float:
+    """A component's weight: a finite number >= 0 (a word or NaN would only fail once training draws)."""
+    try:
+        w = float(value)
+    except (TypeError, ValueError):
+        w = math.nan
+    if isinstance(value, bool) or not (math.isfinite(w) and w >= 0):
+        raise KdxError(f"{where}: weight {value!r} must be a finite number >= 0 (e.g. weight: 0.5)")
+    return w
+
+
 @SOURCES.register(context=("data", "seed"))
 def mixture(data: Dataset, seed: int, components: list[dict[str, Any]] = []) -> MixtureSource:
     """Weights over other sources, e.g. components: [{name: train, weight: 0.5}, {name: noise, weight: 0.5}]."""
     if not components:
         raise KdxError("source 'mixture' needs components: a list of {name: SOURCE, weight: W, ...}")
-    parts, weights = [], []
-    for i, comp in enumerate(components):
+    specs, weights = [], []
+    for i, comp in enumerate(components):  # the cheap checks first, then each component built (and checked)
         comp = dict(comp)
-        w = float(comp.pop("weight", 1.0))
+        weights.append(component_weight(comp.pop("weight", 1.0), f"source 'mixture': components[{i}]"))
         if comp.get("name") == "mixture":
             raise KdxError("source 'mixture' cannot contain another mixture; flatten the components")
-        parts.append(SOURCES.build(comp, f"source.components[{i}]", data=data, seed=seed * 1000 + i))
-        weights.append(w)
-    if min(weights) < 0 or sum(weights) <= 0:
+        specs.append(comp)
+    if sum(weights) <= 0:
         raise KdxError(f"source 'mixture': weights must be non-negative with a positive sum, got {weights}")
+    parts = [SOURCES.build(comp, f"source.components[{i}]", data=data, seed=seed * 1000 + i)
+             for i, comp in enumerate(specs)]
     return MixtureSource(data, seed, parts, weights)
