@@ -6,6 +6,7 @@ and evaluate (sharded, gathered on rank 0), and rank 0 alone writes files.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -26,7 +27,7 @@ from kdx.eval import distribution_names, evaluate, heldout
 from kdx.io import save_arrays, save_torch, write_json, write_text
 from kdx.models import build_model, load_weights, num_params, predict, read_state_dict
 from kdx.registry import DATASETS, HELDOUT, LOSSES, MODELS, SOURCES
-from kdx.rundir import CHECKPOINT, CONFIG, DRAWS, METRICS, STUDENT
+from kdx.rundir import CHECKPOINT, CONFIG, DRAWS, METRICS, STUDENT, locked
 from kdx.sampling.base import Source
 
 
@@ -98,10 +99,17 @@ def run(config_path: str | None, overrides: list[str], runs_dir: str = "runs", n
 
 
 def execute(cfg: kconfig.RunConfig, run_dir: Path, resume: bool = False, overwrite: bool = False) -> Path:
-    """Run one resolved config into run_dir (refusing an existing one unless resume/overwrite)."""
+    """Run one resolved config into run_dir (refusing an existing one unless resume/overwrite), holding the
+    run directory's lock throughout (a second process on it is refused, naming this one)."""
     ddp = dist.is_initialized()
     main = not ddp or dist.get_rank() == 0  # the process that writes files and prints
     source_spec = validate(cfg)
+    with locked(run_dir) if main else contextlib.nullcontext():
+        return _execute_locked(cfg, run_dir, resume, overwrite, source_spec, ddp, main)
+
+
+def _execute_locked(cfg: kconfig.RunConfig, run_dir: Path, resume: bool, overwrite: bool, source_spec: dict,
+                    ddp: bool, main: bool) -> Path:
     check_run_dir(run_dir, resume, overwrite)
     if resume and (run_dir / METRICS).exists():
         if main:

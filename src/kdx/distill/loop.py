@@ -36,7 +36,7 @@ from kdx.device import autocast, prepare_model, resolve_device
 from kdx.distill.losses import NEEDS_LABELS
 from kdx.distill.schedules import build_optimizer, build_schedule
 from kdx.errors import KdxError
-from kdx.io import save_torch
+from kdx.io import append_text, save_torch
 from kdx.registry import LOSSES
 from kdx.sampling.base import Batch, Source
 
@@ -141,7 +141,7 @@ def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, seed: 
                                          "schedule": sched.state_dict(), "source": source.state_dict(), "step": step,
                                          "counts": dict(counts)}))
 
-    log = open(run_dir / LOG, "a") if run_dir and rank == 0 else None
+    log = run_dir / LOG if run_dir and rank == 0 else None  # appended through kdx.io: a full disk is named
     bar = tqdm(total=steps, initial=start, desc=desc, disable=rank > 0 or not sys.stderr.isatty(), leave=False)
     t_start = t_last = time.perf_counter()
     last_logged, value = start, None
@@ -185,18 +185,14 @@ def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, seed: 
             bar.set_postfix(loss=f"{value:.4f}", rate=f"{rate:,.0f}/s")
             if log:
                 epoch = done * cfg.batch_size / source.epoch_size if source.epoch_size else None
-                log.write(json.dumps({"step": done, "epoch": epoch, "loss": value, "loss_name": loss_name,
-                                      "lr": sched.get_last_lr()[0], "samples_per_s": rate}) + "\n")
-                log.flush()
+                append_text(log, json.dumps({"step": done, "epoch": epoch, "loss": value, "loss_name": loss_name,
+                                             "lr": sched.get_last_lr()[0], "samples_per_s": rate}) + "\n")
             if done % cfg.checkpoint_every == 0 and done < steps and rank == 0:
                 save_checkpoint(done)
         if log and curve and cfg.curve_every and (done * cfg.batch_size // cfg.curve_every
                                                   > step * cfg.batch_size // cfg.curve_every or done == steps):
-            log.write(json.dumps({"step": done, "samples": done * cfg.batch_size, "curve": curve(student)}) + "\n")
-            log.flush()
+            append_text(log, json.dumps({"step": done, "samples": done * cfg.batch_size, "curve": curve(student)}) + "\n")
     bar.close()
-    if log:
-        log.close()
     seconds = time.perf_counter() - t_start
     trained = (steps - start) * cfg.batch_size
     return {"steps": steps, "samples": steps * cfg.batch_size, "seconds": seconds,
