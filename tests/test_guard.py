@@ -131,7 +131,7 @@ def _first_to_exit(procs: list[subprocess.Popen], timeout: float = 300) -> int:
 def test_two_kdx_runs_on_one_run_dir_and_a_killed_holder(digits_teacher, tmp_path):
     """Two `kdx run` started in the same instant on one run directory: one is refused, naming the other
     (pid, host) and what to do; the other, SIGKILLed mid-run, leaves a lock that does not block --resume."""
-    cmd = [*KDX, "run", *FAST, "distill.samples=60000", "distill.checkpoint_every=25",
+    cmd = [*KDX, "run", *FAST, "distill.samples=24000", "distill.checkpoint_every=25",
            "--runs-dir", str(tmp_path), "--name", "r"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
