@@ -371,3 +371,28 @@ def test_every_writer_on_a_full_disk(tmp_path):
             datasets.DatasetDict({"train": datasets.Dataset.from_dict({"t": [big] * 4})}).save_to_disk(str(tmp))
         assert full_disk_message(str(e.value)) == ("inversion", disk / "pools")
         assert list((disk / "pools").iterdir()) == []
+
+
+def fill(disk: Path) -> None:
+    """Fill the disk to the last byte with one file (filler.bin)."""
+    with open(disk / "filler.bin", "wb", buffering=0) as f:
+        chunk = b"\0" * 4096
+        try:
+            while True:
+                f.write(chunk)
+        except OSError:
+            pass
+
+
+def test_kdx_probe_and_kdx_synth_on_a_full_disk_name_the_file(digits_teacher, tmp_path):
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        run = run_fast(disk, "distill.samples=1000", name="r")
+        fill(disk)
+        name, folder = full_disk_message(refused(kdx("probe", run, "--no-map", "--source-n", "500", "--resamples", "50")))
+        assert folder == run / "probes"
+        name, folder = full_disk_message(refused(kdx("synth", *FAST, "source.name=langevin", "source.steps=2",
+                                                     "source.batch=64", "--n", "64", "--out", disk / "pool")))
+        assert (name, folder) == ("pool", disk)
+        (disk / "filler.bin").unlink()
+        assert_all_files_whole(disk)
+        assert sorted(p.name for p in disk.iterdir()) == [".r.lock", "r"]  # no pool, whole or half
