@@ -17,6 +17,7 @@ import socket
 import time
 from pathlib import Path
 
+import filelock
 import torch
 from omegaconf import OmegaConf
 
@@ -63,11 +64,11 @@ def _holder(record: Path, wait: float = 2.0) -> dict | None:
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # it exists, under another user
+        pass
     return True
 
 
@@ -76,8 +77,6 @@ def locked(folder: str | Path):
     """Hold a run (or study) folder for this process's work on it: a second process gets a KdxError naming
     the holder. The lock is the OS's (filelock, flock on POSIX), released by the kernel when the holder
     dies, so a killed run never blocks `--resume`; the holder's pid and host are written beside it."""
-    import filelock
-
     folder = Path(os.path.abspath(folder))
     if folder in _HELD:
         _HELD[folder] += 1
