@@ -108,7 +108,7 @@ class Study:
 
 def load_study(name: str, runs_dir: Path, configs: Path) -> Study:
     path = configs / "studies" / f"{name}.yaml"
-    cfg, planned = plan(path)
+    cfg, planned = plan(path, build_sources=False)  # finished runs are read: their sources were built
     out = runs_dir / "studies" / cfg.name
     runs = []
     for p in planned:
