@@ -75,10 +75,10 @@ def test_kdx_run_refuses_a_mistyped_source_value_before_any_teacher(tmp_path):
 
 
 @pytest.mark.parametrize("source, needle", [
-    ("{name: mixture, components: [{name: train}, {name: train, augment: mix_up}]}", "augment 'mix_up' is unknown"),
+    ("{name: mixture, components: [{name: train}, {name: train, augment: mix_up}]}", "source.components[1]: source augment 'mix_up' is unknown"),
     ("{name: mixture, components: [{name: train, weight: heavy}, {name: noise}]}", "weight 'heavy' must be"),
     ("{name: mixture, components: [{name: train, weight: .nan}, {name: noise}]}", "weight nan must be"),
-    ("{name: adaptive, candidates: {name: noise, kind: pink}}", "kind must be"),
+    ("{name: adaptive, candidates: {name: noise, kind: pink}}", "source.candidates: source 'noise': kind must be"),
     ("{name: adaptive, candidates: {name: nosie}}", "unknown source 'nosie'"),
     ("{name: adaptive, pick: best}", "pick 'best' is unknown"),
     ("{name: adaptive, oversample: .nan}", "oversample=nan"),

@@ -52,6 +52,7 @@ from kdx.models import predict
 from kdx.neighbors import Projection, kmeans
 from kdx.registry import SOURCES
 from kdx.sampling.base import Batch, PoolSource, Source, step_generator
+from kdx.sampling.mixture import build_part
 
 COUNTS = ("teacher_forwards", "teacher_cache_lookups", "student_forwards", "candidates_drawn")
 
@@ -340,5 +341,5 @@ def adaptive(data: Dataset, seed: int, candidates: dict[str, Any] = {"name": "tr
     spec = dict(candidates)
     if "name" not in spec:
         raise KdxError("source 'adaptive' needs candidates: {name: SOURCE, ...} (e.g. {name: train, augment: mixup})")
-    cand = SOURCES.build(spec, "source.candidates", data=data, seed=seed)
+    cand = build_part(spec, "source.candidates", data, seed)
     return AdaptiveSource(data, seed, cand, score, pick, oversample, beta, regions, floor, refresh_every, ema, pca_dim)

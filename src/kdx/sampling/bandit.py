@@ -30,7 +30,7 @@ from kdx.errors import KdxError
 from kdx.registry import SOURCES
 from kdx.sampling.adaptive import COUNTS, Scorer, kl_rows
 from kdx.sampling.base import Batch, Source
-from kdx.sampling.mixture import MixtureSource, component_weight
+from kdx.sampling.mixture import MixtureSource, build_part, component_weight
 
 
 class AdaptiveMixture(MixtureSource):
@@ -135,7 +135,7 @@ def adaptive_mixture(data: Dataset, seed: int, components: list[dict[str, Any]] 
         weights.append(component_weight(comp.pop("weight", 1.0), f"source 'adaptive_mixture': components[{i}]"))
         if comp.get("name") in ("mixture", "adaptive_mixture"):
             raise KdxError("source 'adaptive_mixture' cannot contain another mixture; flatten the components")
-        parts.append(SOURCES.build(comp, f"source.components[{i}]", data=data, seed=seed * 1000 + i))
+        parts.append(build_part(comp, f"source.components[{i}]", data, seed * 1000 + i))
     if min(weights) < 0 or sum(weights) <= 0:
         raise KdxError(f"source 'adaptive_mixture': weights must be non-negative with a positive sum, got {weights}")
     return AdaptiveMixture(data, seed, parts, weights, tau, floor, ema, refresh_every)

@@ -56,6 +56,14 @@ class MixtureSource(Source):
             p.load_state_dict(s)
 
 
+def build_part(spec: dict, where: str, data: Dataset, seed: int) -> Source:
+    """A source nested in another (a component, the candidates), its errors prefixed with where it sits."""
+    try:
+        return SOURCES.build(spec, where, data=data, seed=seed)
+    except KdxError as e:
+        raise KdxError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
+
+
 def component_weight(value, where: str) -> float:
     """A component's weight: a finite number >= 0 (a word or NaN would only fail once training draws)."""
     try:
@@ -81,6 +89,5 @@ def mixture(data: Dataset, seed: int, components: list[dict[str, Any]] = []) -> 
         specs.append(comp)
     if sum(weights) <= 0:
         raise KdxError(f"source 'mixture': weights must be non-negative with a positive sum, got {weights}")
-    parts = [SOURCES.build(comp, f"source.components[{i}]", data=data, seed=seed * 1000 + i)
-             for i, comp in enumerate(specs)]
+    parts = [build_part(comp, f"source.components[{i}]", data, seed * 1000 + i) for i, comp in enumerate(specs)]
     return MixtureSource(data, seed, parts, weights)
