@@ -103,17 +103,38 @@ def test_ray_executor_runs_the_grid_as_tasks(digits_teacher, tmp_path):
     assert ray_m["eval"]["test"]["student_acc"] == pytest.approx(local_m["eval"]["test"]["student_acc"], abs=0.02)
 
 
+def check_shipped_config(path: Path) -> None:
+    """What the shipped-config test checks of one file: a run config validates and a study plans (no run
+    starts); where the data is on this machine, every source is also built against it (which checks every
+    source value: an augment, a noise kind, an adaptive score, each component and candidate)."""
+    from kdx.config import load_config
+    from kdx.data import load_dataset
+    from kdx.run import build_source, validate
+    from kdx.study.plan import check_sources
+
+    def data_here(spec) -> bool:
+        try:
+            load_dataset(spec)
+        except KdxError:  # e.g. the text corpus or the own-teacher image folder, made by `make demo-*`
+            return False
+        return True
+
+    if path.parent.name == "studies":
+        study, runs = plan(path, build_sources=False)
+        assert runs and len({r.name for r in runs}) == len(runs)
+        if data_here(runs[0].cfg.data):
+            check_sources(path, runs)
+    elif path.name == "findings.yaml":  # the findings page's list of studies: each one exists
+        assert all((path.parent / "studies" / f"{name}.yaml").exists() for name in load_manifest(path).names)
+    else:
+        cfg = load_config(path)
+        validate(cfg)
+        if data_here(cfg.data):
+            build_source(cfg, load_dataset(cfg.data))
+
+
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml")),
                          ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_shipped_config_and_study_validates(path):
     """What a user copies first must load: run configs validate, studies plan (no run starts)."""
-    from kdx.config import load_config
-    from kdx.run import validate
-
-    if path.parent.name == "studies":
-        study, runs = plan(path)
-        assert runs and len({r.name for r in runs}) == len(runs)
-    elif path.name == "findings.yaml":  # the findings page's list of studies: each one exists
-        assert all((path.parent / "studies" / f"{name}.yaml").exists() for name in load_manifest(path).names)
-    else:
-        validate(load_config(path))
+    check_shipped_config(path)

@@ -1,16 +1,23 @@
 """Every file kdx writes goes through here: a temporary file beside the target, then a rename, so a kill
-never leaves half a file. Text, JSON, torch checkpoints, figures, CSV, parquet and numpy arrays."""
+never leaves half a file. Text, JSON, torch checkpoints, figures, CSV, parquet, numpy arrays, whole folders
+(`atomic_dir`) and appended log lines (`append_text`, cut back to its last whole line if a write fails).
+A full disk is named (the file, its folder, what to do) as a KdxError, never a traceback."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from kdx.errors import KdxError
 
 
 def _umask_mode() -> int:
@@ -20,22 +27,82 @@ def _umask_mode() -> int:
 
 
 FILE_MODE = _umask_mode()  # what open() would give a new file: mkstemp's 0600 would hide pages and results
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in DISK_FULL
+
+
+def disk_full_error(path: str | Path | None, e: OSError) -> KdxError:
+    """The one-line error for a file that a full disk (or quota) kept from being written."""
+    what = f"{Path(path).name} in {Path(path).parent}" if path else "a file"
+    return KdxError(f"cannot write {what}: the disk is full ({e.strerror}). Free space there, or write elsewhere "
+                    "(--runs-dir, --out, $KDX_CACHE), and run the command again (`kdx run ... --resume` continues a "
+                    "run, a study resumes by itself)")
+
+
+@contextlib.contextmanager
+def _named_when_full(path):
+    try:
+        yield
+    except OSError as e:
+        if disk_full(e):
+            raise disk_full_error(path, e) from None
+        raise
 
 
 def _atomic(path: Path, write) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _named_when_full(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, FILE_MODE)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def append_text(path: Path, text: str) -> None:
+    """Append to a log (e.g. one JSON line): if the write fails (a full disk) the file is cut back to what
+    it held before, so it never ends in half a line."""
+    path = Path(path)
+    data = memoryview(text.encode())
+    with _named_when_full(path):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            start = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                while data:
+                    data = data[os.write(fd, data):]
+            except BaseException:
+                os.ftruncate(fd, start)
+                raise
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_dir(out: Path):
+    """A folder written whole or not at all: the body fills the hidden temporary folder it is given, which
+    then replaces `out` (a kill mid-write leaves that temporary folder, never a half folder at `out`)."""
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with _named_when_full(out):
+        try:
+            yield tmp
+            shutil.rmtree(out, ignore_errors=True)
+            tmp.rename(out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def write_text(path: Path, text: str) -> None:
@@ -48,7 +115,11 @@ def write_json(path: Path, obj) -> None:
 
 
 def save_torch(path: Path, obj) -> None:
-    _atomic(path, lambda f: torch.save(obj, f))
+    # serialised in memory first: torch writing to a full disk raises a bare RuntimeError ("unexpected pos"),
+    # while the file's own write raises ENOSPC, which is named
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    _atomic(path, lambda f: f.write(buf.getbuffer()))
 
 
 def pyplot():

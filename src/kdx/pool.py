@@ -14,7 +14,6 @@ import collections
 import dataclasses
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import torch
 from kdx.device import resolve_device
 from kdx.distill.loop import distill
 from kdx.errors import KdxError
-from kdx.io import write_json
+from kdx.io import atomic_dir, write_json
 from kdx.models import build_model, predict
 from kdx.registry import SOURCES
 from kdx.sampling.synthesis import SynthesisSource
@@ -87,10 +86,7 @@ def save_pool(out: Path, data, x: torch.Tensor, teacher_model, params: dict) -> 
     columns = {**inputs, "label": logits.argmax(1).tolist(), "teacher_logits": logits.numpy()}
     train = datasets.Dataset.from_dict(columns, features=features, info=info)
     test = train.select(range(min(TEST_ROWS, len(train))))
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    datasets.DatasetDict({"train": train, "test": test}).save_to_disk(str(tmp))
-    write_json(tmp / "synth.json", params)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)  # a kill mid-write leaves the hidden temporary folder, never a half pool at `out`
+    with atomic_dir(out) as tmp:  # whole or absent, a full disk named
+        datasets.DatasetDict({"train": train, "test": test}).save_to_disk(str(tmp))
+        write_json(tmp / "synth.json", params)
     return logits

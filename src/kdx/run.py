@@ -6,6 +6,7 @@ and evaluate (sharded, gathered on rank 0), and rank 0 alone writes files.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -29,7 +30,7 @@ from kdx.io import save_arrays, save_torch, write_json
 from kdx.models import build_model, load_weights, num_params, predict, read_state_dict
 from kdx.models.gpt import check_vocabularies
 from kdx.registry import DATASETS, HELDOUT, LOSSES, MODELS, SOURCES
-from kdx.rundir import CHECKPOINT, CONFIG, DRAWS, METRICS, STUDENT, write_config
+from kdx.rundir import CHECKPOINT, CONFIG, DRAWS, METRICS, STUDENT, locked, write_config
 from kdx.sampling.base import Source
 
 
@@ -101,10 +102,17 @@ def run(config_path: str | None, overrides: list[str], runs_dir: str = "runs", n
 
 
 def execute(cfg: kconfig.RunConfig, run_dir: Path, resume: bool = False, overwrite: bool = False) -> Path:
-    """Run one resolved config into run_dir (refusing an existing one unless resume/overwrite)."""
+    """Run one resolved config into run_dir (refusing an existing one unless resume/overwrite), holding the
+    run directory's lock throughout (a second process on it is refused, naming this one)."""
     ddp = dist.is_initialized()
     main = not ddp or dist.get_rank() == 0  # the process that writes files and prints
     source_spec = validate(cfg)
+    with locked(run_dir) if main else contextlib.nullcontext():
+        return _execute_locked(cfg, run_dir, resume, overwrite, source_spec, ddp, main)
+
+
+def _execute_locked(cfg: kconfig.RunConfig, run_dir: Path, resume: bool, overwrite: bool, source_spec: dict,
+                    ddp: bool, main: bool) -> Path:
     check_run_dir(run_dir, resume, overwrite)
     if resume and (run_dir / METRICS).exists():
         if main:
@@ -125,6 +133,7 @@ def execute(cfg: kconfig.RunConfig, run_dir: Path, resume: bool = False, overwri
     if data.modality == "lm":  # teacher and student predict over one vocabulary, checked before any training
         check_vocabularies(cfg.teacher.model, cfg.student.model, data)
     heldout.check(distribution_names(cfg.eval, data), data, cfg.eval.n, cfg.eval.seed)  # fits the data? before training
+    source = build_source(cfg, data)  # its values checked against the data; it needs no teacher, so before one
     t0 = time.perf_counter()
     if ddp and not main:
         dist.barrier()  # rank 0 finds or trains (in one process) the teacher; the others then load it
@@ -132,7 +141,6 @@ def execute(cfg: kconfig.RunConfig, run_dir: Path, resume: bool = False, overwri
     if ddp and main:
         dist.barrier()
     teacher_seconds = time.perf_counter() - t0
-    source = build_source(cfg, data)
     student = build_model(cfg.student.model, data, "student.model", cfg.seed)
     if cfg.student.init:
         load_weights(student, cfg.student.init, "student.init")

@@ -6,13 +6,19 @@
     metrics.json   eval per held-out distribution, train stats, teacher; its presence marks a finished run
     probes/        what `kdx probe` writes: deviation.json (and deviation_<distribution>.png), regions.csv/png,
                    map.parquet/png, map_arrays.npz, summary.json
+    ../.NAME.lock  held by the process writing the run (`locked`), its pid and host in .NAME.lock.json
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
+import socket
+import time
 from pathlib import Path
 
+import filelock
 import torch
 from omegaconf import OmegaConf
 
@@ -23,8 +29,8 @@ from kdx.device import prepare_model, resolve_device
 from kdx.distill.loop import CHECKPOINT, LOG  # noqa: F401 - the loop's own files, named where it writes them
 from kdx.distill.teacher import Teacher, cache_root, get_teacher
 from kdx.errors import KdxError
-from kdx.io import write_text
-from kdx.models import build_model
+from kdx.io import write_json, write_text
+from kdx.models import build_model, read_state_dict
 from kdx.registry import SOURCES
 
 CONFIG = "config.yaml"
@@ -44,6 +50,76 @@ SUMMARY = "summary.json"
 def write_config(run_dir: Path, cfg: kconfig.RunConfig) -> None:
     """config.yaml: the resolved config and the kdx version that ran it."""
     write_text(Path(run_dir) / CONFIG, kconfig.to_yaml(cfg).rstrip() + f"\nkdx_version: {kdx.__version__}\n")
+
+
+_HELD: dict[Path, int] = {}  # folders this process holds -> depth (a study holds a run across run and probe)
+
+
+def _holder_files(folder: Path) -> tuple[Path, Path]:
+    """The lock file and its holder record, beside the folder (inside, --overwrite would delete them)."""
+    return folder.with_name(f".{folder.name}.lock"), folder.with_name(f".{folder.name}.lock.json")
+
+
+def _holder(record: Path, wait: float = 2.0) -> dict | None:
+    """The live holder's record: one that just took the lock may not have written it yet, and a process that
+    was killed leaves its record behind (its lock went with it), so wait a moment for a live holder's."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            info = json.loads(record.read_text())
+            if info.get("host") != socket.gethostname() or _alive(int(info["pid"])):
+                return info
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        pass
+    return True
+
+
+@contextlib.contextmanager
+def locked(folder: str | Path):
+    """Hold a run (or study) folder for this process's work on it: a second process gets a KdxError naming
+    the holder. The lock is the OS's (filelock, flock on POSIX), released by the kernel when the holder
+    dies, so a killed run never blocks `--resume`; the holder's pid and host are written beside it."""
+    folder = Path(os.path.abspath(folder))
+    if folder in _HELD:
+        _HELD[folder] += 1
+        try:
+            yield
+        finally:
+            _HELD[folder] -= 1
+        return
+    lock_file, record = _holder_files(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(lock_file), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        info = _holder(record)
+        who = (f"process {info['pid']} on host {info['host']} (since {info.get('since', '?')})" if info
+               else "another process")
+        raise KdxError(f"{folder} is in use by {who}; two processes must not write one run. Wait for it to end, "
+                       "or stop it, then run the command again (`kdx run ... --resume` continues a killed run; "
+                       "a study resumes by itself); or give this run another --name / --runs-dir") from None
+    try:
+        write_json(record, {"pid": os.getpid(), "host": socket.gethostname(),
+                            "since": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        _HELD[folder] = 1
+        yield
+    finally:
+        _HELD.pop(folder, None)
+        record.unlink(missing_ok=True)
+        lock.release()
 
 
 def read_metrics(run_dir: str | Path) -> dict:
@@ -69,7 +145,7 @@ class FinishedRun:
 def load_student(run_dir: Path, cfg: kconfig.RunConfig, data: Dataset) -> torch.nn.Module:
     """The run's trained student, on the CPU, as built by its config."""
     student = build_model(cfg.student.model, data, "student.model", cfg.seed)
-    student.load_state_dict(torch.load(Path(run_dir) / STUDENT, map_location="cpu")["model"])
+    student.load_state_dict(read_state_dict(Path(run_dir) / STUDENT, "the run's student"))  # weights_only=True
     return student
 
 

@@ -202,6 +202,13 @@ def main():
     except KdxError as e:
         print(f"kdx: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # a full disk under a writer that kdx.io does not wrap (a library's own files)
+        from kdx.io import disk_full, disk_full_error
+
+        if not disk_full(e):
+            raise
+        print(f"kdx: error: {disk_full_error(e.filename, e)}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -35,12 +36,43 @@ from kdx.device import autocast, prepare_model, resolve_device
 from kdx.distill.losses import NEEDS_LABELS
 from kdx.distill.schedules import build_optimizer, build_schedule
 from kdx.errors import KdxError
-from kdx.io import save_torch
+from kdx.io import append_text, save_torch
 from kdx.registry import LOSSES
 from kdx.sampling.base import Batch, Source
 
 CHECKPOINT = "checkpoint.pt"  # the loop's resumable state, in the run (or teacher cache) directory
 LOG = "log.jsonl"
+
+
+PLAIN = (bool, int, float, str, type(None))
+
+
+def plain(obj, where: str = "checkpoint"):
+    """The checkpoint's state as tensors and plain values only (numpy scalars become Python numbers, numpy
+    arrays tensors), so that it loads with weights_only=True: a checkpoint that holds code is refused on
+    resume, never run. Anything else is refused now, naming where it sits."""
+    if isinstance(obj, (torch.Tensor, *PLAIN)):
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, dict):
+        return {plain(k, where): plain(v, f"{where}.{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain(v, f"{where}[{i}]") for i, v in enumerate(obj))
+    raise KdxError(f"{where} is a {type(obj).__name__}: a checkpoint holds only tensors and plain values (numbers, "
+                   "strings, None, lists, tuples, dicts), so a source's state_dict() must return those")
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict:
+    """The loop's checkpoint, loaded with weights_only=True (tensors and plain values; never code)."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - pickle and zip each raise their own types
+        raise KdxError(f"{path} is not a checkpoint kdx resumes from ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0][:200] if str(e) else 'unreadable'}): it holds more than tensors and "
+                       "plain values, or is damaged, and was not loaded; start the run again with --overwrite") from None
 
 
 def loss_for_step(cfg: DistillConfig, step: int, steps: int) -> str:
@@ -95,7 +127,7 @@ def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, *, tea
     counts = {"teacher_forwards": 0, "teacher_cache_lookups": 0}
     ckpt_path = run_dir / CHECKPOINT if run_dir else None
     if resume and ckpt_path and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        state = load_checkpoint(ckpt_path, device)
         student.load_state_dict(state["student"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["schedule"])
@@ -105,11 +137,11 @@ def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, *, tea
 
     def save_checkpoint(step: int):
         if ckpt_path:
-            save_torch(ckpt_path, {"student": student.state_dict(), "optimizer": opt.state_dict(),
-                                   "schedule": sched.state_dict(), "source": source.state_dict(), "step": step,
-                                   "counts": dict(counts)})
+            save_torch(ckpt_path, plain({"student": student.state_dict(), "optimizer": opt.state_dict(),
+                                         "schedule": sched.state_dict(), "source": source.state_dict(), "step": step,
+                                         "counts": dict(counts)}))
 
-    log = open(run_dir / LOG, "a") if run_dir and rank == 0 else None
+    log = run_dir / LOG if run_dir and rank == 0 else None  # appended through kdx.io: a full disk is named
     bar = tqdm(total=steps, initial=start, desc=desc, disable=rank > 0 or not sys.stderr.isatty(), leave=False)
     t_start = t_last = time.perf_counter()
     last_logged, value = start, None
@@ -156,18 +188,14 @@ def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, *, tea
             bar.set_postfix(loss=f"{value:.4f}", rate=f"{rate:,.0f}/s")
             if log:
                 epoch = done * cfg.batch_size / source.epoch_size if source.epoch_size else None
-                log.write(json.dumps({"step": done, "epoch": epoch, "loss": value, "loss_name": loss_name,
-                                      "lr": sched.get_last_lr()[0], "samples_per_s": rate}) + "\n")
-                log.flush()
+                append_text(log, json.dumps({"step": done, "epoch": epoch, "loss": value, "loss_name": loss_name,
+                                             "lr": sched.get_last_lr()[0], "samples_per_s": rate}) + "\n")
             if done % cfg.checkpoint_every == 0 and done < steps and rank == 0:
                 save_checkpoint(done)
         if log and curve and cfg.curve_every and (done * cfg.batch_size // cfg.curve_every
                                                   > step * cfg.batch_size // cfg.curve_every or done == steps):
-            log.write(json.dumps({"step": done, "samples": done * cfg.batch_size, "curve": curve(student)}) + "\n")
-            log.flush()
+            append_text(log, json.dumps({"step": done, "samples": done * cfg.batch_size, "curve": curve(student)}) + "\n")
     bar.close()
-    if log:
-        log.close()
     seconds = time.perf_counter() - t_start
     trained = (steps - start) * cfg.batch_size
     return {"steps": steps, "samples": steps * cfg.batch_size, "seconds": seconds,

@@ -53,6 +53,7 @@ from kdx.models import predict
 from kdx.neighbors import Projection, kmeans
 from kdx.registry import SOURCES
 from kdx.sampling.base import Batch, PoolSource, Source, step_generator
+from kdx.sampling.mixture import build_part
 
 COUNTS = ("teacher_forwards", "teacher_cache_lookups", "student_forwards", "candidates_drawn")
 
@@ -166,10 +167,13 @@ class AdaptiveSource(Source):
             raise KdxError(f"source 'adaptive': score '{score}' is unknown; valid: {', '.join(SCORES)}")
         if pick not in PICKS:
             raise KdxError(f"source 'adaptive': pick '{pick}' is unknown; valid: {', '.join(PICKS)}")
-        if oversample < 1 or beta < 0 or not 0 <= floor <= 1 or not 0 < ema <= 1 or min(refresh_every, regions) < 1:
+        # written as what must hold, so that a NaN fails too
+        if not (oversample >= 1 and beta >= 0 and 0 <= floor <= 1 and 0 < ema <= 1 and min(refresh_every, regions,
+                                                                                      pca_dim) >= 1):
             raise KdxError("source 'adaptive': needs oversample >= 1, beta >= 0, 0 <= floor <= 1, 0 < ema <= 1, "
-                           f"refresh_every >= 1 and regions >= 1; got oversample={oversample}, beta={beta}, "
-                           f"floor={floor}, ema={ema}, refresh_every={refresh_every}, regions={regions}")
+                           f"refresh_every >= 1, regions >= 1 and pca_dim >= 1; got oversample={oversample}, "
+                           f"beta={beta}, floor={floor}, ema={ema}, refresh_every={refresh_every}, regions={regions}, "
+                           f"pca_dim={pca_dim}")
         if score == "region" and not (isinstance(candidates, PoolSource) and candidates.view is None):
             raise KdxError("source 'adaptive': score=region needs candidates with fixed inputs (a train or downstream "
                            f"pool without augmentation), got {type(candidates).__name__}"
@@ -338,6 +342,6 @@ def adaptive(data: Dataset, seed: int, *, candidates: dict[str, Any] = {"name": 
     spec = dict(candidates)
     if "name" not in spec:
         raise KdxError("source 'adaptive' needs candidates: {name: SOURCE, ...} (e.g. {name: train, augment: mixup})")
-    cand = SOURCES.build(spec, "source.candidates", data=data, seed=seed, cache_dir=cache_dir)
+    cand = build_part(spec, "source.candidates", data, seed, cache_dir=cache_dir)
     return AdaptiveSource(data, seed, cand, score=score, pick=pick, oversample=oversample, beta=beta, regions=regions,
                           floor=floor, refresh_every=refresh_every, ema=ema, pca_dim=pca_dim)

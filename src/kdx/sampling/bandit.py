@@ -31,7 +31,7 @@ from kdx.errors import KdxError
 from kdx.registry import SOURCES
 from kdx.sampling.adaptive import COUNTS, Scorer, kl_rows
 from kdx.sampling.base import Batch, Source
-from kdx.sampling.mixture import MixtureSource
+from kdx.sampling.mixture import MixtureSource, build_part, component_weight
 
 
 class AdaptiveMixture(MixtureSource):
@@ -134,11 +134,10 @@ def adaptive_mixture(data: Dataset, seed: int, *, components: list[dict[str, Any
     parts, weights = [], []
     for i, comp in enumerate(components):
         comp = dict(comp)
-        weights.append(float(comp.pop("weight", 1.0)))
+        weights.append(component_weight(comp.pop("weight", 1.0), f"source 'adaptive_mixture': components[{i}]"))
         if comp.get("name") in ("mixture", "adaptive_mixture"):
             raise KdxError("source 'adaptive_mixture' cannot contain another mixture; flatten the components")
-        parts.append(SOURCES.build(comp, f"source.components[{i}]", data=data, seed=seed * 1000 + i,
-                                   cache_dir=cache_dir))
+        parts.append(build_part(comp, f"source.components[{i}]", data, seed * 1000 + i, cache_dir=cache_dir))
     if min(weights) < 0 or sum(weights) <= 0:
         raise KdxError(f"source 'adaptive_mixture': weights must be non-negative with a positive sum, got {weights}")
     return AdaptiveMixture(data, seed, parts, weights, tau=tau, floor=floor, ema=ema, refresh_every=refresh_every)

@@ -1,6 +1,7 @@
 """A mixture of other sources: each batch splits its samples among components by weight."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -57,21 +58,40 @@ class MixtureSource(Source):
             p.load_state_dict(s)
 
 
+def build_part(spec: dict, where: str, data: Dataset, seed: int, *, cache_dir: Path | None = None) -> Source:
+    """A source nested in another (a component, the candidates), its errors prefixed with where it sits."""
+    try:
+        return SOURCES.build(spec, where, data=data, seed=seed, cache_dir=cache_dir)
+    except KdxError as e:
+        raise KdxError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
+
+
+def component_weight(value, where: str) -> float:
+    """A component's weight: a finite number >= 0 (a word or NaN would only fail once training draws)."""
+    try:
+        w = float(value)
+    except (TypeError, ValueError):
+        w = math.nan
+    if isinstance(value, bool) or not (math.isfinite(w) and w >= 0):
+        raise KdxError(f"{where}: weight {value!r} must be a finite number >= 0 (e.g. weight: 0.5)")
+    return w
+
+
 @SOURCES.register(context=("data", "seed", "cache_dir"))
 def mixture(data: Dataset, seed: int, *, components: list[dict[str, Any]] = [],
             cache_dir: Path | None = None) -> MixtureSource:
     """Weights over other sources, e.g. components: [{name: train, weight: 0.5}, {name: noise, weight: 0.5}]."""
     if not components:
         raise KdxError("source 'mixture' needs components: a list of {name: SOURCE, weight: W, ...}")
-    parts, weights = [], []
-    for i, comp in enumerate(components):
+    specs, weights = [], []
+    for i, comp in enumerate(components):  # the cheap checks first, then each component built (and checked)
         comp = dict(comp)
-        w = float(comp.pop("weight", 1.0))
+        weights.append(component_weight(comp.pop("weight", 1.0), f"source 'mixture': components[{i}]"))
         if comp.get("name") == "mixture":
             raise KdxError("source 'mixture' cannot contain another mixture; flatten the components")
-        parts.append(SOURCES.build(comp, f"source.components[{i}]", data=data, seed=seed * 1000 + i,
-                                   cache_dir=cache_dir))
-        weights.append(w)
-    if min(weights) < 0 or sum(weights) <= 0:
+        specs.append(comp)
+    if sum(weights) <= 0:
         raise KdxError(f"source 'mixture': weights must be non-negative with a positive sum, got {weights}")
+    parts = [build_part(comp, f"source.components[{i}]", data, seed * 1000 + i, cache_dir=cache_dir)
+             for i, comp in enumerate(specs)]
     return MixtureSource(data, seed, parts, weights)

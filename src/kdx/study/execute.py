@@ -15,7 +15,7 @@ from kdx.errors import KdxError
 from kdx.io import write_json
 from kdx.probes import ProbeOptions, probe
 from kdx.run import execute
-from kdx.rundir import DEVIATION, METRICS, PROBES
+from kdx.rundir import DEVIATION, METRICS, PROBES, locked
 from kdx.study.folders import TIMING
 from kdx.study.plan import PlannedRun, plan
 from kdx.study.report import write_reports
@@ -25,9 +25,10 @@ def _run_one(cfg: kconfig.RunConfig, run_dir: Path, threads: int, probe_options:
     import torch
 
     torch.set_num_threads(threads)
-    execute(cfg, run_dir, resume=True)
-    if probe_options:
-        probe(run_dir, probe_options)
+    with locked(run_dir):  # held across the run and its probe
+        execute(cfg, run_dir, resume=True)
+        if probe_options:
+            probe(run_dir, probe_options)
     return str(run_dir)
 
 
@@ -65,6 +66,13 @@ def run_study(study_path: str | Path, runs_dir: str | Path = "runs", workers: in
     t0 = time.time()
     study, runs = plan(study_path, overrides)
     out = Path(runs_dir) / "studies" / study.name
+    with locked(out):  # one process a study folder (each run's folder is locked too)
+        _run_locked(study, runs, out, t0, workers, executor, cpus_per_run)
+    return out
+
+
+def _run_locked(study, runs: list[PlannedRun], out: Path, t0: float, workers: int, executor: str,
+                cpus_per_run: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
     # Train (or find) each distinct teacher once, before workers could race to train it.
     seen = set()
@@ -96,4 +104,3 @@ def run_study(study_path: str | Path, runs_dir: str | Path = "runs", workers: in
     write_json(out / TIMING, timing + [{"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t0)),
                                         "seconds": round(time.time() - t0, 1), "runs_done": len(todo),
                                         "workers": workers, "executor": executor, "cpus": os.cpu_count()}])
-    return out

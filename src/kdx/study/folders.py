@@ -122,7 +122,7 @@ class Study:
 def load_study(name: str, runs_dir: Path, configs: Path) -> Study:
     """The finished study `name` (configs/studies/NAME.yaml) from its folder under runs_dir."""
     path = Path(configs) / "studies" / f"{name}.yaml"
-    cfg, planned = plan(path)
+    cfg, planned = plan(path, build_sources=False)  # finished runs are read: their sources were built
     out = study_dir(runs_dir, cfg.name)
     for p in planned:
         if not (out / "runs" / p.name / METRICS).exists():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import re
 from pathlib import Path
 from typing import Any, Optional
@@ -11,8 +12,10 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 from kdx import config as kconfig
+from kdx.data import load_dataset
 from kdx.errors import KdxError
-from kdx.run import validate
+from kdx.registry import SOURCES
+from kdx.run import check_source_fits_loss, validate
 
 
 @dataclasses.dataclass
@@ -58,8 +61,11 @@ def _label(spec: dict) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "", spec["name"] + ("-" + args if args else ""))
 
 
-def plan(study_path: str | Path, overrides: list[str] = ()) -> tuple[StudyConfig, list[PlannedRun]]:
-    """Expand the study into resolved run configs; every error surfaces here, before any run starts."""
+def plan(study_path: str | Path, overrides: list[str] = (), *, build_sources: bool = True
+         ) -> tuple[StudyConfig, list[PlannedRun]]:
+    """Expand the study into resolved run configs; every error surfaces here, before any run starts (and
+    before any teacher is trained). With build_sources=False the sources' values are checked against their
+    signatures only, without loading the data (see check_sources)."""
     study_path = Path(study_path)
     study = kconfig.load_config(study_path, overrides, schema=StudyConfig)
     base = (study_path.parent / study.base) if not Path(study.base).is_absolute() else Path(study.base)
@@ -101,4 +107,22 @@ def plan(study_path: str | Path, overrides: list[str] = ()) -> tuple[StudyConfig
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise KdxError(f"{study_path}: two runs would share a directory name; give sources or students a `label`")
+    if build_sources:
+        check_sources(study_path, runs)
     return study, runs
+
+
+def check_sources(study_path: str | Path, runs: list[PlannedRun]) -> None:
+    """Build each distinct source of the grid once against its data: a source's constructor checks every
+    value that depends on the data or on another value (an augment for this modality, a noise kind, an
+    adaptive score or pick, every component and candidate spec) and needs no teacher, so a mistyped value
+    is refused here in seconds rather than after minutes of teacher training."""
+    built = {}
+    for r in runs:
+        key = json.dumps([r.cfg.data, r.cfg.source], sort_keys=True, default=str)
+        try:
+            if key not in built:
+                built[key] = SOURCES.build(r.cfg.source, "source", data=load_dataset(r.cfg.data), seed=r.cfg.seed)
+            check_source_fits_loss(r.cfg.distill, built[key])
+        except KdxError as e:
+            raise KdxError(f"{study_path}: run {r.name}: {e}") from None
