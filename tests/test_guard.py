@@ -235,7 +235,7 @@ def test_every_sources_checkpoint_loads_with_weights_only(digits_teacher, tmp_pa
     dc = dataclasses.replace(cfg.distill, samples=768, checkpoint_every=2,
                              **({"schedule": "onecycle", "optimizer": "adamw"} if spec["name"] == "noise" else {}))
     source = SOURCES.build(spec, "source", data=data, seed=0)
-    distill(build_model(cfg.student.model, data, "student.model", 0), source, dc, 0, teacher, tmp_path)
+    distill(build_model(cfg.student.model, data, "student.model", 0), source, dc, teacher=teacher, run_dir=tmp_path)
     state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     assert state["step"] == 4 and set(state) >= {"student", "optimizer", "schedule", "source", "counts"}
     fresh = SOURCES.build(spec, "source", data=data, seed=0)
@@ -346,7 +346,7 @@ def test_every_writer_on_a_full_disk(tmp_path):
     fig.gca().imshow(np.random.default_rng(0).random((400, 400)))
     writers = {
         "page.html": lambda p: io.write_text(p, big),
-        "summary.json": lambda p: io.save_json(p, {"x": big}),
+        "summary.json": lambda p: io.write_json(p, {"x": big}),
         "checkpoint.pt": lambda p: io.save_torch(p, {"w": torch.zeros(60_000)}),
         "draws.npz": lambda p: io.save_arrays(p, counts=np.zeros(60_000)),
         "map.parquet": lambda p: io.save_parquet(frame, p, {"run": "r"}),

@@ -424,7 +424,7 @@ def test_student_samples_are_the_current_students(lm_setting, tmp_path):
     source.batch = recording
     dcfg = copy.deepcopy(cfg.distill)
     dcfg.samples, dcfg.batch_size = 60, 12
-    distill(student, source, dcfg, 0, teacher)
+    distill(student, source, dcfg, teacher=teacher)
     replica = build_model(cfg.student.model, data, "student", 1)
     prompts = data.extra["prompts_train"][0]
     k, new = prompts.shape[1], data.max_length - prompts.shape[1]
@@ -464,7 +464,7 @@ def test_a_killed_on_policy_run_resumes_bit_identically(lm_setting, tmp_path, sp
     (tmp_path / "whole").mkdir()
     (tmp_path / "killed").mkdir()
     whole_student, whole_source = fresh()
-    whole = distill(whole_student, whole_source, dcfg, 0, teacher, tmp_path / "whole")
+    whole = distill(whole_student, whole_source, dcfg, teacher=teacher, run_dir=tmp_path / "whole")
     student, source = fresh()
     make = source.batch
 
@@ -474,9 +474,9 @@ def test_a_killed_on_policy_run_resumes_bit_identically(lm_setting, tmp_path, sp
         return make(step, n)
     source.batch = killed
     with pytest.raises(KeyboardInterrupt):
-        distill(student, source, dcfg, 0, teacher, tmp_path / "killed")
+        distill(student, source, dcfg, teacher=teacher, run_dir=tmp_path / "killed")
     student, source = fresh()
-    resumed = distill(student, source, dcfg, 0, teacher, tmp_path / "killed", resume=True)
+    resumed = distill(student, source, dcfg, teacher=teacher, run_dir=tmp_path / "killed", resume=True)
     assert resumed["resumed_from_step"] == 4
     for a, b in zip(whole_student.state_dict().values(), student.state_dict().values()):
         assert torch.equal(a, b)
