@@ -138,9 +138,10 @@ def translation(data: Dataset, n: int, seed: int, severity: int = 2):
 
 
 @HELDOUT.register(context=_CTX)
-def inversion(data: Dataset, n: int, seed: int, severity: int = 2):
-    """Test inputs blended toward their inversion in the box, by 0.3/0.6/1.0."""
-    x, y, _ = _test_subset(data, n, seed, "inversion")
+def negative(data: Dataset, n: int, seed: int, severity: int = 2):
+    """Test inputs blended toward their negative in the box (lo + hi - x), by 0.3/0.6/1.0 (not the `inversion`
+    source, which synthesises inputs from the teacher)."""
+    x, y, _ = _test_subset(data, n, seed, "negative")
     a = _severity(severity, (0.3, 0.6, 1.0))
     return (1 - a) * x + a * (data.channel_view(data.lo + data.hi) - x), y
 
