@@ -1,13 +1,12 @@
 """torchrun: 2 processes (gloo, CPU) train one student with DistributedDataParallel."""
 import json
-import math
 import os
 import subprocess
 import sys
 
 import torch
 
-from conftest import FAST, run_fast
+from conftest import FAST, assert_same_training
 from kdx.distill.loop import rank_batch
 from kdx.registry import SOURCES
 
@@ -41,44 +40,29 @@ DDP_RUN = [o for o in FAST if not o.startswith(("student.model.", "distill.sampl
 
 
 def test_torchrun_two_processes_match_one(digits_teacher, tmp_path):
-    one_dir = run_fast_overrides(tmp_path, "one")
-    one = json.loads((one_dir / "metrics.json").read_text())
+    one = run_one_process(tmp_path, "one")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "kdx", "run", *DDP_RUN, "distill.device=cpu", "--runs-dir", str(tmp_path), "--name", "two"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     d = tmp_path / "two"
-    two = json.loads((d / "metrics.json").read_text())
-    assert two["train"]["steps"] == one["train"]["steps"] == 10 and two["train"]["samples"] == one["train"]["samples"]
-    # The same training up to summation order: float32 rounding (~1e-7 relative a step) stays below 1e-5
-    # over 10 steps, while one rank's gradient dropped or a wrong share moves weights by ~lr * grad ~ 1e-2.
-    w_one, w_two = (torch.load(r / "student.pt", map_location="cpu", weights_only=True)["model"] for r in (one_dir, d))
-    assert w_one.keys() == w_two.keys()
-    for k in w_one:
-        torch.testing.assert_close(w_two[k], w_one[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert json.loads((d / "metrics.json").read_text())["train"]["steps"] == 10
+    # The same training up to summation order: float32 rounding (~1e-7 relative a step; 3e-8 apart here)
+    # stays below 1e-5 over 10 steps, while a rank's gradient dropped or a wrong share moves weights ~1e-2.
+    assert_same_training(d, one, rtol=1e-4, atol=1e-5)
+    w_one = torch.load(one / "student.pt", weights_only=True)["model"]
     moved = max((w_one[k] - w0).abs().max().item() for k, w0 in initial_student(digits_teacher).items())
     assert moved > 1e-2  # training moved the weights far more than the tolerance: the check can fail
     log = lambda r: [json.loads(x) for x in (r / "log.jsonl").read_text().splitlines()]  # noqa: E731
-    assert [e["step"] for e in log(d)] == [e["step"] for e in log(one_dir)]  # each log step once
-    torch.testing.assert_close([e["loss"] for e in log(d)], [e["loss"] for e in log(one_dir)], rtol=1e-4, atol=1e-6)
-    for name in one["eval"]:
-        n = one["eval"][name]["n"]
-        assert two["eval"][name]["n"] == n, name  # sharded eval gathered every row, once
-        # logits equal to ~1e-5 flip a prediction only on a near-tie: at most 2 of n rows, while a
-        # misaligned gather of predictions and labels would cost most of the accuracy
-        for metric in ("student_acc", "agreement"):  # student_acc is None where the distribution has no labels
-            if one["eval"][name][metric] is not None:
-                assert abs(two["eval"][name][metric] - one["eval"][name][metric]) <= 2 / n + 1e-9, (name, metric)
-        # a mean KL of order 1 moves by ~1e-5 with logits that differ by ~1e-5
-        assert math.isclose(two["eval"][name]["kl_teacher_student"], one["eval"][name]["kl_teacher_student"],
-                            rel_tol=1e-3, abs_tol=1e-3), name
+    assert [e["step"] for e in log(d)] == [e["step"] for e in log(one)]  # each log step once
+    torch.testing.assert_close([e["loss"] for e in log(d)], [e["loss"] for e in log(one)], rtol=1e-4, atol=1e-6)
     # rank 0 alone writes: each file once, one report on stdout
     assert sorted(p.name for p in d.iterdir()) == ["config.yaml", "log.jsonl", "metrics.json", "student.pt"]
     assert out.stdout.count(f"wrote {d}") == 1 and out.stdout.count("student_acc") <= 1
 
 
-def run_fast_overrides(runs_dir, name):
+def run_one_process(runs_dir, name):
     from kdx.run import run
 
     return run(None, DDP_RUN, str(runs_dir), name)
