@@ -186,7 +186,7 @@ def test_sample_pick_favours_high_kl_and_is_reproducible():
         b = src.batch(step, 16)
         chosen_kl.append(expected_scores("kl", teacher(b.x), student(b.x)).mean())
         all_kl.append(expected_scores("kl", teacher(cand.made[-1].x), student(cand.made[-1].x)).mean())
-    assert np.mean(chosen_kl) > 1.2 * np.mean(all_kl)
+    assert np.mean(chosen_kl) > 1.2 * np.mean(all_kl)  # 1.26-1.35 over 20 seeds of candidates and draws
     again, _, _, _ = make("kl", pick="sample", oversample=4.0)
     assert torch.equal(again.batch(29, 16).x, b.x)  # a function of (seed, step) and the candidates alone
 
@@ -239,17 +239,23 @@ def as_x(data):
 
 def test_region_running_scores_are_the_batch_kl_then_an_ema():
     src, data, c, teacher, student = region_source(ema=0.25)
+    # The pool's logits as the source cached them: the teacher on the whole pool in one call (the same
+    # call and shapes as setup's, so bit-identical); a forward on a batch of other rows would pick other
+    # CPU kernels and differ in the last digit.
+    pool_logits = teacher(as_x(data))
     b = src.batch(0, 64)
-    region = src.assign[torch.cdist(b.x.flatten(1), as_x(data).flatten(1)).argmin(1)]
-    kl = torch.as_tensor(expected_scores("kl", teacher(b.x), student(b.x)))
+    rows = torch.cdist(b.x.flatten(1), as_x(data).flatten(1)).argmin(1)  # pool row of each drawn input
+    region = src.assign[rows]
+    assert torch.equal(b.teacher_logits, pool_logits[rows])  # pool logits of the exact inputs
+    kl = torch.as_tensor(expected_scores("kl", pool_logits[rows], student(b.x)))
     first = torch.stack([kl[region == r].mean() if (region == r).any() else torch.tensor(float("nan"))
                          for r in range(4)])
+    # the same float32 logits on both sides, KL in float64 by two codes: they agree to ~1e-15, far inside 1e-5
     assert torch.allclose(src.region_scores, first.double(), equal_nan=True)
-    # pool logits of the exact inputs (computed on the whole pool: another shape, so not bit for bit)
-    assert torch.allclose(b.teacher_logits, teacher(b.x), rtol=0, atol=1e-4)
     b2 = src.batch(1, 64)
-    region2 = src.assign[torch.cdist(b2.x.flatten(1), as_x(data).flatten(1)).argmin(1)]
-    kl2 = torch.as_tensor(expected_scores("kl", teacher(b2.x), student(b2.x)))
+    rows2 = torch.cdist(b2.x.flatten(1), as_x(data).flatten(1)).argmin(1)
+    region2 = src.assign[rows2]
+    kl2 = torch.as_tensor(expected_scores("kl", pool_logits[rows2], student(b2.x)))
     for r in range(4):
         if (region2 == r).any() and not torch.isnan(first[r]):
             want = 0.75 * first[r] + 0.25 * kl2[region2 == r].mean()
@@ -477,7 +483,7 @@ def test_cli_adaptive_run_beats_chance(digits_teacher_light, tmp_path):
     m = json.loads((tmp_path / "cli" / "metrics.json").read_text())
     assert m["source"]["name"] == "adaptive" and m["source"]["candidates"] == {"name": "train"}
     assert m["source"]["score"] == "kl" and m["source"]["oversample"] == 2.0
-    assert m["eval"]["test"]["student_acc"] > 0.6  # 10 classes: chance is 0.1
+    assert m["eval"]["test"]["student_acc"] > 0.6  # 10 classes: chance is 0.1; 0.87-0.95 over 10 seeds
 
 
 def test_shipped_studies_plan_with_equal_teacher_forwards():

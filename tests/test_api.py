@@ -60,19 +60,20 @@ def test_user_modules_as_teacher_and_student(digits, user_teacher, tmp_path):
     result = kdx.distill_student(user_teacher, Net(16), digits, source="train", samples=16000, batch_size=128,
                                  lr=0.05, run_dir=tmp_path / "run", **EVAL)
     test = result.metrics["eval"]["test"]
+    # over 6 seeds of both modules: teacher 0.92-0.96, student 0.72-0.86, agreement 0.74-0.91
     assert test["teacher_acc"] > 0.85 and test["student_acc"] > 0.6 and test["agreement"] > 0.6
     assert read_metrics(tmp_path / "run") == result.metrics  # the run directory holds the same
     assert isinstance(result.student, nn.Module) and "distribution" in result.table()
     # the student trained in place: the user's module is the one that learned
     logits = result.student(digits.x_test[:50].float() / 255)
-    assert (logits.argmax(1) == digits.y_test[:50]).float().mean() > 0.5
+    assert (logits.argmax(1) == digits.y_test[:50]).float().mean() > 0.5  # 0.86-0.96 over 6 seeds
 
 
 def test_evaluate_two_user_modules(digits, user_teacher):
     same = kdx.evaluate(user_teacher, user_teacher, digits, ["test"], n=200, bootstrap=100)["test"]
     assert same["agreement"] == 1.0 and abs(same["kl_teacher_student"]) < 1e-9
     other = kdx.evaluate(user_teacher, Net(4), digits, ["test"], n=200, bootstrap=100)["test"]
-    assert other["agreement"] < 0.5
+    assert other["agreement"] < 0.5  # an untrained module: 0.10 over 6 seeds
 
 
 def test_feature_hook_feeds_the_probes(digits, user_teacher, tmp_path):

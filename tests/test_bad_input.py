@@ -122,6 +122,8 @@ def test_student_init_starts_from_the_given_weights(tmp_path, digits_teacher):
     again = run_fast(tmp_path, "distill.samples=128", "distill.lr=1e-6", f"student.init={init}", name="again")
     scratch = run_fast(tmp_path, "distill.samples=128", "distill.lr=1e-6", name="scratch")
     acc = lambda d: read_metrics(d)["eval"]["test"]["student_acc"]  # noqa: E731
+    # over 6 seeds: |again - first| <= 0.006 (one step moves BatchNorm's running statistics a little), first
+    # 0.73-0.84 against scratch 0.07-0.12
     assert abs(acc(again) - acc(first)) < 0.02 and acc(again) > acc(scratch) + 0.3
 
 

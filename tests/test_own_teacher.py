@@ -80,7 +80,8 @@ def test_hf_vit_matches_processor_and_model_in_dataset_order(digits, vit_dir):
     # features: the classifier's input (the [CLS] token after the final layer norm)
     assert feats.shape == (12, 16)
     torch.testing.assert_close(raw.classifier(feats)[:, [label2id[c] for c in digits.classes]], logits)
-    assert torch.equal(wrapped(x), logits)  # the same logits without features
+    with torch.no_grad():  # the same call under the same grad mode (attention picks its kernel by it)
+        assert torch.equal(wrapped(x), logits)  # the same logits without features
     assert wrapped.arrives_trained and len(wrapped.weights_digest) == 64
 
 
@@ -286,8 +287,13 @@ def test_cli_run_with_own_hf_teacher(digits, vit_dir, tmp_path, monkeypatch):
     assert not list((tmp_path / "cache").rglob("recipe.json")), "kdx trained (fine-tuned) a teacher that arrived trained"
     label2id = {v: k for k, v in SHUFFLED.items()}
     x = model_input(digits.x_test)
-    pred = processor_logits(path, raw, x)[:, [label2id[c] for c in digits.classes]].argmax(1)
-    assert metrics["teacher"]["test_acc"] == pytest.approx(float((pred == digits.y_test).float().mean()), abs=1e-6)
+    ref = processor_logits(path, raw, x)[:, [label2id[c] for c in digits.classes]]
+    top2 = ref.topk(2, 1).values
+    # kdx's pipeline and the processor's agree to ~1e-5 (above): only a row whose top two logits lie closer
+    # than 1e-3 may be predicted differently (the untrained ViT has near-ties), so the accuracies agree up to those
+    near_ties = int((top2[:, 0] - top2[:, 1] < 1e-3).sum())
+    acc = float((ref.argmax(1) == digits.y_test).float().mean())
+    assert abs(metrics["teacher"]["test_acc"] - acc) <= near_ties / len(ref) + 1e-9, (near_ties, acc)
 
 
 def test_study_with_a_save_pretrained_teacher_on_an_image_folder(tmp_path):

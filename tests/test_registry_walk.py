@@ -109,7 +109,8 @@ def test_model_as_teacher_and_as_student(model, tmp_path):
     assert as_teacher["teacher"]["arch"] == model and as_student["student"]["arch"] == model
     for m in (as_teacher, as_student):
         assert m["eval"]["test"]["n"] > 0 and m["train"]["steps"] == 2
-    # the teacher really trained (one epoch, 12 steps): its loss fell
+    # the teacher really trained (one epoch, 12 steps): its loss fell (first three minus last three steps'
+    # losses: 0.45 or more over 6 teacher seeds for each model, vit the least)
     log = Path(as_teacher["teacher"]["checkpoint"]).parent / "log.jsonl"
     losses = [json.loads(line)["loss"] for line in log.read_text().splitlines()]
     assert len(losses) == 12 and sum(losses[-3:]) < sum(losses[:3]), losses

@@ -14,20 +14,23 @@ from kdx.registry import LOSSES
 
 def test_teacher_and_students_learn(digits_teacher, tmp_path):
     cfg, data, teacher = digits_teacher
-    assert teacher.test_acc > 0.85  # 10 classes: chance is 0.1
+    assert teacher.test_acc > 0.85  # 10 classes: chance is 0.1; 0.983-0.992 over 6 teacher seeds
     d = run_fast(tmp_path, name="train")
     m = json.loads((d / "metrics.json").read_text())
     test = m["eval"]["test"]
-    assert test["student_acc"] > 0.7 and test["agreement"] > 0.7
+    assert test["student_acc"] > 0.7 and test["agreement"] > 0.7  # 0.897-0.975 and 0.897-0.975 over 6 seeds
     assert set(test) >= {"n", "teacher_acc", "student_acc", "agreement", "kl_teacher_student", "tv", "teacher_nll",
                          "student_nll", "teacher_ece", "student_ece", "acc_diff", "acc_diff_ci", "mcnemar_p"}
     assert m["eval"]["uniform_noise"]["student_acc"] is None
     assert (d / "student.pt").exists() and (d / "config.yaml").exists() and not (d / "checkpoint.pt").exists()
     lines = [json.loads(x) for x in (d / "log.jsonl").read_text().splitlines()]
     assert {"step", "epoch", "loss", "lr", "samples_per_s"} <= set(lines[0])
-    # a noise-distilled student on 8x8 digits still transfers far above chance, below the train-set student
-    n = json.loads((run_fast(tmp_path, "source.name=noise", name="noise") / "metrics.json").read_text())
-    assert 0.2 < n["eval"]["test"]["student_acc"] < test["student_acc"]
+    # A noise-distilled student on 8x8 digits still transfers above chance (0.1), below the train-set student.
+    # One seed is a lottery (0.16-0.55 over 20 seeds, train-set students 0.90-0.97 over 6), so: the mean of
+    # three seeds > 0.15, which holds even were all three at the lowest of those 20.
+    noise = [json.loads((run_fast(tmp_path, "source.name=noise", f"seed={s}", name=f"noise{s}") / "metrics.json")
+                        .read_text())["eval"]["test"]["student_acc"] for s in range(3)]
+    assert 0.15 < sum(noise) / 3 and max(noise) < test["student_acc"], noise
 
 
 def test_peak_memory_is_recorded(digits_teacher, tmp_path):
@@ -125,6 +128,8 @@ def test_compiled_teacher_trains_the_same_student_as_eager(digits_teacher):
         distill(student, source, dataclasses.replace(short, compile_teacher=compile_teacher), teacher=teacher)
         outputs.append(predict(student, data.x_test[:300]))
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the teacher really was compiled
+    # compiled kernels differ from eager ones in the last digits of the teacher's logits (~1e-6); ten steps
+    # carry that into the student's logits at about the same order, far inside 1e-3
     assert torch.allclose(outputs[0], outputs[1], rtol=1e-3, atol=1e-3)
     untrained = predict(build_model(cfg.student.model, data, "student.model", 0), data.x_test[:300])
     assert not torch.allclose(outputs[0], untrained, rtol=1e-3, atol=1e-3)  # training moved it: the check can fail

@@ -78,7 +78,9 @@ def test_text_teacher_and_student_beat_chance(text_teacher, corpus_dir, tmp_path
 
     cfg, data, teacher = text_teacher
     assert data.modality == "text" and data.x_train.dtype == torch.int64 and data.x_train.shape[1] == 24
-    assert teacher.test_acc > 0.7, teacher.test_acc  # 4 classes: chance is 0.25
+    # 4 classes: chance is 0.25. Over 4 seeds: teacher 0.998-1.0, student 0.978-0.993, agreement 0.978-0.990,
+    # the teacher on the domain set 0.92-0.94
+    assert teacher.test_acc > 0.7, teacher.test_acc
     run_dir = run(None, text_args(corpus_dir) + ["source.name=train", "source.augment=word_dropout"], str(tmp_path), "r")
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["eval"]["test"]["student_acc"] > 0.6, m["eval"]["test"]

@@ -70,8 +70,12 @@ def test_replacement_rate_and_candidates_are_the_mlms_top_k(mlm_source):
     banned[data.candidate_ids()] = False
     role = data.word_start[x[sel]].view(-1, 1) != data.word_start.view(1, -1)
     logits = logits.masked_fill(banned.view(1, -1) | role, float("-inf"))
-    top = logits.topk(5, dim=1).indices
-    assert (top == out[sel].view(-1, 1)).any(1).all(), "every replacement is one of the MLM's top-k"
+    best, top = logits.topk(5, dim=1)
+    # The source's head ran on the selected rows alone, this call on every position: other matmul shapes,
+    # which another CPU may round differently in the last digit. So a replacement must score at least the
+    # 5th best logit up to 1e-4: a near-tie at the 5th place may go either way.
+    chosen = logits.gather(1, out[sel].view(-1, 1)).squeeze(1)
+    assert (chosen >= best[:, -1] - 1e-4).all(), "every replacement is one of the MLM's top-k"
     # and the draw is not always the argmax: uniform over the k candidates
     assert (top[:, 0] != out[sel]).float().mean() > 0.5
 
@@ -176,7 +180,7 @@ def test_a_tiny_run_with_mlm_replace(text_teacher, corpus_dir, tmp_path):  # noq
                                     "batch_size: 32, lr: 0.003}"]
     run_dir = run(None, args, str(tmp_path), "r")
     m = json.loads((run_dir / "metrics.json").read_text())
-    assert m["eval"]["test"]["student_acc"] > 0.4, m["eval"]["test"]
+    assert m["eval"]["test"]["student_acc"] > 0.4, m["eval"]["test"]  # 4 classes; 0.63-0.84 over 4 seeds
 
 
 def test_the_tfidf_anchor_is_computed_once_and_printed_beside_the_teacher(text_teacher, corpus_dir, tmp_path,  # noqa: F811
