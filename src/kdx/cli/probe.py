@@ -89,15 +89,12 @@ def eigen_cmd(out: Path = typer.Option(Path("runs/probe-eigen"), "--out", help="
               seeds: int = typer.Option(5, "--seeds", help="repeat the simulation for seeds 0..N-1"),
               noise: float = typer.Option(8.0, "--noise", help="label-noise sd in the low-eigenvalue directions")):
     """The linear-regression simulation of science.md (Theory): distillation's extra bias toward top eigendirections."""
-    from kdx.io import write_json
-    from kdx.theory.eigen import EigenConfig, plot, simulate
+    from kdx.theory.eigen import EIGEN_JSON, EIGEN_PNG, write_simulations
 
-    results = [simulate(EigenConfig(seed=s, noise=noise)) for s in range(seeds)]
-    write_json(out / "eigen.json", {"runs": results})
-    plot(results[0], out / "eigen.png")
+    results = write_simulations(out, seeds, noise=noise)
     for r in results:
         low, err = r["low_progress"], r["test_error"]
         print(f"seed {r['config']['seed']}: teacher stopped at step {r['teacher_step']}; at matched top progress "
               f"{r['matched_top_progress']:.3f}, low-direction progress one-hot {low['onehot']:.5f} vs distilled "
               f"{low['distilled']:.5f}; test error teacher {err['teacher']:.4f}, one-hot last {err['onehot_last']:.4f}")
-    print(f"wrote {out / 'eigen.json'} and {out / 'eigen.png'}")
+    print(f"wrote {out / EIGEN_JSON} and {out / EIGEN_PNG}")

@@ -18,12 +18,12 @@ from omegaconf import MISSING
 
 from kdx import config as kconfig
 from kdx.errors import KdxError
-from kdx.io import write_json, write_text
+from kdx.io import write_text
 from kdx.study import sections
 from kdx.study.execute import run_study
 from kdx.study.folders import load_study
 from kdx.study.report import fmt_interval
-from kdx.theory.eigen import EigenConfig, plot, simulate
+from kdx.theory.eigen import EIGEN_JSON, write_simulations
 
 # what the page reads a study for (configs/findings.yaml's `role`); the last three are read beside the
 # `self` study of their dataset
@@ -83,10 +83,8 @@ def load_manifest(path: str | Path) -> FindingsConfig:
 def run_all(runs_dir: Path, configs: Path, manifest: FindingsConfig, *, workers: int) -> None:
     """Every findings study (resuming finished runs) and the eigen simulation."""
     eigen = runs_dir / manifest.eigen.dir
-    if not (eigen / sections.EIGEN_JSON).exists():
-        results = [simulate(EigenConfig(seed=s)) for s in range(manifest.eigen.seeds)]
-        write_json(eigen / sections.EIGEN_JSON, {"runs": results})
-        plot(results[0], eigen / sections.EIGEN_PNG)
+    if not (eigen / EIGEN_JSON).exists():
+        write_simulations(eigen, manifest.eigen.seeds)
     for name in manifest.names:
         run_study(configs / "studies" / f"{name}.yaml", runs_dir, workers)
 

@@ -15,8 +15,8 @@ from kdx.study import measure
 from kdx.study.figures import copy_figure, curve_figure, noise_share_figure
 from kdx.study.folders import KD, ONEHOT, Run, Study, curves
 from kdx.study.report import ALPHA, beats_loses, fmt_interval, to_markdown
+from kdx.theory.eigen import EIGEN_JSON, EIGEN_PNG
 
-EIGEN_JSON, EIGEN_PNG = "eigen.json", "eigen.png"  # what `kdx probe eigen --out DIR` writes
 CURVES_PNG, NOISE_PNG = "curves.png", "noise_fraction.png"  # the page's own figures, beside it
 CLASS_CHOICES = ("teacher_top1", "ground_truth")  # the class a deviation fit takes p on
 

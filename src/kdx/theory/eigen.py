@@ -16,11 +16,12 @@ excess risk (w - w*)^T H (w - w*).
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 
 from kdx.errors import KdxError
-from kdx.io import pyplot, save_figure
+from kdx.io import pyplot, save_figure, write_json
 
 
 @dataclasses.dataclass
@@ -131,3 +132,14 @@ def plot(result: dict, path) -> None:
         a.set_xlabel("eigenvalue lambda_k")
     fig.tight_layout()
     save_figure(fig, path)
+
+
+EIGEN_JSON, EIGEN_PNG = "eigen.json", "eigen.png"  # what `kdx probe eigen --out DIR` writes
+
+
+def write_simulations(out: Path, seeds: int, *, noise: float = EigenConfig.noise) -> list[dict]:
+    """The simulation for seeds 0..seeds-1: OUT/eigen.json (every run) and OUT/eigen.png (seed 0's)."""
+    results = [simulate(EigenConfig(seed=s, noise=noise)) for s in range(seeds)]
+    write_json(Path(out) / EIGEN_JSON, {"runs": results})
+    plot(results[0], Path(out) / EIGEN_PNG)
+    return results
