@@ -107,3 +107,96 @@ def test_fashion_mnist_wrong_dtypes_and_shapes(labels, images):
         ds, _ = loads_or_named(lambda: build({"name": "fashion_mnist", "root": d}), *targets)
         if ds is not None:
             check_dataset(ds)
+
+
+# ------------------------------------------------------------------------------------------ image folder
+
+
+IMAGE_VARIANTS = ["png", "jpeg-as-png", "bmp", "grey", "rgba", "palette", "16-bit", "1-bit", "cmyk-jpeg", "huge",
+                  "text", "one-pixel"]
+
+
+@st.composite
+def image_files(draw):
+    """An image file's bytes: another format or mode than the others, a decompression bomb, text, or broken PNG."""
+    rng = np.random.default_rng(draw(st.integers(0, 99)))
+    rgb = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    kind = draw(st.sampled_from(IMAGE_VARIANTS + ["broken"] * 4))
+    if kind == "broken":
+        return draw(corrupted(png_bytes(rgb)))
+    data = {"png": lambda: png_bytes(rgb), "jpeg-as-png": lambda: png_bytes(rgb, "JPEG"), "bmp": lambda: png_bytes(rgb, "BMP"),
+            "grey": lambda: png_bytes(rgb, mode="L"), "rgba": lambda: png_bytes(rgb, mode="RGBA"),
+            "palette": lambda: png_bytes(rgb, mode="P"), "16-bit": lambda: png_bytes(rgb[..., 0].astype(np.uint16) * 257),
+            "1-bit": lambda: png_bytes(rgb, mode="1"), "cmyk-jpeg": lambda: png_bytes(rgb, "JPEG", mode="CMYK"),
+            "huge": huge_png, "text": lambda: b"not an image\n", "one-pixel": lambda: png_bytes(rgb[:1, :1])}[kind]()
+    return Broken(kind, data)
+
+
+@fuzz(50)
+@given(image=image_files(), which=st.integers(0, 5), grayscale=st.booleans())
+def test_image_folder_fuzzed(image, which, grayscale):
+    with scratch() as d:
+        files = image_folder_dir(Path(d) / "imgs")
+        files[which].write_bytes(image.data)
+        ds, _ = loads_or_named(lambda: build({"name": "image_folder", "root": f"{d}/imgs", "size": 6,
+                                              "grayscale": grayscale}), files[which])
+        if ds is not None:
+            check_dataset(ds)
+            assert ds.x_train.shape == (4, 1 if grayscale else 3, 6, 6) and ds.x_train.dtype == torch.uint8
+
+
+# ------------------------------------------------------------------------------------------------ CIFAR
+
+
+class _Runs:
+    """A pickle that calls os.system when loaded: a dataset file must never run code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@st.composite
+def cifar_batches(draw):
+    """A CIFAR batch dict with wrongly typed parts: data and labels of any dtype and shape, keys missing
+    or of another type, or not a dict at all."""
+    batch = cifar10_batch(n=2)
+    how = draw(st.sampled_from(["data", "labels", "drop", "junk", "not_dict", "mismatch"]))
+    if how == "data":
+        batch["data"] = draw(st.one_of(arrays(max_dims=3, max_side=4), junk_values()))
+    elif how == "labels":
+        batch["labels"] = draw(st.one_of(arrays(max_dims=2, max_side=3), junk_values(),
+                                         st.lists(st.integers(-2**40, 2**40), min_size=2, max_size=2)))
+    elif how == "drop":
+        del batch[draw(st.sampled_from(["data", "labels"]))]
+    elif how == "junk":
+        return draw(st.dictionaries(st.one_of(st.text(max_size=6), st.binary(max_size=6), st.integers()), junk_values(), max_size=3))
+    elif how == "not_dict":
+        return draw(junk_values())
+    else:  # three images, two labels
+        batch["data"] = np.zeros((3, 3072), np.uint8)
+    return batch
+
+
+@fuzz(60)
+@given(which=st.sampled_from(["data_batch_2", "test_batch", "batches.meta"]), data=st.data())
+def test_cifar_files_fuzzed(which, data):
+    with scratch() as d:
+        files = cifar10_dir(Path(d) / "cifar-10-batches-py")
+        how = data.draw(st.sampled_from(["bytes", "content", "code"]))
+        if how == "bytes":
+            broken = data.draw(corrupted(files[which].read_bytes()))
+            files[which].write_bytes(broken.data)
+        elif how == "content":
+            obj = data.draw(cifar_batches() if which != "batches.meta" else
+                            st.one_of(junk_values(), st.fixed_dictionaries({"label_names": junk_values()})))
+            files[which].write_bytes(pickle.dumps(obj, protocol=data.draw(st.sampled_from([2, 4]))))
+        else:
+            files[which].write_bytes(pickle.dumps({"data": _Runs(Path(d) / "ran"), "labels": [0, 1]}))
+        ds, _ = loads_or_named(lambda: build({"name": "cifar10", "root": d}), files[which])
+        assert not (Path(d) / "ran").exists(), "loading a CIFAR file ran code from it"
+        if ds is not None:
+            check_dataset(ds)
+            assert ds.x_train.shape[1:] == (3, 32, 32) and ds.num_classes == 10
