@@ -402,3 +402,33 @@ def weights_bytes(state, fmt: str) -> bytes:
     from safetensors.torch import save
 
     return save(state)
+
+
+def tiny_image_data(n: int = 6, size: int = 5, channels: int = 3):
+    """A from_tensors image Dataset of n random uint8 images, 2 classes."""
+    import torch
+
+    from kdx.data import from_tensors
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, channels, size, size), generator=g, dtype=torch.uint8)
+    return from_tensors(x, torch.arange(n) % 2, x[:2], torch.arange(2) % 2, classes=["a", "b"], name="tiny")
+
+
+def pool_dir(out: Path, data=None, n: int = 4) -> Path:
+    """A synthesis pool as `kdx synth` writes it (kdx.pool.save_pool), from a tiny untrained teacher."""
+    import torch
+
+    from kdx.models import build_model
+    from kdx.pool import save_pool
+
+    data = data or tiny_image_data()
+    teacher = build_model({"name": "mlp", "hidden": [8]}, data, "teacher.model", 0)
+    x = torch.rand((n, *data.input_shape), generator=torch.Generator().manual_seed(1))
+    save_pool(out, data, x, teacher, {"method": "fuzz", "n": n})
+    return out
+
+
+def files_under(folder: Path) -> list[Path]:
+    """Every file under `folder`, sorted (the parts of a save_to_disk set: arrow data, json metadata)."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file())

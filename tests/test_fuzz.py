@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fuzzing import (FASHION_FILES, TEXT_ROWS, VALID_RUN_YAML, Broken, arrays, bad_yaml, broken_text_or_bytes, check_dataset,
-                     cifar10_batch, cifar10_dir, corrupted, fashion_mnist_dir, fuzz, hf_image_dict, hf_png_set, huge_png,
+                     cifar10_batch, cifar10_dir, corrupted, fashion_mnist_dir, files_under, fuzz, hf_image_dict, hf_png_set, huge_png,
                      idx_bytes, image_folder_dir, junk_values, leftovers, loads_or_named, png_bytes, text_file_bytes,
                      text_files_dir, weights_bytes, wrong_encodings)
 from kdx.data.idx import read_idx
@@ -200,3 +200,90 @@ def test_cifar_files_fuzzed(which, data):
         if ds is not None:
             check_dataset(ds)
             assert ds.x_train.shape[1:] == (3, 32, 32) and ds.num_classes == 10
+
+
+# --------------------------------------------------------------------------- Hugging Face image sets
+
+
+def _pil(mode, seed):
+    from PIL import Image
+
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (4, 4, 3), dtype=np.uint8)).convert(mode)
+
+
+pil_images = st.builds(_pil, st.sampled_from(["RGB", "L", "RGBA", "P", "1", "I", "F", "CMYK", "LA", "I;16"]), st.integers(0, 9))
+
+
+@st.composite
+def image_cells(draw):
+    """What an image column may hold: arrays of any dtype and shape, nested lists, junk values, PIL images of any mode."""
+    return draw(st.one_of(arrays(max_dims=4, max_side=4).map(lambda a: a.tolist() if a.dtype.kind in "biuf" else a),
+                          junk_values(), pil_images))
+
+
+@fuzz(50)
+@given(data=st.data(), column=st.sampled_from(["image", "label"]))
+def test_hf_image_set_wrongly_typed_columns(data, column):
+    """A save_to_disk image set whose image or label cells hold wrongly typed values."""
+    import datasets
+    from hypothesis import assume
+
+    rng = np.random.default_rng(0)
+    good = {"image": [rng.integers(0, 256, (4, 4, 3), dtype=np.uint8).tolist() for _ in range(3)], "label": [0, 1, 0]}
+    cells = data.draw(st.lists(image_cells() if column == "image" else st.one_of(junk_values(), arrays(max_dims=1)),
+                               min_size=1, max_size=3))
+    train = {**good, column: (cells * 3)[:3]}
+    with scratch() as d:
+        try:
+            hf_image_dict(Path(d) / "set", train, {k: v[:2] for k, v in good.items()})
+        except (datasets.exceptions.DatasetGenerationError, ValueError, TypeError, OverflowError) + _arrow_errors():
+            assume(False)  # datasets itself cannot store these cells: not a file kdx could meet
+        ds, _ = loads_or_named(lambda: build({"name": "hf", "path": f"{d}/set", "size": 4}), Path(d) / "set")
+        if ds is not None:
+            check_dataset(ds)
+            assert ds.x_train.dtype == torch.uint8 and ds.x_train.shape[2:] == (4, 4)
+
+
+def _arrow_errors():
+    import pyarrow as pa
+
+    return (pa.ArrowException,)
+
+
+@fuzz(50)
+@given(data=st.data())
+def test_hf_image_set_files_fuzzed(data):
+    """One file of a save_to_disk image set (the arrow data, dataset_info.json, state.json, dataset_dict.json) broken."""
+    with scratch() as d:
+        path = hf_png_set(Path(d) / "set")
+        target = data.draw(st.sampled_from(files_under(path)))
+        broken = data.draw(broken_text_or_bytes(target.read_bytes()) if target.suffix == ".json" else corrupted(target.read_bytes()))
+        target.write_bytes(broken.data)
+        ds, _ = loads_or_named(lambda: build({"name": "hf", "path": str(path)}), target)
+        if ds is not None:
+            check_dataset(ds)
+
+
+# ------------------------------------------------------------------------------------------------ pools
+
+
+@fuzz(30)
+@given(data=st.data())
+def test_pool_files_fuzzed(data):
+    """A pool written by `kdx synth` (kdx.pool.save_pool) with one of its files broken, read back by the
+    `downstream` source as a user does (source.dataset=hf source.args.path=POOL)."""
+    from fuzzing import pool_dir, tiny_image_data
+
+    from kdx.registry import SOURCES
+
+    teacher_data = tiny_image_data()
+    with scratch() as d:
+        pool = pool_dir(Path(d) / "pool", teacher_data)
+        assert not leftovers(d), leftovers(d)
+        target = data.draw(st.sampled_from([f for f in files_under(pool) if f.name != "synth.json"]))
+        broken = data.draw(broken_text_or_bytes(target.read_bytes()) if target.suffix == ".json" else corrupted(target.read_bytes()))
+        target.write_bytes(broken.data)
+        source, _ = loads_or_named(lambda: SOURCES.build({"name": "downstream", "dataset": "hf", "args": {"path": str(pool)}},
+                                                         "source", data=teacher_data, seed=0), target)
+        if source is not None:
+            assert source.x.shape[1:] == teacher_data.input_shape
