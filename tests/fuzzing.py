@@ -22,7 +22,6 @@ import json
 import pickle
 import struct
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +41,11 @@ def fuzz(n: int = 40):
 # ---------------------------------------------------------------------------------------- broken bytes
 
 
-@dataclass(frozen=True, repr=False)
 class Broken:
-    """Broken content and how it was made (the repr hypothesis prints: short, not the whole file)."""
+    """Broken content and how it was made (a plain class: hypothesis prints its short repr, not the whole file)."""
 
-    how: str
-    data: bytes
+    def __init__(self, how: str, data: bytes):
+        self.how, self.data = how, data
 
     def __repr__(self) -> str:
         return f"Broken({self.how}, {len(self.data)} bytes, starts {self.data[:24]!r})"
@@ -432,3 +430,53 @@ def pool_dir(out: Path, data=None, n: int = 4) -> Path:
 def files_under(folder: Path) -> list[Path]:
     """Every file under `folder`, sorted (the parts of a save_to_disk set: arrow data, json metadata)."""
     return sorted(p for p in Path(folder).rglob("*") if p.is_file())
+
+
+APT_TRANSLATION = """\
+Package: python3-foo
+Description-md5: aaaa0000aaaa0000aaaa0000aaaa0000
+Description-en: Python 3 module for frobbing foo widgets
+ Foo is a library that frobs widgets and ships bindings for every widget kind.
+ .
+ This package contains the module for Python 3.
+
+Package: netthing
+Description-md5: cccc0000cccc0000cccc0000cccc0000
+Description-en: daemon that forwards network packets
+ netthing listens on a socket and forwards every packet it receives to the
+ interfaces named in its configuration, keeping statistics per route.
+"""
+
+APT_PACKAGES = """\
+Package: python3-foo
+Source: foo (1.2-3)
+Description-md5: aaaa0000aaaa0000aaaa0000aaaa0000
+Section: python
+
+Package: netthing
+Description-md5: cccc0000cccc0000cccc0000cccc0000
+Section: net
+"""
+
+APT_PREFIX = "deb.debian.org_debian_dists_bookworm_main_"
+
+
+def compress(data: bytes, suffix: str) -> bytes:
+    """`data` as apt stores it under /var/lib/apt/lists with this suffix ("", .gz, .xz, .bz2, .lzma, .lz4, .zst)."""
+    import bz2
+    import lzma
+    import subprocess
+
+    if suffix in (".lz4", ".zst"):
+        return subprocess.run(["lz4" if suffix == ".lz4" else "zstd", "-c"], input=data, check=True, capture_output=True).stdout
+    return {"": lambda b: b, ".gz": lambda b: gzip.compress(b, mtime=0), ".xz": lzma.compress, ".bz2": bz2.compress,
+            ".lzma": lambda b: lzma.compress(b, format=lzma.FORMAT_ALONE)}[suffix](data)
+
+
+def apt_lists_dir(d: Path, suffix: str = ".gz") -> dict[str, Path]:
+    """apt's lists folder with one English Translation file and one Packages list (file names as apt writes them)."""
+    d.mkdir(parents=True, exist_ok=True)
+    out = {"translation": d / f"{APT_PREFIX}i18n_Translation-en{suffix}", "packages": d / f"{APT_PREFIX}binary-amd64_Packages{suffix}"}
+    out["translation"].write_bytes(compress(APT_TRANSLATION.encode(), suffix))
+    out["packages"].write_bytes(compress(APT_PACKAGES.encode(), suffix))
+    return out

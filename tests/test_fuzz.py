@@ -287,3 +287,145 @@ def test_pool_files_fuzzed(data):
                                                          "source", data=teacher_data, seed=0), target)
         if source is not None:
             assert source.x.shape[1:] == teacher_data.input_shape
+
+
+# ---------------------------------------------------------------------- text sets (hf_text, debian_descriptions)
+
+
+TEXT_ARGS = {"max_length": 8, "vocab_size": 60}
+
+
+@pytest.fixture
+def text_cache(tmp_path, monkeypatch):
+    """A kdx cache of its own (tokenizers, encoded splits), to check that nothing half-written is left in it."""
+    monkeypatch.setenv("KDX_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@fuzz(40)
+@given(fmt=st.sampled_from(["jsonl", "json", "csv", "parquet"]), split=st.sampled_from(["train", "test"]), data=st.data())
+def test_text_files_fuzzed(text_cache, fmt, split, data):
+    """train/test .jsonl/.json/.csv/.parquet files broken at the byte level or wrongly encoded."""
+    with scratch() as d:
+        files = text_files_dir(Path(d), fmt)
+        valid = files[split].read_bytes()
+        broken = data.draw(corrupted(valid) if fmt == "parquet" else broken_text_or_bytes(valid))
+        files[split].write_bytes(broken.data)
+        ds, _ = loads_or_named(lambda: build({"name": "hf_text", "path": d, **TEXT_ARGS}), files[split])
+        if ds is not None:
+            check_dataset(ds)
+        assert not leftovers(text_cache, Path(d)), leftovers(text_cache, Path(d))
+
+
+text_cells = st.one_of(junk_values(), st.text(max_size=30), st.sampled_from(["\ud800 lone surrogate", "", "  ", "\x00\x01", "é" * 500]))
+
+
+@fuzz(40)
+@given(fmt=st.sampled_from(["jsonl", "json", "csv", "parquet"]), column=st.sampled_from(["text", "label"]), data=st.data())
+def test_text_files_wrongly_typed(text_cache, fmt, column, data):
+    """Rows whose text or label holds a wrongly typed value (None, numbers, lists, dicts, NaN, a lone surrogate)."""
+    from hypothesis import assume
+
+    cells = data.draw(st.lists(text_cells, min_size=1, max_size=4))
+    rows = [{**r, column: cells[i % len(cells)]} for i, r in enumerate(TEXT_ROWS)]
+    with scratch() as d:
+        try:
+            files = text_files_dir(Path(d), fmt, train=rows)
+        except (TypeError, ValueError, OverflowError, UnicodeEncodeError) + _arrow_errors():
+            assume(False)  # pandas/pyarrow cannot write these rows in this format: not a file kdx could meet
+        ds, _ = loads_or_named(lambda: build({"name": "hf_text", "path": d, **TEXT_ARGS}), files["train"])
+        if ds is not None:
+            check_dataset(ds)
+            assert ds.x_train.shape == (len(rows), TEXT_ARGS["max_length"])
+        assert not leftovers(text_cache, Path(d)), leftovers(text_cache, Path(d))
+
+
+@fuzz(30)
+@given(name=st.sampled_from(["hf_text", "debian_descriptions"]), data=st.data())
+def test_text_dataset_dict_files_fuzzed(text_cache, name, data):
+    """One file of a save_to_disk text DatasetDict (what `kdx data build debian-descriptions` writes) broken."""
+    import datasets
+
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["money", "pets"]),
+                                  "short": datasets.Value("string")})
+    col = lambda rows: {"text": [r["text"] for r in rows], "label": [int(r["label"] == "pets") for r in rows],  # noqa: E731
+                        "short": [r["text"][:9] for r in rows]}
+    with scratch() as d:
+        path = hf_image_dict(Path(d) / "set", col(TEXT_ROWS), col(TEXT_ROWS[:2]), features)
+        target = data.draw(st.sampled_from(files_under(path)))
+        broken = data.draw(broken_text_or_bytes(target.read_bytes()) if target.suffix == ".json" else corrupted(target.read_bytes()))
+        target.write_bytes(broken.data)
+        ds, _ = loads_or_named(lambda: build({"name": name, "path": str(path), **TEXT_ARGS}), target)
+        if ds is not None:
+            check_dataset(ds)
+        assert not leftovers(text_cache), leftovers(text_cache)
+
+
+# ------------------------------------------------------------------------------ Debian apt lists
+
+
+APT_SUFFIXES = ["", ".gz", ".xz", ".bz2", ".lzma", ".lz4", ".zst"]
+
+
+@fuzz(60)
+@given(suffix=st.sampled_from(APT_SUFFIXES), decompress=st.sampled_from(["python", "apt-helper"]), data=st.data())
+def test_apt_list_files_fuzzed(suffix, decompress, data):
+    """A list file apt stored, broken (compressed stream or content, any encoding): read_list_file returns
+    text or names the file."""
+    from fuzzing import APT_PREFIX, APT_TRANSLATION, compress
+
+    from kdx.data import debian
+
+    if decompress == "apt-helper" and debian.apt_helper() is None:
+        decompress = "python"
+    with scratch() as d:
+        path = Path(d) / f"{APT_PREFIX}i18n_Translation-en{suffix}"
+        layer = data.draw(st.sampled_from(["file", "content"]))
+        raw = compress(APT_TRANSLATION.encode(), suffix)
+        broken = data.draw(corrupted(raw) if layer == "file" else broken_text_or_bytes(APT_TRANSLATION.encode()))
+        path.write_bytes(broken.data if layer == "file" else compress(broken.data, suffix))
+        text, _ = loads_or_named(lambda: debian.read_list_file(path, decompress), path)
+        if text is not None:
+            if layer == "file" and suffix not in ("", ".lzma"):  # a checksummed stream: intact, or refused
+                intact = [APT_TRANSLATION] + [APT_TRANSLATION * 2] * (broken.how == "repeat")  # two streams are legal
+                assert text in intact, f"{broken.how} {suffix} read as {len(text)} characters, not refused"
+            debian.parse_translation(text), debian.parse_packages(text)  # parsing any text never raises
+
+
+@fuzz(60)
+@given(text=st.one_of(st.text(max_size=300), st.lists(st.sampled_from(
+    ["Package: p", "Package:", ": x", "Description-en: s", " continued", " .", "\t tab", "", "#c", "Section: a/b/c",
+     "Source: (1)", "Source: s (", "Description-md5:", "Description-en:", "  verbatim", "\x00", "\ud800"]), max_size=25).map("\n".join)))
+def test_apt_parsers_take_any_text(text):
+    from kdx.data import debian
+
+    for d in debian.parse_translation(text):
+        assert d.package and isinstance(d.long, str)
+    for p in debian.parse_packages(text):
+        assert p.package and p.source and "/" not in p.section
+
+
+@fuzz(25)
+@given(which=st.sampled_from(["translation", "packages"]), data=st.data())
+def test_debian_build_fuzzed(which, data):
+    """`kdx data build debian-descriptions` over a lists folder with one file broken: a complete build or a
+    KdxError naming the file, and no half-written output folder either way (an earlier build survives a failed one)."""
+    from fuzzing import APT_PACKAGES, APT_TRANSLATION, apt_lists_dir
+
+    from kdx.data import debian
+
+    with scratch() as d:
+        lists = apt_lists_dir(Path(d) / "lists", data.draw(st.sampled_from(["", ".gz", ".xz"])))
+        out = Path(d) / "out"
+        debian.build_debian_descriptions(out, lists["translation"].parent, sections=["python", "net"], min_chars=5,
+                                         decompress="python")
+        before = sorted(p.name for p in out.iterdir())
+        valid = (APT_TRANSLATION if which == "translation" else APT_PACKAGES).encode()
+        broken = data.draw(st.one_of(corrupted(lists[which].read_bytes()), broken_text_or_bytes(valid)))
+        lists[which].write_bytes(broken.data)
+        dsd, msg = loads_or_named(lambda: debian.build_debian_descriptions(out, lists[which].parent, sections=["python", "net"],
+                                                                           min_chars=5, decompress="python"), lists[which])
+        assert sorted(p.name for p in out.iterdir()) == before  # complete, old or new
+        assert not leftovers(d), leftovers(d)
+        if dsd is not None:
+            assert set(dsd) == {"train", "test"}

@@ -84,14 +84,14 @@ def _images(column: list, size: int, grey: bool, where: str) -> torch.Tensor:
     return torch.from_numpy(np.stack(out))
 
 
-def read_column(split, column: str, where: str) -> list:
+def read_column(split, column: str, where: str, fix: str = "the saved files are damaged: re-save the set with save_to_disk") -> list:
     """A column of a loaded split as a list: damaged arrow data or image bytes that cannot be decoded
     (datasets reads lazily, so this is where they surface) are refused naming the set."""
     try:
-        return split[column]
+        return list(split[column])  # datasets 4 returns a lazy Column: decode every row here
     except Exception as e:  # noqa: BLE001 - pyarrow, PIL and datasets each raise their own types
         raise KdxError(f"{where}: cannot read column '{column}' ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
-                       "the saved files are damaged: re-save the set with save_to_disk") from None
+                       f"{fix}") from None
 
 
 @DATASETS.register()
