@@ -429,3 +429,70 @@ def test_debian_build_fuzzed(which, data):
         assert not leftovers(d), leftovers(d)
         if dsd is not None:
             assert set(dsd) == {"train", "test"}
+
+
+# ---------------------------------------------------------------------------------------- weights files
+
+
+def _tiny_model():
+    from kdx.models import build_model
+    from fuzzing import tiny_image_data
+
+    return build_model({"name": "mlp", "hidden": [4]}, tiny_image_data(size=3, channels=1), "student.model", 0)
+
+
+@st.composite
+def state_dicts(draw, model):
+    """What a weights file may hold instead of the model's state dict: junk, wrong keys, wrong dtypes and shapes,
+    non-tensor values, nested or wrapped dicts, non-string keys."""
+    good = {k: v.clone() for k, v in model.state_dict().items()}
+    how = draw(st.sampled_from(["good", "wrapped", "ddp", "junk", "int_keys", "dtype", "shape", "drop", "extra", "non_tensor", "nan"]))
+    key = draw(st.sampled_from(sorted(good)))
+    if how == "wrapped":
+        return {draw(st.sampled_from(["model", "state_dict"])): good}
+    if how == "ddp":
+        return {f"module.{k}": v for k, v in good.items()}
+    if how == "junk":
+        return draw(junk_values())
+    if how == "int_keys":
+        return {i: v for i, v in enumerate(good.values())}
+    if how == "dtype":
+        good[key] = good[key].to(draw(st.sampled_from([torch.int64, torch.bool, torch.complex64, torch.float16, torch.uint8])))
+    elif how == "shape":
+        good[key] = torch.zeros(draw(st.lists(st.integers(0, 3), max_size=3)))
+    elif how == "drop":
+        del good[key]
+    elif how == "extra":
+        good["extra.weight"] = torch.zeros(2)
+    elif how == "non_tensor":
+        good[key] = draw(junk_values())
+    elif how == "nan":
+        good[key] = torch.full_like(good[key], float("nan")) if good[key].is_floating_point() else good[key]
+    return good
+
+
+@fuzz(60)
+@given(fmt=st.sampled_from(["pt", "safetensors"]), data=st.data())
+def test_weights_files_fuzzed(fmt, data):
+    """`student.init` / `teacher.checkpoint` files: broken bytes, or a file holding something other than the model's
+    state dict. load_weights loads the model or names the file."""
+    from kdx.models.base import load_weights
+
+    model = _tiny_model()
+    with scratch() as d:
+        path = Path(d) / f"w.{fmt}"
+        if data.draw(st.booleans()):
+            broken = data.draw(corrupted(weights_bytes(model.state_dict(), fmt)))
+            path.write_bytes(broken.data)
+        else:
+            state = data.draw(state_dicts(model))
+            try:
+                path.write_bytes(weights_bytes(state, fmt))
+            except Exception:  # noqa: BLE001 - safetensors stores only flat dicts of tensors
+                from hypothesis import assume
+
+                assume(False)
+        loaded, _ = loads_or_named(lambda: load_weights(_tiny_model(), path, "student.init"), path)
+        if loaded is not None:
+            for k, v in loaded.state_dict().items():
+                assert v.dtype == model.state_dict()[k].dtype and torch.isfinite(v).all()
