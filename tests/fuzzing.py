@@ -192,7 +192,8 @@ def bad_yaml(draw, valid: str = VALID_RUN_YAML, breaks: list[str] = YAML_BREAKS)
 
 
 FIX_WORDS = ("delete", "re-", "rebuild", "fix", "pass", "set", "give", "save", "point", "use", "drop", "run",
-             "check", "build", "write", "replace", "remove", "convert", "pick", "encode", "rename", "move", "keep")
+             "check", "build", "write", "replace", "remove", "convert", "pick", "encode", "rename", "move", "keep",
+             "must be", "e.g.")  # "must be >= 1", "of the form key=value (e.g. ...)": the fix is the allowed value
 
 
 def assert_named(err: BaseException, *paths) -> str:

@@ -496,3 +496,63 @@ def test_weights_files_fuzzed(fmt, data):
         if loaded is not None:
             for k, v in loaded.state_dict().items():
                 assert v.dtype == model.state_dict()[k].dtype and torch.isfinite(v).all()
+
+
+# ------------------------------------------------------------------------------------ config and study files
+
+
+@fuzz(60)
+@given(broken=bad_yaml())
+def test_config_files_fuzzed(broken):
+    """A run config (YAML) broken: syntax, non-mappings, python tags, wrong types, bad encodings. load_config and
+    the checks `kdx run` makes before any work load it or name the file."""
+    from kdx import config as kconfig
+    from kdx.run import validate
+
+    with scratch() as d:
+        path = Path(d) / "run.yaml"
+        path.write_bytes(broken.data)
+        cfg, _ = loads_or_named(lambda: kconfig.load_config(path), path)
+        if cfg is not None:
+            assert isinstance(cfg, kconfig.RunConfig)
+            try:
+                validate(cfg)  # a bad value is a KdxError (naming the key, not necessarily the file), nothing else
+            except KdxError:
+                pass
+
+
+VALID_STUDY = {"name": "fuzz", "base": "base.yaml", "seeds": [0], "sources": [{"name": "train"}]}
+STUDY_FIELDS = ["name", "base", "overrides", "sources", "seeds", "samples", "loss", "temperature", "switch_at", "student",
+                "probe", "probe_on", "probe_source_n", "report_distributions"]
+
+
+@st.composite
+def study_files(draw):
+    """A study file with one field wrongly typed (any junk, or a list of specs with junk values), or broken YAML."""
+    import json
+
+    if draw(st.integers(0, 3)) == 0:
+        return draw(bad_yaml(valid=json.dumps(VALID_STUDY) + "\n"))
+    study = dict(VALID_STUDY)
+    field = draw(st.sampled_from(STUDY_FIELDS))
+    spec_junk = st.dictionaries(st.sampled_from(["name", "label", "samples_scale", "augment", "kind", "dataset", "x"]),
+                                junk_values(), max_size=3)
+    study[field] = draw(st.one_of(junk_values(), st.lists(spec_junk, min_size=1, max_size=2),
+                                  st.lists(st.sampled_from(["a=b", "=", "distill.samples=-1", "x", "source.name=nope"]), max_size=2)))
+    return Broken(f"study-{field}", (json.dumps(study, allow_nan=True) + "\n").encode("utf-8", "surrogatepass"))
+
+
+@fuzz(60)
+@given(broken=study_files())
+def test_study_files_fuzzed(broken):
+    """`kdx study`'s planner on a study file broken or wrongly typed: it plans the runs or names the file."""
+    from kdx.study.plan import plan
+
+    with scratch() as d:
+        (Path(d) / "base.yaml").write_text(VALID_RUN_YAML)
+        path = Path(d) / "study.yaml"
+        path.write_bytes(broken.data)
+        planned, _ = loads_or_named(lambda: plan(path), path, Path(d) / "base.yaml")
+        if planned is not None:
+            study, runs = planned
+            assert runs and len({r.name for r in runs}) == len(runs)
