@@ -17,7 +17,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzzing import (FASHION_FILES, TEXT_ROWS, VALID_RUN_YAML, Broken, arrays, bad_yaml, broken_text_or_bytes, check_dataset,
+from fuzzing import (FASHION_FILES, TEXT_ROWS, VALID_RUN_YAML, Broken, arrays, assert_named, bad_yaml, broken_text_or_bytes, check_dataset,
                      cifar10_batch, cifar10_dir, corrupted, fashion_mnist_dir, files_under, fuzz, hf_image_dict, hf_png_set, huge_png,
                      idx_bytes, image_folder_dir, junk_values, leftovers, loads_or_named, png_bytes, text_file_bytes,
                      text_files_dir, weights_bytes, wrong_encodings)
@@ -556,3 +556,60 @@ def test_study_files_fuzzed(broken):
         if planned is not None:
             study, runs = planned
             assert runs and len({r.name for r in runs}) == len(runs)
+
+
+# ------------------------------------------------------------------------------------- the way a user goes
+
+
+def kdx_cli(*args, home: Path):
+    """`python -m kdx ARGS` in a fresh process (this checkout's src first), offline, with an empty HOME."""
+    env = {**os.environ, "HOME": str(home), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    env.pop("KDX_DATA", None)
+    return subprocess.run([sys.executable, "-m", "kdx", *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(done, *paths):
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert "Traceback" not in done.stderr and len(lines) == 1 and lines[0].startswith("kdx: error: "), done.stderr[-2000:]
+    return assert_named(KdxError(lines[0][len("kdx: error: "):]), *paths)
+
+
+def test_kdx_data_names_a_broken_data_file(tmp_path):
+    """`kdx data` on Fashion-MNIST whose labels file was cut off mid-download, on an image folder holding a
+    text file named .png, and on a jsonl text set in UTF-16: exit 2, one line naming the file and the fix."""
+    files = fashion_mnist_dir(tmp_path / "fm")
+    lab = files["train-labels-idx1-ubyte"]
+    lab.write_bytes(lab.read_bytes()[:-6])
+    msg = assert_one_line_error(kdx_cli("data", "data.name=fashion_mnist", f"data.root={tmp_path / 'fm'}", home=tmp_path), lab)
+    assert "truncated or corrupt" in msg and "re-fetch" in msg
+
+    images = image_folder_dir(tmp_path / "imgs")
+    images[3].write_bytes(b"not an image\n")
+    msg = assert_one_line_error(kdx_cli("data", "data.name=image_folder", f"data.root={tmp_path / 'imgs'}", "data.size=6",
+                                        home=tmp_path), images[3])
+    assert "not an image PIL can read" in msg
+
+    texts = text_files_dir(tmp_path / "texts", "jsonl")
+    texts["train"].write_bytes(texts["train"].read_text().encode("utf-16"))
+    msg = assert_one_line_error(kdx_cli("data", "data.name=hf_text", f"data.path={tmp_path / 'texts'}", home=tmp_path),
+                                texts["train"])
+    assert "UTF-8" in msg
+
+
+def test_kdx_run_names_a_broken_config_or_weights_file(tmp_path):
+    """`kdx run` on a config saved as UTF-16, and with student.init a weights file cut in half: refused before any
+    work (no run directory), one line naming the file."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_bytes(VALID_RUN_YAML.encode("utf-16"))
+    msg = assert_one_line_error(kdx_cli("run", str(cfg), "--runs-dir", str(tmp_path / "runs"), home=tmp_path), cfg)
+    assert "save the file as UTF-8" in msg
+
+    cfg.write_text(VALID_RUN_YAML)
+    weights = tmp_path / "init.pt"
+    weights.write_bytes(weights_bytes({"w": torch.zeros(3, 3)}, "pt")[:300])
+    msg = assert_one_line_error(kdx_cli("run", str(cfg), f"student.init={weights}", "--runs-dir", str(tmp_path / "runs"),
+                                        home=tmp_path), weights)
+    assert "not a weights file kdx can read" in msg
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

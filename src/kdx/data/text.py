@@ -9,6 +9,7 @@ text-classification DatasetDict saved to disk, or json/csv/parquet files read wi
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -259,6 +260,23 @@ def _check_class_indices(labels: list, num_classes: int, where: str) -> None:
 TEXT_FORMATS = ("jsonl", "json", "csv", "parquet")
 
 
+@contextlib.contextmanager
+def _quiet_datasets():
+    """datasets' progress bars and its logged errors off: a file it cannot read becomes one KdxError line."""
+    import datasets
+    from datasets.utils import logging as ds_logging
+
+    level, bars = ds_logging.get_verbosity(), not datasets.are_progress_bars_disabled()
+    ds_logging.set_verbosity(ds_logging.CRITICAL)
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        ds_logging.set_verbosity(level)
+        if bars:
+            datasets.enable_progress_bars()
+
+
 def _open_text(path: str, train_split: str, test_split: str):
     import datasets
 
@@ -282,7 +300,8 @@ def _open_text(path: str, train_split: str, test_split: str):
         raise KdxError(f"hf_text: {p} mixes {', '.join(sorted(formats))} files; keep one format for both splits")
     fmt = formats.pop()
     try:
-        return datasets.load_dataset(fmt, data_files=files)
+        with _quiet_datasets():
+            return datasets.load_dataset(fmt, data_files=files)
     except Exception as e:  # noqa: BLE001 - datasets wraps pyarrow's and pandas' errors in several types
         cause = e.__cause__ or e.__context__ or e
         first = (str(cause).strip().splitlines() or [""])[0][:200]
