@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import pickle
 import struct
 import zlib
@@ -32,8 +33,9 @@ from kdx.errors import KdxError
 
 
 def fuzz(n: int = 40):
-    """Settings for one fuzz test: `n` examples, the same ones everywhere (derandomize), no database."""
-    return settings(max_examples=n, deadline=None, derandomize=True, database=None, print_blob=False,
+    """Settings for one fuzz test: `n` examples, the same ones everywhere (derandomize), no database.
+    KDX_FUZZ_SCALE=10 runs ten times as many (a deeper search before a release; still reproducible)."""
+    return settings(max_examples=max(1, round(n * float(os.environ.get("KDX_FUZZ_SCALE", "1")))), deadline=None, derandomize=True, database=None, print_blob=False,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                            HealthCheck.data_too_large])
 

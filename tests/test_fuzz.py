@@ -225,7 +225,6 @@ def image_cells(draw):
 @given(data=st.data(), column=st.sampled_from(["image", "label"]))
 def test_hf_image_set_wrongly_typed_columns(data, column):
     """A save_to_disk image set whose image or label cells hold wrongly typed values."""
-    import datasets
     from hypothesis import assume
 
     rng = np.random.default_rng(0)
@@ -236,8 +235,8 @@ def test_hf_image_set_wrongly_typed_columns(data, column):
     with scratch() as d:
         try:
             hf_image_dict(Path(d) / "set", train, {k: v[:2] for k, v in good.items()})
-        except (datasets.exceptions.DatasetGenerationError, ValueError, TypeError, OverflowError) + _arrow_errors():
-            assume(False)  # datasets itself cannot store these cells: not a file kdx could meet
+        except Exception:  # noqa: BLE001 - datasets itself cannot store these cells: not a file kdx could meet
+            assume(False)
         ds, _ = loads_or_named(lambda: build({"name": "hf", "path": f"{d}/set", "size": 4}), Path(d) / "set")
         if ds is not None:
             check_dataset(ds)

@@ -198,7 +198,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), schema=RunCo
         if path is not None:
             p = Path(path)
             if not p.exists():
-                raise KdxError(f"config file {p} does not exist")
+                raise KdxError(f"config file {p} does not exist; check the path")
             try:
                 file_cfg = OmegaConf.load(p)
             except yaml.YAMLError as e:
@@ -236,7 +236,10 @@ def load_config(path: str | Path | None, overrides: list[str] = (), schema=RunCo
             raise KdxError(f"{name}: a value does not fit the config's shape ({e}); fix the file: sections "
                            "(data, source, distill, ...) are mappings") from None
         acc = _layer_dict(merged)
-    cfg = OmegaConf.to_object(merged) if layers else OmegaConf.to_object(OmegaConf.structured(schema))
+    try:
+        cfg = OmegaConf.to_object(merged) if layers else OmegaConf.to_object(OmegaConf.structured(schema))
+    except OmegaConfBaseException as e:  # a mandatory key (a study's name, base) left out or `???`
+        raise KdxError(f"{where}: '{getattr(e, 'full_key', '') or e}' has no value; set it in the file") from None
     check_domains(cfg, f"{where}{' with the command-line overrides' if overrides else ''}" if path else
                   ("the command line" if overrides else "defaults"))
     return cfg

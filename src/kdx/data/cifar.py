@@ -56,7 +56,7 @@ def _names(path: Path, meta: dict, key: str) -> list[str]:
 def _batch(path: Path, b: dict, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """One batch's images (N, 3, 32, 32) uint8 and labels (N,) int64, refused unless they are that."""
     if "data" not in b or label_key not in b:
-        raise KdxError(f"{path} lacks '{'data' if 'data' not in b else label_key}' (it holds {', '.join(map(str, b))}); {REDOWNLOAD}")
+        raise KdxError(f"{path} lacks '{'data' if 'data' not in b else label_key}' (it holds {', '.join(repr(k) for k in b)[:200]}); {REDOWNLOAD}")
     try:
         x, y = np.asarray(b["data"]), np.asarray(b[label_key])
     except (ValueError, TypeError) as e:  # ragged lists

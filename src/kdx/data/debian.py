@@ -74,6 +74,7 @@ from kdx.io import write_json, write_text
 
 APT_LISTS = Path("/var/lib/apt/lists")
 UPDATE_HINT = "apt-get -o Acquire::Languages=en update"
+MAGIC = {".gz": b"\x1f\x8b", ".xz": b"\xfd7zXZ\x00", ".bz2": b"BZh", ".lz4": b"\x04\x22\x4d\x18", ".zst": b"\x28\xb5\x2f\xfd"}
 REFETCH = f"the file is damaged: delete it and run `{UPDATE_HINT}` (as root) to fetch it again"
 _COMPRESSED = r"(?:\.(?:lz4|xz|gz|bz2|lzma|zst))?"
 TRANSLATION_RE = re.compile(r"_i18n_Translation-en" + _COMPRESSED + r"$")
@@ -108,8 +109,8 @@ def _python_decompress(path: Path) -> bytes:
     suffix = path.suffix
     if suffix == ".gz":
         return gzip.decompress(raw)
-    if suffix in (".xz", ".lzma"):
-        return lzma.decompress(raw)
+    if suffix in (".xz", ".lzma"):  # the format named, not guessed: a zeroed .xz header must not pass as .lzma
+        return lzma.decompress(raw, format=lzma.FORMAT_XZ if suffix == ".xz" else lzma.FORMAT_ALONE)
     if suffix == ".bz2":
         return bz2.decompress(raw)
     if suffix in (".lz4", ".zst"):
@@ -152,6 +153,12 @@ def read_list_file(path: Path | str, decompress: str = "auto") -> str:
     try:
         if path.suffix in (".gz", ".xz", ".bz2", ".lzma", ".lz4", ".zst") and path.stat().st_size == 0:
             raise KdxError(f"debian: {path} is empty, not a compressed list; {REFETCH}")
+        magic = MAGIC.get(path.suffix)
+        if magic:  # a damaged header can pass for another format's empty stream (apt-helper and lzma both guess)
+            with open(path, "rb") as f:
+                head = f.read(len(magic))
+            if head != magic:
+                raise KdxError(f"debian: cannot read {path}: it does not start like a {path.suffix} file ({head!r}); {REFETCH}")
         if helper is not None:
             done = subprocess.run([helper, "cat-file", str(path)], capture_output=True)
             if done.returncode != 0:
