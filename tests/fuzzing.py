@@ -483,3 +483,18 @@ def apt_lists_dir(d: Path, suffix: str = ".gz") -> dict[str, Path]:
     out["translation"].write_bytes(compress(APT_TRANSLATION.encode(), suffix))
     out["packages"].write_bytes(compress(APT_PACKAGES.encode(), suffix))
     return out
+
+
+def hf_model_dir(path: Path, labels: list[str], size: int = 8) -> Path:
+    """A tiny ViT image classifier and its processor as save_pretrained writes them (config.json,
+    model.safetensors, preprocessor_config.json): what `teacher.model={name: hf, path: DIR}` reads."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.ViTConfig(image_size=size, patch_size=4, num_channels=3, hidden_size=8, num_hidden_layers=1,
+                                 num_attention_heads=1, intermediate_size=8, num_labels=len(labels),
+                                 id2label=dict(enumerate(labels)), label2id={v: i for i, v in enumerate(labels)})
+    transformers.ViTForImageClassification(cfg).save_pretrained(path)
+    transformers.ViTImageProcessor(size={"height": size, "width": size}).save_pretrained(path)
+    return path

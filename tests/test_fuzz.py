@@ -612,3 +612,23 @@ def test_kdx_run_names_a_broken_config_or_weights_file(tmp_path):
                                         home=tmp_path), weights)
     assert "not a weights file kdx can read" in msg
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@fuzz(30)
+@given(data=st.data())
+def test_hf_model_folders_fuzzed(data):
+    """A save_pretrained teacher folder (`teacher.model={name: hf, path: DIR}`) with config.json, the weights or
+    preprocessor_config.json broken: the model builds or the error names the folder."""
+    from fuzzing import hf_model_dir, tiny_image_data
+
+    from kdx.registry import MODELS
+
+    images = tiny_image_data(size=8)
+    with scratch() as d:
+        path = hf_model_dir(Path(d) / "vit", images.classes)
+        target = data.draw(st.sampled_from(files_under(path)))
+        broken = data.draw(broken_text_or_bytes(target.read_bytes()) if target.suffix == ".json" else corrupted(target.read_bytes()))
+        target.write_bytes(broken.data)
+        model, _ = loads_or_named(lambda: MODELS.build({"name": "hf", "path": str(path)}, "teacher.model", data=images), target)
+        if model is not None:
+            assert model(torch.rand(2, 3, 8, 8)).shape == (2, 2)
