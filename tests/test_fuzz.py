@@ -632,3 +632,33 @@ def test_hf_model_folders_fuzzed(data):
         model, _ = loads_or_named(lambda: MODELS.build({"name": "hf", "path": str(path)}, "teacher.model", data=images), target)
         if model is not None:
             assert model(torch.rand(2, 3, 8, 8)).shape == (2, 2)
+
+
+@fuzz(30)
+@given(data=st.data())
+def test_text_caches_fuzzed(data):
+    """kdx's own cache files for text damaged (a disk error, a copy cut short): the encoded splits and the TF-IDF
+    anchor are recomputed (the same dataset again); the trained tokenizer, whose training is not deterministic,
+    is refused naming the file (retraining could give other token ids than the cached teachers saw)."""
+    from kdx.data.text import anchor_accuracy
+
+    session_cache = os.environ.get("KDX_CACHE")
+    with scratch() as d:
+        os.environ["KDX_CACHE"] = cache = f"{d}/cache"  # one cache per example
+        try:
+            rows = [{"text": f"{r['text']} number {i}", "label": r["label"]} for i, r in enumerate(TEXT_ROWS * 250)]
+            text_files_dir(Path(d) / "set", "parquet", train=rows)  # 1000 rows: the encoded split is cached
+            spec = {"name": "hf_text", "path": f"{d}/set", **TEXT_ARGS}
+            first = build(spec)
+            acc = anchor_accuracy(first)
+            target = data.draw(st.sampled_from([f for f in files_under(Path(cache)) if f.name != ".lock"]))
+            target.write_bytes(data.draw(corrupted(target.read_bytes())).data)
+            again, _ = loads_or_named(lambda: build(spec), target)
+            if target.parent.parent.name == "tokenizers":  # training again could give other ids: refused, never retrained
+                assert again is None
+            else:  # the encoded splits and the anchor are recomputed, the same
+                assert torch.equal(again.x_train, first.x_train) and torch.equal(again.x_test, first.x_test)
+                assert anchor_accuracy(again) == acc
+            assert not leftovers(cache), leftovers(cache)
+        finally:
+            os.environ["KDX_CACHE"] = session_cache

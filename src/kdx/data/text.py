@@ -16,13 +16,14 @@ import os
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
 from kdx.data.base import Dataset, index_labels
 from kdx.errors import KdxError
 from kdx.io import save_arrays, write_json, write_text
 from kdx.registry import DATASETS
 
-TOKENIZER_FORMAT = 1  # bump when the trained tokenizer's recipe changes
+TOKENIZER_FORMAT = 2  # bump when the trained tokenizer's recipe changes (2: the file named by its content's hash)
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # the held-out sets every text dataset offers (kdx.eval.heldout_text); `domain` where it has a domain set
 TEXT_HELDOUT = ["test", "train_subset", "typos-1", "typos-2", "typos-3", "word_dropout-1", "word_dropout-2",
@@ -131,21 +132,29 @@ def train_tokenizer(texts: list[str], vocab_size: int = 8000, lowercase: bool = 
         h.update(t.encode())
         h.update(b"\0")
     folder = cache_dir() / "tokenizers" / h.hexdigest()[:16]
-    file = folder / "tokenizer.json"
-    raw = None
-    if file.exists():
-        try:
-            raw = RawTokenizer.from_file(str(file))
-        except Exception:  # noqa: BLE001 - a damaged cache entry (the Rust side raises a plain Exception): train again
-            raw = None
-    if raw is None or any(raw.token_to_id(t) is None for t in SPECIALS):
-        raw = RawTokenizer(models.WordPiece(unk_token="[UNK]"))
-        raw.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-        raw.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        raw.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIALS)
-        raw.train_from_iterator(texts, trainer)
-        write_text(file, raw.to_str())  # atomic: concurrent runs write the same bytes
+    folder.mkdir(parents=True, exist_ok=True)
+    # Training is not deterministic (ties between equally frequent pieces), so one process trains and every
+    # other reads its file, under a lock; the file's name carries its content's hash, so damage is noticed.
+    with FileLock(str(folder / ".lock")):
+        found = sorted(folder.glob("tokenizer-*.json"))
+        if found:
+            file = found[0]
+            text = file.read_bytes()
+            if file.name != f"tokenizer-{hashlib.sha256(text).hexdigest()[:16]}.json":
+                raise KdxError(f"the cached tokenizer {file} is damaged (its content does not match the hash in its "
+                               f"name); delete {folder} to train the vocabulary again, and the teachers cached for "
+                               "this data with it (their token ids came from the old one)")
+            raw = RawTokenizer.from_str(text.decode())
+        else:
+            raw = RawTokenizer(models.WordPiece(unk_token="[UNK]"))
+            raw.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+            raw.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+            raw.decoder = decoders.WordPiece()
+            trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIALS)
+            raw.train_from_iterator(texts, trainer)
+            text = raw.to_str().encode()
+            file = folder / f"tokenizer-{hashlib.sha256(text).hexdigest()[:16]}.json"
+            write_text(file, text.decode())
     from tokenizers.processors import TemplateProcessing
 
     cls, sep = raw.token_to_id("[CLS]"), raw.token_to_id("[SEP]")
