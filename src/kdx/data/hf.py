@@ -76,22 +76,23 @@ def _images(column: list, size: int, grey: bool, where: str) -> torch.Tensor:
             raise KdxError(f"hf: {where} row {i}: a {img.mode} image PIL cannot convert ({e}); {RESAVE}") from None
         if size > 0 and img.size != (size, size):
             img = img.resize((size, size), Image.BILINEAR)
-        out.append(np.asarray(img, np.uint8))
-        out[-1] = out[-1][None] if grey else out[-1].transpose(2, 0, 1)
+        a = np.asarray(img, np.uint8)
+        out.append(a[None] if grey else a.transpose(2, 0, 1))
     shapes = {a.shape for a in out}
     if len(shapes) > 1:
         raise KdxError(f"hf: {where} images have different sizes ({sorted(shapes)[:3]}...); pass `data.size=N` to resize")
     return torch.from_numpy(np.stack(out))
 
 
-def read_column(split, column: str, where: str, fix: str = "the saved files are damaged: re-save the set with save_to_disk") -> list:
+def read_column(split, column: str, where: str,
+                fix: str = "the saved files are damaged: re-save the set with save_to_disk") -> list:
     """A column of a loaded split as a list: damaged arrow data or image bytes that cannot be decoded
     (datasets reads lazily, so this is where they surface) are refused naming the set."""
     try:
         return list(split[column])  # datasets 4 returns a lazy Column: decode every row here
     except Exception as e:  # noqa: BLE001 - pyarrow, PIL and datasets each raise their own types
-        raise KdxError(f"{where}: cannot read column '{column}' ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
-                       f"{fix}") from None
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise KdxError(f"{where}: cannot read column '{column}' ({type(e).__name__}: {first}); {fix}") from None
 
 
 @DATASETS.register()

@@ -19,6 +19,7 @@ import torch
 from filelock import FileLock
 
 from kdx.data.base import Dataset, index_labels
+from kdx.data.hf import read_column
 from kdx.errors import KdxError
 from kdx.io import save_arrays, write_json, write_text
 from kdx.registry import DATASETS
@@ -207,8 +208,6 @@ def _load_from_disk(p: Path, what: str):
 
 
 def _column(split, name: str, column: str, where: str) -> list:
-    from kdx.data.hf import read_column
-
     return read_column(split, column, f"{where}: split '{name}'", "re-save the set with save_to_disk, or write its "
                        "files as UTF-8 text")
 
