@@ -661,4 +661,6 @@ def test_text_caches_fuzzed(data):
                 assert anchor_accuracy(again) == acc
             assert not leftovers(cache), leftovers(cache)
         finally:
-            os.environ["KDX_CACHE"] = session_cache
+            os.environ.pop("KDX_CACHE")
+            if session_cache is not None:
+                os.environ["KDX_CACHE"] = session_cache
