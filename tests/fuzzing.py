@@ -68,7 +68,7 @@ def corrupted(draw, valid: bytes, mutations: tuple[str, ...] = MUTATIONS) -> Bro
         data = valid[:draw(st.integers(0, max(n - 1, 0)))]
     elif how == "flip":
         data = bytearray(valid)
-        for i in draw(st.lists(st.integers(0, max(n - 1, 0)), min_size=1, max_size=8)):
+        for i in draw(st.lists(st.integers(0, max(n - 1, 0)), min_size=1, max_size=8, unique=True)):  # unique: no flip undone
             if data:
                 data[i] ^= draw(st.integers(1, 255))
         data = bytes(data)

@@ -14,16 +14,33 @@ from kdx.registry import DATASETS
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 
+def check_arrow_files(folder: Path, what: str) -> None:
+    """Read and validate every .arrow file of a save_to_disk folder in full. datasets memory-maps them
+    unchecked, and reading a damaged one can crash the whole process (a segfault in pyarrow) instead of
+    raising; checked first, it is named."""
+    import pyarrow as pa
+
+    for f in sorted(folder.rglob("*.arrow")):
+        try:
+            with pa.memory_map(str(f)) as source:
+                pa.ipc.open_stream(source).read_all().validate(full=True)
+        except Exception as e:  # noqa: BLE001 - pyarrow's ArrowInvalid, OSError, ...
+            raise KdxError(f"{what}: {f} is damaged ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                           "re-save the set with save_to_disk (or rebuild it)") from None
+
+
 def _open(path: str):
     import datasets
 
     if not path:
         raise KdxError("hf: set `data.path` to a folder written by DatasetDict.save_to_disk (or a hub name when online)")
     if Path(path).expanduser().is_dir():
+        check_arrow_files(Path(path).expanduser(), "hf")
         try:
             return datasets.load_from_disk(str(Path(path).expanduser()))
         except Exception as e:  # noqa: BLE001 - datasets raises several types for a bad folder
-            raise KdxError(f"hf: {path} is not a folder written by save_to_disk ({e})") from None
+            raise KdxError(f"hf: {path} is not a folder written by save_to_disk ({type(e).__name__}: "
+                           f"{' '.join(str(e).split())[:300]}); re-save the set with save_to_disk") from None
     if path.startswith(("/", ".", "~")):  # clearly a local path: don't ask the hub about it
         raise KdxError(f"hf: folder {path} does not exist; pass `data.path` a folder written by save_to_disk")
     try:

@@ -19,7 +19,7 @@ import torch
 from filelock import FileLock
 
 from kdx.data.base import Dataset, index_labels
-from kdx.data.hf import read_column
+from kdx.data.hf import check_arrow_files, read_column
 from kdx.errors import KdxError
 from kdx.io import save_arrays, write_json, write_text
 from kdx.registry import DATASETS
@@ -197,6 +197,7 @@ def _load_from_disk(p: Path, what: str):
     """A save_to_disk DatasetDict, refused naming the folder when its files are damaged."""
     import datasets
 
+    check_arrow_files(p, what)
     try:
         dd = datasets.load_from_disk(str(p))
     except Exception as e:  # noqa: BLE001 - datasets raises several types for a damaged folder
