@@ -199,17 +199,23 @@ def load_config(path: str | Path | None, overrides: list[str] = (), schema=RunCo
         if path is not None:
             p = Path(path)
             if not p.exists():
-                raise KdxError(f"config file {p} does not exist")
+                raise KdxError(f"config file {p} does not exist; check the path")
             try:
                 file_cfg = OmegaConf.load(p)
             except yaml.YAMLError as e:
                 mark = getattr(e, "problem_mark", None)
                 at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-                raise KdxError(f"{p}: not valid YAML{at}: {getattr(e, 'problem', None) or e}; fix the file "
+                problem = " ".join(str(getattr(e, "problem", None) or e).split())  # one line
+                raise KdxError(f"{p}: not valid YAML{at}: {problem}; fix the file "
                                "(indentation, a missing ':' or an unclosed bracket are the usual causes)") from None
+            except UnicodeDecodeError as e:
+                raise KdxError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8") from None
+            except OSError as e:  # OmegaConf's answer to a file that is one scalar (`42`)
+                raise KdxError(f"{p}: a config file must be a mapping of keys (data:, source:, distill: ...): {e}; "
+                               "fix the file") from None
             if file_cfg is not None and not isinstance(file_cfg, DictConfig):
                 raise KdxError(f"{p}: a config file must be a mapping of keys (data:, source:, distill: ...), "
-                               f"not a {type(file_cfg).__name__}")
+                               f"not a {type(file_cfg).__name__}; fix the file")
             layers.append((str(p), _layer_dict(file_cfg) if file_cfg is not None else {}))
         layers += given
         if overrides:
@@ -227,8 +233,14 @@ def load_config(path: str | Path | None, overrides: list[str] = (), schema=RunCo
             merged = OmegaConf.merge(_typed_without_spec_args(schema), acc, layer)
         except OmegaConfBaseException as e:
             raise KdxError(_explain(e, name, schema)) from None
+        except (TypeError, ValueError) as e:  # e.g. a list where the schema has a section (`data: [[...]]`)
+            raise KdxError(f"{name}: a value does not fit the config's shape ({e}); fix the file: sections "
+                           "(data, source, distill, ...) are mappings") from None
         acc = _layer_dict(merged)
-    cfg = OmegaConf.to_object(merged) if layers else OmegaConf.to_object(OmegaConf.structured(schema))
+    try:
+        cfg = OmegaConf.to_object(merged) if layers else OmegaConf.to_object(OmegaConf.structured(schema))
+    except OmegaConfBaseException as e:  # a mandatory key (a study's name, base) left out or `???`
+        raise KdxError(f"{where}: '{getattr(e, 'full_key', '') or e}' has no value; set it in the file") from None
     check_domains(cfg, f"{where}{' with the command-line overrides' if overrides else ''}" if path else
                   ("the command line" if overrides else "defaults"))
     return cfg
@@ -250,7 +262,7 @@ def _explain(e: OmegaConfBaseException, where: str, schema) -> str:
             break
     if node is not None and dataclasses.is_dataclass(node):
         valid = f"; valid keys{' in ' + parent_key if parent_key else ''}: {', '.join(f.name for f in dataclasses.fields(node))}"
-    return f"{where}: bad config key '{key}': {msg}{valid}"
+    return f"{where}: bad config key '{key}': {msg}{valid}; fix or remove it"
 
 
 def to_yaml(cfg) -> str:

@@ -202,6 +202,24 @@ def model_input(x: torch.Tensor) -> torch.Tensor:
 
 
 
+def index_labels(train: list, test: list, where: str) -> tuple[list[str], list[int], list[int]]:
+    """Plain label values (a column of ints or names, not a ClassLabel) -> (class names, train indices,
+    test indices): the classes are the distinct values of both splits, numbers in numeric order, anything
+    else by its text. A missing (None, NaN), unhashable (list, dict) or oddly typed value is refused."""
+    values = {}
+    for split, column in (("train", train), ("test", test)):
+        for i, v in enumerate(column):
+            ok = isinstance(v, (str, int)) or (isinstance(v, float) and v == v)
+            if not ok:
+                raise KdxError(f"{where}: split '{split}' row {i} has label {v!r} ({type(v).__name__}); every row needs "
+                               "a label that is a number or a class name: fix or drop that row")
+            values.setdefault(v, None)
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    classes = sorted(values, key=(lambda v: v) if numeric else (lambda v: (str(v), type(v).__name__)))
+    index = {v: i for i, v in enumerate(classes)}
+    return [str(v) for v in classes], [index[v] for v in train], [index[v] for v in test]
+
+
 def data_root(root: str | None, *subdirs: str) -> list[Path]:
     """Where to look for a dataset's files: the given root alone (a root the user names is
     authoritative: no silent fallback to another copy), else $KDX_DATA, then ~/.cache/kdx/data."""

@@ -58,21 +58,24 @@ from __future__ import annotations
 import bz2
 import gzip
 import hashlib
-import json
 import lzma
 import os
 import re
 import shutil
 import subprocess
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
 from kdx.errors import KdxError
+from kdx.io import write_json, write_text
 
 APT_LISTS = Path("/var/lib/apt/lists")
 UPDATE_HINT = "apt-get -o Acquire::Languages=en update"
+MAGIC = {".gz": b"\x1f\x8b", ".xz": b"\xfd7zXZ\x00", ".bz2": b"BZh", ".lz4": b"\x04\x22\x4d\x18", ".zst": b"\x28\xb5\x2f\xfd"}
+REFETCH = f"the file is damaged: delete it and run `{UPDATE_HINT}` (as root) to fetch it again"
 _COMPRESSED = r"(?:\.(?:lz4|xz|gz|bz2|lzma|zst))?"
 TRANSLATION_RE = re.compile(r"_i18n_Translation-en" + _COMPRESSED + r"$")
 PACKAGES_RE = re.compile(r"_Packages" + _COMPRESSED + r"$")
@@ -106,8 +109,8 @@ def _python_decompress(path: Path) -> bytes:
     suffix = path.suffix
     if suffix == ".gz":
         return gzip.decompress(raw)
-    if suffix in (".xz", ".lzma"):
-        return lzma.decompress(raw)
+    if suffix in (".xz", ".lzma"):  # the format named, not guessed: a zeroed .xz header must not pass as .lzma
+        return lzma.decompress(raw, format=lzma.FORMAT_XZ if suffix == ".xz" else lzma.FORMAT_ALONE)
     if suffix == ".bz2":
         return bz2.decompress(raw)
     if suffix in (".lz4", ".zst"):
@@ -126,6 +129,16 @@ def _python_decompress(path: Path) -> bytes:
     return raw
 
 
+def _gzip_size_matches(path: Path, size: int) -> bool:
+    """A gzip file's last 4 bytes are its uncompressed size mod 2**32 (RFC 1952): a cut-off file fails this."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() < 18:  # header + trailer
+            return False
+        f.seek(-4, os.SEEK_END)
+        return int.from_bytes(f.read(4), "little") == size % 2**32
+
+
 def read_list_file(path: Path | str, decompress: str = "auto") -> str:
     """The text of one file apt stored under /var/lib/apt/lists, whatever its compression.
 
@@ -138,16 +151,28 @@ def read_list_file(path: Path | str, decompress: str = "auto") -> str:
     if decompress == "apt-helper" and helper is None:
         raise KdxError("debian: apt-helper is not installed (it ships with apt); use decompress='python'")
     try:
+        if path.suffix in (".gz", ".xz", ".bz2", ".lzma", ".lz4", ".zst") and path.stat().st_size == 0:
+            raise KdxError(f"debian: {path} is empty, not a compressed list; {REFETCH}")
+        magic = MAGIC.get(path.suffix)
+        if magic:  # a damaged header can pass for another format's empty stream (apt-helper and lzma both guess)
+            with open(path, "rb") as f:
+                head = f.read(len(magic))
+            if head != magic:
+                raise KdxError(f"debian: cannot read {path}: it does not start like a {path.suffix} file ({head!r}); {REFETCH}")
         if helper is not None:
             done = subprocess.run([helper, "cat-file", str(path)], capture_output=True)
             if done.returncode != 0:
-                err = done.stderr.decode("utf-8", "replace").strip()
-                raise KdxError(f"debian: `apt-helper cat-file {path}` failed: {err}")
+                err = " ".join(done.stderr.decode("utf-8", "replace").split())[:300]
+                raise KdxError(f"debian: `apt-helper cat-file {path}` failed: {err}; {REFETCH}")
             data = done.stdout
+            if path.suffix == ".gz" and not _gzip_size_matches(path, len(data)):  # apt-helper reads a cut-off .gz silently
+                raise KdxError(f"debian: {path} is truncated (its gzip trailer does not match the {len(data)} bytes it "
+                               f"decompresses to); {REFETCH}")
         else:
             data = _python_decompress(path)
-    except (OSError, EOFError, RuntimeError, lzma.LZMAError, subprocess.CalledProcessError) as e:
-        raise KdxError(f"debian: cannot read {path} ({type(e).__name__}: {e})") from None
+    except (OSError, EOFError, RuntimeError, ValueError, zlib.error, lzma.LZMAError, subprocess.CalledProcessError) as e:
+        detail = " ".join(str(e).split())[:300]  # a subprocess's message may hold its stderr's newlines
+        raise KdxError(f"debian: cannot read {path} ({type(e).__name__}: {detail}); {REFETCH}") from None
     return data.decode("utf-8", "replace")
 
 
@@ -380,7 +405,8 @@ def build_debian_descriptions(out: Path | str, lists_dir: Path | str = APT_LISTS
     examples = corpus_rows(rows, sections, min_chars)
     if not examples:
         raise KdxError(f"debian: no package in {lists_dir} has a description and one of the sections "
-                       f"{sorted(_class_map(sections))}")
+                       f"{sorted(_class_map(sections))}; run `{UPDATE_HINT}` (as root) to fetch intact lists, or "
+                       "pass other sections")
     names = sorted(set(_class_map(sections).values()))
     features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names),
                                   "short": datasets.Value("string"), "package": datasets.Value("string"),
@@ -396,18 +422,25 @@ def build_debian_descriptions(out: Path | str, lists_dir: Path | str = APT_LISTS
         cols = {k: [e[k] for e in exs] for k in features}
         cols["label"] = [names.index(lbl) for lbl in cols["label"]]
         dsd[split] = datasets.Dataset.from_dict(cols, features=features, split=split)
-    if out.exists():
-        shutil.rmtree(out)
-    dsd.save_to_disk(str(out))
     translations, packages = find_list_files(lists_dir)
-    (out / "class_counts.md").write_text(
-        f"# debian-descriptions: packages per class\n\n{len(rows)} packages with a description; "
-        f"{sum(len(v) for v in splits.values())} examples in {len(names)} classes, split by source "
-        f"(test_fraction={test_fraction}).\n\n" + _class_table(names, counts))
     info = {"lists_dir": str(lists_dir), "test_fraction": test_fraction, "min_chars": min_chars,
             "sections": _class_map(sections), "packages_with_description": len(rows),
             "files": [{"name": p.name, "bytes": p.stat().st_size} for p in translations + packages],
             "counts": {s: dict(sorted(c.items())) for s, c in counts.items()}}
-    (out / "build_info.json").write_text(json.dumps(info, indent=1) + "\n")
+    # built beside `out`, then renamed over it: a failure or a kill leaves the earlier build or nothing
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        dsd.save_to_disk(str(tmp))
+        write_text(tmp / "class_counts.md",
+                   f"# debian-descriptions: packages per class\n\n{len(rows)} packages with a description; "
+                   f"{sum(len(v) for v in splits.values())} examples in {len(names)} classes, split by source "
+                   f"(test_fraction={test_fraction}).\n\n" + _class_table(names, counts))
+        write_json(tmp / "build_info.json", info)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return dsd
 

@@ -47,7 +47,21 @@ def _load_fashion_mnist(root: str | None, download: bool) -> tuple[torch.Tensor,
             "with `data.download=true` when online, or point `data.root=DIR` (or $KDX_DATA) at a folder "
             "holding the four IDX files (train-images-idx3-ubyte.gz, ...)."
         )
-    return tuple(read_idx(p) for p in (*train, *test))
+    return (*_checked_split(*train), *_checked_split(*test))
+
+
+def _checked_split(images: Path, labels: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split's IDX files, refused unless they hold what Fashion-MNIST's do: uint8 (N, 28, 28)
+    images and N uint8 labels in 0..9."""
+    x, y = read_idx(images), read_idx(labels)
+    fix = "delete the file and re-fetch Fashion-MNIST (or point data.root at an intact copy)"
+    if x.dtype != torch.uint8 or x.ndim != 3 or tuple(x.shape[1:]) != (28, 28) or len(x) == 0:
+        raise KdxError(f"{images} holds {x.dtype} {tuple(x.shape)}, not Fashion-MNIST's uint8 (N, 28, 28) images; {fix}")
+    if y.dtype != torch.uint8 or y.ndim != 1 or len(y) != len(x):
+        raise KdxError(f"{labels} holds {y.dtype} {tuple(y.shape)}, not the {len(x)} uint8 labels of {images.name}; {fix}")
+    if int(y.max()) >= len(CLASSES):
+        raise KdxError(f"{labels} holds label {int(y.max())}; Fashion-MNIST's are 0..{len(CLASSES) - 1}: {fix}")
+    return x, y.long()
 
 
 @DATASETS.register()

@@ -1,6 +1,7 @@
 """A folder of image files, one subfolder per class, split into train/ and test/ (torchvision ImageFolder layout)."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,6 @@ EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp"}
 
 
 def _read_split(folder: Path, classes: list[str] | None, size: int, grayscale: bool):
-    from PIL import Image
-
     if not folder.is_dir():
         raise KdxError(f"image_folder: {folder} does not exist; expected ROOT/train/<class>/*.png and "
                        f"ROOT/test/<class>/*.png, with `data.root=ROOT`")
@@ -29,16 +28,32 @@ def _read_split(folder: Path, classes: list[str] | None, size: int, grayscale: b
     for label, name in enumerate(classes):
         files = sorted(f for f in (folder / name).glob("*") if f.suffix.lower() in EXTENSIONS) if name in found else []
         for f in files:
-            with Image.open(f) as img:
-                img = img.convert("L" if grayscale else "RGB")
-                if img.size != (size, size):
-                    img = img.resize((size, size), Image.BILINEAR)
-                a = np.asarray(img, np.uint8)
+            a = _read_image(f, size, grayscale)
             xs.append(a[None] if grayscale else a.transpose(2, 0, 1))
             ys.append(label)
     if not xs:
         raise KdxError(f"image_folder: no {'/'.join(sorted(EXTENSIONS))} images under {folder}/<class>/")
     return torch.from_numpy(np.stack(xs)), torch.tensor(ys, dtype=torch.int64), classes
+
+
+def _read_image(f: Path, size: int, grayscale: bool) -> np.ndarray:
+    """One image file as uint8 (size, size) or (size, size, 3); a file PIL cannot decode, or one larger
+    than PIL's decompression-bomb limit, is refused naming it."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(f) as img:
+                img = img.convert("L" if grayscale else "RGB")
+                if img.size != (size, size):
+                    img = img.resize((size, size), Image.BILINEAR)
+                return np.asarray(img, np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise KdxError(f"image_folder: {f} is too large to decode ({e}); resize it or remove it") from None
+    except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError ... for a broken file
+        raise KdxError(f"image_folder: {f} is not an image PIL can read ({type(e).__name__}: {e}); "
+                       "replace or remove the file") from None
 
 
 @DATASETS.register()

@@ -96,9 +96,15 @@ def read_state_dict(path: str | Path, where: str) -> dict[str, torch.Tensor]:
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise KdxError(f"{where}: {path} holds a {type(state).__name__}, not a state dict of tensors; save one "
+    if not isinstance(state, dict) or not state or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                            for k, v in state.items()):
+        what = type(state).__name__ if not isinstance(state, dict) or not state else "dict with non-tensor values or non-name keys"
+        raise KdxError(f"{where}: {path} holds a {what}, not a state dict of tensors; save one "
                        "with torch.save(model.state_dict(), path)")
+    bad = next((k for k, v in state.items() if (v.is_floating_point() or v.is_complex()) and not torch.isfinite(v).all()), None)
+    if bad is not None:  # a diverged training's weights: every output would be NaN
+        raise KdxError(f"{where}: {path} holds NaN or infinite values in '{bad}' (the training that wrote it "
+                       "diverged?); give weights with finite values")
     if all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
@@ -110,7 +116,9 @@ def load_weights(model: nn.Module, path: str | Path, where: str) -> nn.Module:
         model.load_state_dict(read_state_dict(path, where))
     except RuntimeError as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        raise KdxError(f"{where}: {path} does not fit the configured model: {' '.join(lines[:3])[:400]}") from None
+        model_key = "teacher.model" if where.startswith("teacher") else "student.model"
+        raise KdxError(f"{where}: {path} does not fit the configured model: {' '.join(lines[:3])[:400]}; give weights "
+                       f"saved from the same model, or set {model_key} to the model they were saved from") from None
     return model
 
 

@@ -202,7 +202,8 @@ def hf(data: Dataset, path: str, label_map: Optional[dict[Any, str]] = None) -> 
                                                                     output_loading_info=True)
     except Exception as e:  # noqa: BLE001 - transformers raises many types for a bad folder
         raise KdxError(f"model 'hf': cannot load {d} as an AutoModelForImageClassification "
-                       f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+                       f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); re-save the classifier "
+                       "with model.save_pretrained(DIR)") from None
     untrained = sorted(info.get("missing_keys") or []) + sorted(str(k[0] if isinstance(k, tuple) else k)
                                                                 for k in info.get("mismatched_keys") or [])
     if untrained:  # transformers would initialise those at random: not the classifier the user trained
@@ -222,7 +223,8 @@ def hf(data: Dataset, path: str, label_map: Optional[dict[Any, str]] = None) -> 
             proc = AutoImageProcessor.from_pretrained(d, local_files_only=True)
         except Exception as e:  # noqa: BLE001
             raise KdxError(f"model 'hf': cannot load the image processor in {d / 'preprocessor_config.json'} "
-                           f"({type(e).__name__}: {e})") from None
+                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); re-save it with "
+                           "processor.save_pretrained(DIR)") from None
         prep = processor_preprocess(proc, channels)
     else:
         size = getattr(config, "image_size", None)

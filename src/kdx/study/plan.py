@@ -61,6 +61,32 @@ def _label(spec: dict) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "", spec["name"] + ("-" + args if args else ""))
 
 
+def _check_axes(study: StudyConfig, study_path: Path) -> None:
+    """Each axis a non-empty list of values of its type (OmegaConf leaves list items of dict-typed and some
+    typed lists unchecked); the message names the study file and the axis."""
+    def fail(axis: str, why: str):
+        raise KdxError(f"{study_path}: {axis}: {why}; fix the study file")
+
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    for axis in ("sources", "seeds"):
+        if not getattr(study, axis):
+            fail(axis, "is empty; give at least one")
+    for axis in ("sources", "student"):
+        for spec in getattr(study, axis):
+            if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+                fail(axis, f"every entry needs a `name` (a registered {'source' if axis == 'sources' else 'model'}), got {spec!r}")
+            if "samples_scale" in spec and not (number(spec["samples_scale"]) and spec["samples_scale"] > 0):
+                fail(axis, f"samples_scale must be a positive number, got {spec['samples_scale']!r}")
+    checks = {"samples": (lambda v: isinstance(v, int) and not isinstance(v, bool), "whole numbers of samples"),
+              "loss": (lambda v: isinstance(v, str), "loss names"),
+              "temperature": (number, "numbers"), "switch_at": (lambda v: v is None or number(v), "fractions or null"),
+              "seeds": (lambda v: isinstance(v, int) and not isinstance(v, bool), "integers")}
+    for axis, (ok, what) in checks.items():
+        bad = [v for v in getattr(study, axis) if not ok(v)]
+        if bad:
+            fail(axis, f"must be a list of {what}, got {bad[0]!r}")
+
+
 def plan(study_path: str | Path, overrides: list[str] = (), *, build_sources: bool = True
          ) -> tuple[StudyConfig, list[PlannedRun]]:
     """Expand the study into resolved run configs; every error surfaces here, before any run starts (and
@@ -68,8 +94,12 @@ def plan(study_path: str | Path, overrides: list[str] = (), *, build_sources: bo
     signatures only, without loading the data (see check_sources)."""
     study_path = Path(study_path)
     study = kconfig.load_config(study_path, overrides, schema=StudyConfig)
+    _check_axes(study, study_path)
     base = (study_path.parent / study.base) if not Path(study.base).is_absolute() else Path(study.base)
-    base_cfg = kconfig.load_config(base, study.overrides)
+    try:
+        base_cfg = kconfig.load_config(base, study.overrides)
+    except KdxError as e:  # name the study: its `base` or `overrides` are what to fix
+        raise KdxError(f"{study_path}: base {study.base} with overrides {list(study.overrides)}: {e}") from None
     axes = {"source": study.sources, "samples": study.samples or [None], "loss": study.loss or [None],
             "temperature": study.temperature or [None], "switch_at": study.switch_at or ["base"], "student": study.student or [None], "seed": study.seeds}
     runs = []
