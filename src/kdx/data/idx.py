@@ -40,7 +40,11 @@ def read_idx(path: Path) -> torch.Tensor:
         raise KdxError(f"{path}: the header says {dims} {dtype.name} values ({want} bytes) but {have} bytes "
                        f"follow; the file is {state}: {refetch}")
     data = np.frombuffer(raw, dtype, offset=4 + 4 * ndim)
-    return torch.from_numpy(data.reshape(dims).astype(dtype.newbyteorder("=")))
+    try:
+        data = data.reshape(dims)
+    except ValueError as e:  # e.g. (0, 2**31-1, 2**31-1): no bytes, but a shape numpy cannot hold
+        raise KdxError(f"{path}: the IDX header gives an impossible shape {dims} ({e}); {refetch}") from None
+    return torch.from_numpy(data.astype(dtype.newbyteorder("=")))
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
