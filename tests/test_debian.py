@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from kdx.data import debian
+from kdx.data import apt_lists
 from kdx.errors import KdxError
 
 MAIN = "deb.debian.org_debian_dists_bookworm_main_"
@@ -138,9 +139,9 @@ def test_translation_and_packages_parse_in_every_compression(tmp_path, suffix, d
         pytest.skip("neither the lz4 command nor the python lz4 module is available")
     tr = write_list(tmp_path / (MAIN + "i18n_Translation-en"), TRANSLATION, suffix)
     pk = write_list(tmp_path / (MAIN + "binary-amd64_Packages"), PACKAGES, suffix)
-    assert debian.read_list_file(tr, decompress) == TRANSLATION
+    assert apt_lists.read_list_file(tr, decompress) == TRANSLATION
 
-    descs = {d.package: d for d in debian.parse_translation(debian.read_list_file(tr, decompress))}
+    descs = {d.package: d for d in apt_lists.parse_translation(apt_lists.read_list_file(tr, decompress))}
     assert list(descs) == ["python3-foo", "libfoo-perl", "netthing", "netthing-doc", "contribtool", "python3-foo-dbg"]
     foo = descs["python3-foo"]
     assert foo.md5 == "aaaa0000aaaa0000aaaa0000aaaa0000"
@@ -150,38 +151,38 @@ def test_translation_and_packages_parse_in_every_compression(tmp_path, suffix, d
                         "This package contains the module for Python 3.")
     assert descs["python3-foo-dbg"].long == "Tiny."
 
-    pkgs = {p.package: p for p in debian.parse_packages(debian.read_list_file(pk, decompress))}
-    assert pkgs["python3-foo"] == debian.PackageInfo("python3-foo", "python", "foo", "aaaa0000aaaa0000aaaa0000aaaa0000")
+    pkgs = {p.package: p for p in apt_lists.parse_packages(apt_lists.read_list_file(pk, decompress))}
+    assert pkgs["python3-foo"] == apt_lists.PackageInfo("python3-foo", "python", "foo", "aaaa0000aaaa0000aaaa0000aaaa0000")
     assert pkgs["libfoo-perl"].source == "libfoo-perl"  # no Source: its own source
     assert (pkgs["contribtool"].section, pkgs["contribtool"].source) == ("net", "contribtool-src")
     assert pkgs["python3-foo-dbg"].source == "foo"
     assert pkgs["nodescription"].md5 == ""
 
 
-@pytest.mark.skipif(debian.apt_helper() is None, reason="apt-helper (from apt) is not installed")
+@pytest.mark.skipif(apt_lists.apt_helper() is None, reason="apt-helper (from apt) is not installed")
 def test_apt_helper_reads_what_python_reads(tmp_path):
     for suffix in ["", ".gz", ".xz"] + ([".lz4"] if HAVE_LZ4 else []):
         path = write_list(tmp_path / (MAIN + "i18n_Translation-en"), TRANSLATION, suffix)
-        assert debian.read_list_file(path, "apt-helper") == debian.read_list_file(path, "python") == TRANSLATION
+        assert apt_lists.read_list_file(path, "apt-helper") == apt_lists.read_list_file(path, "python") == TRANSLATION
         path.unlink()
 
 
 def test_without_apt_helper_python_decompresses_and_bad_files_are_named(tmp_path, monkeypatch):
-    monkeypatch.setattr(debian, "apt_helper", lambda: None)
+    monkeypatch.setattr(apt_lists, "apt_helper", lambda: None)
     path = write_list(tmp_path / (MAIN + "i18n_Translation-en"), TRANSLATION, ".gz")
-    assert debian.read_list_file(path) == TRANSLATION  # auto falls back to Python
+    assert apt_lists.read_list_file(path) == TRANSLATION  # auto falls back to Python
     with pytest.raises(KdxError, match="apt-helper is not installed"):
-        debian.read_list_file(path, "apt-helper")
+        apt_lists.read_list_file(path, "apt-helper")
     bad = tmp_path / (MAIN + "binary-amd64_Packages.xz")
     bad.write_bytes(b"not xz at all")
     with pytest.raises(KdxError, match="cannot read .*Packages.xz"):
-        debian.read_list_file(bad)
+        apt_lists.read_list_file(bad)
 
 
 def test_stanzas_and_long_description_format():
     text = "A: 1\nB: two\n more\n .\n  verbatim\n\n\nA: 2\n# comment\n"
-    assert list(debian.iter_stanzas(text)) == [{"A": "1", "B": "two\nmore\n.\n verbatim"}, {"A": "2"}]
-    assert debian.format_long_description(["one", "two", ".", " a", " b", ".", "", "three"]) == \
+    assert list(apt_lists.iter_stanzas(text)) == [{"A": "1", "B": "two\nmore\n.\n verbatim"}, {"A": "2"}]
+    assert apt_lists.format_long_description(["one", "two", ".", " a", " b", ".", "", "three"]) == \
         "one two\n\na\nb\n\nthree"
 
 

@@ -373,9 +373,9 @@ def test_apt_list_files_fuzzed(suffix, decompress, data):
     text or names the file."""
     from fuzzing import APT_PREFIX, APT_TRANSLATION, compress
 
-    from kdx.data import debian
+    from kdx.data import apt_lists
 
-    if decompress == "apt-helper" and debian.apt_helper() is None:
+    if decompress == "apt-helper" and apt_lists.apt_helper() is None:
         decompress = "python"
     with scratch() as d:
         path = Path(d) / f"{APT_PREFIX}i18n_Translation-en{suffix}"
@@ -383,12 +383,12 @@ def test_apt_list_files_fuzzed(suffix, decompress, data):
         raw = compress(APT_TRANSLATION.encode(), suffix)
         broken = data.draw(corrupted(raw) if layer == "file" else broken_text_or_bytes(APT_TRANSLATION.encode()))
         path.write_bytes(broken.data if layer == "file" else compress(broken.data, suffix))
-        text, _ = loads_or_named(lambda: debian.read_list_file(path, decompress), path)
+        text, _ = loads_or_named(lambda: apt_lists.read_list_file(path, decompress), path)
         if text is not None:
             if layer == "file" and suffix not in ("", ".lzma"):  # a checksummed stream: intact, or refused
                 intact = [APT_TRANSLATION] + [APT_TRANSLATION * 2] * (broken.how == "repeat")  # two streams are legal
                 assert text in intact, f"{broken.how} {suffix} read as {len(text)} characters, not refused"
-            debian.parse_translation(text), debian.parse_packages(text)  # parsing any text never raises
+            apt_lists.parse_translation(text), apt_lists.parse_packages(text)  # parsing any text never raises
 
 
 @fuzz(60)
@@ -396,11 +396,11 @@ def test_apt_list_files_fuzzed(suffix, decompress, data):
     ["Package: p", "Package:", ": x", "Description-en: s", " continued", " .", "\t tab", "", "#c", "Section: a/b/c",
      "Source: (1)", "Source: s (", "Description-md5:", "Description-en:", "  verbatim", "\x00", "\ud800"]), max_size=25).map("\n".join)))
 def test_apt_parsers_take_any_text(text):
-    from kdx.data import debian
+    from kdx.data import apt_lists
 
-    for d in debian.parse_translation(text):
+    for d in apt_lists.parse_translation(text):
         assert d.package and isinstance(d.long, str)
-    for p in debian.parse_packages(text):
+    for p in apt_lists.parse_packages(text):
         assert p.package and p.source and "/" not in p.section
 
 

@@ -86,7 +86,8 @@ def data_cmd(config: Optional[Path] = typer.Argument(None, help="a run config, o
             raise KdxError(f"kdx data build CORPUS --out DIR: the corpora it builds: {', '.join(BUILDABLE)}")
         if out is None:
             raise KdxError(f"kdx data build {corpus} needs --out DIR, the folder to write it to")
-        from kdx.data.debian import UPDATE_HINT, build_debian_descriptions
+        from kdx.data.apt_lists import UPDATE_HINT
+        from kdx.data.debian import build_debian_descriptions
 
         if corpus == "debian-lm":  # every English description, an LM corpus (data.name=lm_text group_column=source)
             from kdx.data.lm_text import build_debian_lm

@@ -27,7 +27,8 @@ from typing import NamedTuple
 import torch
 
 from kdx.data.base import Dataset
-from kdx.data.debian import APT_LISTS, collect_packages, is_test_source
+from kdx.data.apt_lists import APT_LISTS
+from kdx.data.debian import collect_packages, is_test_source
 from kdx.data.text import cache_dir, open_tokenizer
 from kdx.errors import KdxError
 from kdx.io import save_torch, write_text
