@@ -101,6 +101,23 @@ def _images(column: list, size: int, grey: bool, where: str) -> torch.Tensor:
     return torch.from_numpy(np.stack(out))
 
 
+def splits(dd, what: str, path, train_split: str, test_split: str, columns: dict[str, str]):
+    """(train, test) of a DatasetDict, each split present with every column (`{data.ARG: column}`) and rows."""
+    for split in (train_split, test_split):
+        if split not in dd:
+            raise KdxError(f"{what}: {path} has no split '{split}'; it has {', '.join(dd)} (set data.train_split / "
+                           "data.test_split)")
+        for arg, col in columns.items():
+            if col not in dd[split].column_names:
+                raise KdxError(f"{what}: split '{split}' of {path} has no column '{col}'; it has "
+                               f"{', '.join(dd[split].column_names)} (set data.{arg})")
+    train, test = dd[train_split], dd[test_split]
+    if len(train) == 0 or len(test) == 0:
+        raise KdxError(f"{what}: split '{train_split if len(train) == 0 else test_split}' of {path} is empty; "
+                       "give both splits rows")
+    return train, test
+
+
 def read_column(split, column: str, where: str,
                 fix: str = "the saved files are damaged: re-save the set with save_to_disk") -> list:
     """A column of a loaded split as a list: damaged arrow data or image bytes that cannot be decoded
@@ -121,17 +138,7 @@ def hf(path: str = "", image_column: str = "image", label_column: str = "label",
     dd = _open(path)
     if not isinstance(dd, datasets.DatasetDict):
         raise KdxError(f"hf: {path} holds a single Dataset; save a DatasetDict with '{train_split}' and '{test_split}' splits")
-    for split in (train_split, test_split):
-        if split not in dd:
-            raise KdxError(f"hf: {path} has no split '{split}'; it has {', '.join(dd)} (set data.train_split / data.test_split)")
-        for col, arg in ((image_column, "image_column"), (label_column, "label_column")):
-            if col not in dd[split].column_names:
-                raise KdxError(f"hf: split '{split}' of {path} has no column '{col}'; it has "
-                               f"{', '.join(dd[split].column_names)} (set data.{arg})")
-    train, test = dd[train_split], dd[test_split]
-    if len(train) == 0 or len(test) == 0:
-        raise KdxError(f"hf: split '{train_split if len(train) == 0 else test_split}' of {path} is empty; "
-                       "save a set with rows in both splits")
+    train, test = splits(dd, "hf", path, train_split, test_split, {"image_column": image_column, "label_column": label_column})
     cells = {k: (split, read_column(s, image_column, f"hf: split '{split}' of {path}"))
              for k, split, s in (("train", train_split, train), ("test", test_split, test))}
     pil = {k: [_to_pil(im, f"{path}: split '{split}', column '{image_column}', row {i}") for i, im in enumerate(col)]
