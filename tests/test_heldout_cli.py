@@ -66,3 +66,16 @@ def test_cli_bad_key_exits_2_with_message(tmp_path):
     out = subprocess.run([sys.executable, "-m", "kdx", "run", "distill.sampels=5", "--runs-dir", str(tmp_path)],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "sampels" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("name", ["mnist1d", "digits", "fashion_mnist"])
+def test_every_default_heldout_list_names_registered_distributions_that_fit(name):
+    """`eval.distributions: [default]` takes the dataset's list: each entry must exist and fit the data (a renamed
+    distribution left behind in a list would fail every default run only after training)."""
+    if name == "fashion_mnist" and not FMNIST.exists():
+        pytest.skip("needs Debian's dataset-fashion-mnist (installed by .ci/run)")
+    data = load_dataset({"name": name})
+    assert len(data.default_heldout) >= 3
+    heldout.check(data.default_heldout, data, 50, 0)
+    with pytest.raises(KdxError, match="unknown held-out distribution 'inversion'"):
+        heldout.check([*data.default_heldout, "inversion-1"], data, 50, 0)  # the check can fail

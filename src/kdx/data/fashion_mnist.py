@@ -16,7 +16,7 @@ DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 UPPER_BODY = [0, 2, 4, 6]  # T-shirt, Pullover, Coat, Shirt: the classes teachers confuse most
 IDX_FILES = [f"{p}-{k}-idx{n}-ubyte.gz" for p in ("train", "t10k") for k, n in (("images", 3), ("labels", 1))]
-CORRUPTIONS = [f"{c}-{s}" for c in ("gaussian_noise", "blur", "contrast", "rotation", "translation", "inversion") for s in (1, 2, 3)]
+CORRUPTIONS = [f"{c}-{s}" for c in ("gaussian_noise", "blur", "contrast", "rotation", "translation", "negative") for s in (1, 2, 3)]
 
 
 def _load_fashion_mnist(root: str | None, download: bool) -> tuple[torch.Tensor, ...]:

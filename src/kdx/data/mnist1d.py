@@ -6,7 +6,7 @@ import torch
 from kdx.data.base import Dataset
 from kdx.registry import DATASETS
 
-SIGNAL_CORRUPTIONS = [f"{c}-{s}" for c in ("gaussian_noise", "blur", "translation", "inversion") for s in (1, 2, 3)]
+SIGNAL_CORRUPTIONS = [f"{c}-{s}" for c in ("gaussian_noise", "blur", "translation", "negative") for s in (1, 2, 3)]
 
 
 @DATASETS.register()
