@@ -166,7 +166,9 @@ class FinishedRun:
 def load_student(run_dir: Path, cfg: kconfig.RunConfig, data: Dataset) -> torch.nn.Module:
     """The run's trained student, on the CPU, as built by its config."""
     student = build_model(cfg.student.model, data, "student.model", cfg.seed)
-    student.load_state_dict(read_state_dict(Path(run_dir) / STUDENT, "the run's student"))  # weights_only=True
+    state = read_state_dict(Path(run_dir) / STUDENT, "the run's student")  # weights_only=True
+    with reading(Path(run_dir) / STUDENT, f"it does not match {CONFIG}: {redo(run_dir)}"):
+        student.load_state_dict(state)
     return student
 
 
