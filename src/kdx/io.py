@@ -1,7 +1,8 @@
 """Every file kdx writes goes through here: a temporary file beside the target, then a rename, so a kill
 never leaves half a file. Text, JSON, torch checkpoints, figures, CSV, parquet, numpy arrays, whole folders
 (`atomic_dir`) and appended log lines (`append_text`, cut back to its last whole line if a write fails).
-A full disk is named (the file, its folder, what to do) as a KdxError, never a traceback."""
+A full disk is named (the file, its folder, what to do) as a KdxError, never a traceback. Reading back what
+kdx wrote goes through `reading` (and `read_json`): a damaged file is a KdxError naming it and the fix."""
 from __future__ import annotations
 
 import contextlib
@@ -107,6 +108,26 @@ def atomic_dir(out: Path):
 
 def write_text(path: Path, text: str) -> None:
     _atomic(path, lambda f: f.write(text.encode()))
+
+
+@contextlib.contextmanager
+def reading(path, fix: str):
+    """Read a file kdx wrote (and the fields it should hold) inside this block: anything that fails on a damaged
+    file (cut short, bytes flipped, edited by hand, a missing or mistyped field) becomes one KdxError naming the
+    file and `fix` (e.g. "delete RUN and run it again"). KdxErrors pass through unchanged."""
+    try:
+        yield
+    except KdxError:
+        raise
+    except Exception as e:  # noqa: BLE001 - json, yaml, torch, pyarrow and pandas each raise their own types
+        what = str(e).splitlines()[0][:160] if str(e).strip() else "unreadable"
+        raise KdxError(f"{path} is damaged or not what kdx wrote ({type(e).__name__}: {what}); {fix}") from None
+
+
+def read_json(path, fix: str):
+    """A JSON file kdx wrote (UTF-8); a damaged one is a KdxError naming it and `fix`."""
+    with reading(path, fix):
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
 
 
 def write_json(path: Path, obj) -> None:

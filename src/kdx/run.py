@@ -30,7 +30,7 @@ from kdx.io import save_arrays, save_torch, write_json
 from kdx.models import build_model, load_weights, num_params, predict, read_state_dict
 from kdx.models.gpt import check_vocabularies
 from kdx.registry import DATASETS, HELDOUT, LOSSES, MODELS, SOURCES
-from kdx.rundir import CHECKPOINT, CONFIG, DRAWS, METRICS, STUDENT, locked, write_config
+from kdx.rundir import CHECKPOINT, CONFIG, DRAWS, METRICS, STUDENT, locked, read_config, write_config
 from kdx.sampling.base import Source
 
 
@@ -120,9 +120,7 @@ def _execute_locked(cfg: kconfig.RunConfig, run_dir: Path, resume: bool, overwri
         return run_dir
     config_file = run_dir / CONFIG
     if resume and config_file.exists():
-        from omegaconf import OmegaConf
-
-        old = OmegaConf.to_container(OmegaConf.load(config_file))
+        old = read_config(run_dir)
         if old != {**kconfig.to_dict(cfg), "kdx_version": kdx.__version__}:
             raise KdxError(f"{run_dir} was started with another config; --resume needs the same config and "
                            "overrides (compare with its config.yaml), or use --overwrite")

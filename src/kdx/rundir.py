@@ -29,7 +29,7 @@ from kdx.device import prepare_model, resolve_device
 from kdx.distill.loop import CHECKPOINT, LOG  # noqa: F401 - the loop's own files, named where it writes them
 from kdx.distill.teacher import Teacher, cache_root, get_teacher
 from kdx.errors import KdxError
-from kdx.io import write_json, write_text
+from kdx.io import read_json, reading, write_json, write_text
 from kdx.models import build_model, read_state_dict
 from kdx.registry import SOURCES
 
@@ -122,8 +122,29 @@ def locked(folder: str | Path):
         lock.release()
 
 
+def redo(run_dir: str | Path) -> str:
+    """The fix for a damaged file of a run: what a reader's KdxError tells the user to do."""
+    return f"delete {run_dir} and run it again (or `kdx run ... --overwrite`)"
+
+
 def read_metrics(run_dir: str | Path) -> dict:
-    return json.loads((Path(run_dir) / METRICS).read_text())
+    """metrics.json, with its eval and source tables (a damaged one is a KdxError naming it)."""
+    path = Path(run_dir) / METRICS
+    metrics = read_json(path, redo(run_dir))
+    with reading(path, redo(run_dir)):
+        if not all(isinstance(metrics[k], dict) for k in ("eval", "source", "teacher", "student", "train")):
+            raise TypeError("eval, source, teacher, student and train must be tables")
+    return metrics
+
+
+def read_config(run_dir: str | Path) -> dict:
+    """config.yaml as written (kdx_version included), a mapping; a damaged one is a KdxError naming it."""
+    path = Path(run_dir) / CONFIG
+    with reading(path, redo(run_dir)):
+        raw = OmegaConf.to_container(OmegaConf.create(path.read_bytes().decode("utf-8")))
+        if not isinstance(raw, dict):
+            raise TypeError(f"a {type(raw).__name__}, not a mapping")
+        return raw
 
 
 @dataclasses.dataclass
@@ -145,7 +166,9 @@ class FinishedRun:
 def load_student(run_dir: Path, cfg: kconfig.RunConfig, data: Dataset) -> torch.nn.Module:
     """The run's trained student, on the CPU, as built by its config."""
     student = build_model(cfg.student.model, data, "student.model", cfg.seed)
-    student.load_state_dict(read_state_dict(Path(run_dir) / STUDENT, "the run's student"))  # weights_only=True
+    state = read_state_dict(Path(run_dir) / STUDENT, "the run's student")  # weights_only=True
+    with reading(Path(run_dir) / STUDENT, f"it does not match {CONFIG}: {redo(run_dir)}"):
+        student.load_state_dict(state)
     return student
 
 
@@ -157,9 +180,10 @@ def load_run(run_dir: str | Path) -> FinishedRun:
     if not (run_dir / METRICS).exists():
         raise KdxError(f"{run_dir} is not a finished kdx run (no metrics.json); run `kdx run` first"
                        + (", or `kdx run ... --resume` to finish it" if (run_dir / CONFIG).exists() else ""))
-    raw = OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG))
+    raw = read_config(run_dir)
     raw.pop("kdx_version", None)
-    cfg = kconfig.load_config(None, [], layers=[(str(run_dir / CONFIG), raw)])
+    with reading(run_dir / CONFIG, redo(run_dir)):
+        cfg = kconfig.load_config(None, [], layers=[(str(run_dir / CONFIG), raw)])
     data = load_dataset(cfg.data)
     teacher = get_teacher(cfg, data)
     student = prepare_model(load_student(run_dir, cfg, data), resolve_device(cfg.distill.device), data.is_image).eval()

@@ -36,7 +36,7 @@ from kdx.device import autocast, prepare_model, resolve_device
 from kdx.distill.losses import NEEDS_LABELS
 from kdx.distill.schedules import build_optimizer, build_schedule
 from kdx.errors import KdxError
-from kdx.io import append_text, save_torch
+from kdx.io import append_text, reading, save_torch
 from kdx.registry import LOSSES
 from kdx.sampling.base import Batch, Source
 
@@ -128,12 +128,13 @@ def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, *, tea
     ckpt_path = run_dir / CHECKPOINT if run_dir else None
     if resume and ckpt_path and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, device)
-        student.load_state_dict(state["student"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["schedule"])
-        source.load_state_dict(state["source"])
-        counts = state.get("counts", counts)
-        start = state["step"]
+        with reading(ckpt_path, "delete it (the run starts again from step 0) or start the run again with --overwrite"):
+            student.load_state_dict(state["student"])  # a checkpoint of another model or loop, or one that loads damaged
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["schedule"])
+            source.load_state_dict(state["source"])
+            counts = dict(state.get("counts", counts))
+            start = int(state["step"])
 
     def save_checkpoint(step: int):
         if ckpt_path:

@@ -14,7 +14,7 @@ from kdx.data.base import Dataset
 from kdx.data.text import cache_dir as cache_folder
 from kdx.device import prepare_model, resolve_device
 from kdx.distill.loop import CHECKPOINT, distill
-from kdx.io import save_torch, write_json
+from kdx.io import read_json, reading, save_torch, write_json
 from kdx.models import Classifier, build_model, load_weights, predict
 from kdx.models.gpt import next_token_accuracy, top_k_log_probs
 from kdx.registry import SOURCES
@@ -24,6 +24,12 @@ TEACHER_FORMAT = 1  # bump when the teacher recipe's meaning changes, to invalid
 
 def cache_root(cfg: RunConfig) -> Path:
     return cache_folder(cfg.cache_dir)
+
+
+def damaged_cache(folder: Path) -> str:
+    """The fix for a damaged file in a teacher's cache folder. (Not retrained silently: the user learns that
+    the cache was damaged, and deleting the folder is always safe: the next run trains or loads it again.)"""
+    return f"delete the teacher cache folder {folder} (the next run rebuilds it)"
 
 
 class TeacherLogits:
@@ -38,7 +44,8 @@ class TeacherLogits:
         key += f"-{tuple(x_stored.shape)}".replace(" ", "")
         path = self.cache_dir / f"logits-{key}.pt" if self.cache_dir else None
         if path and path.exists():
-            return torch.load(path, map_location=device)
+            with reading(path, damaged_cache(self.cache_dir)):
+                return torch.load(path, map_location=device, weights_only=True)
         logits = predict(self.teacher, x_stored, self.batch_size)
         if path:
             save_torch(path, logits.cpu())
@@ -50,7 +57,9 @@ class TeacherLogits:
         key = hashlib.blake2b(x_stored.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest()
         path = self.cache_dir / f"top{k}-{key}-{tuple(x_stored.shape)}.pt".replace(" ", "") if self.cache_dir else None
         if path and path.exists():
-            return torch.load(path)
+            with reading(path, damaged_cache(self.cache_dir)):
+                values, ids = torch.load(path, weights_only=True)
+                return values, ids
         values, ids = top_k_log_probs(self.teacher, x_stored, k)
         if path:
             save_torch(path, (values, ids))
@@ -94,7 +103,8 @@ def get_teacher(cfg: RunConfig, data: Dataset, progress_desc: str = "teacher") -
         out_dir = cache_root(cfg) / "teachers" / f"{cfg.teacher.model['name']}-{teacher_key(cfg)}"
         ckpt = out_dir / "teacher.pt"
         if ckpt.exists():
-            model.load_state_dict(torch.load(ckpt, map_location="cpu")["model"])
+            with reading(ckpt, damaged_cache(out_dir)):
+                model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
         else:
             recipe = cfg.teacher.train
             loop_cfg = recipe.loop_config(len(data.x_train), cfg.distill)
@@ -111,7 +121,9 @@ def get_teacher(cfg: RunConfig, data: Dataset, progress_desc: str = "teacher") -
     logits = TeacherLogits(model, out_dir)
     info_path = out_dir / "info.json"
     if info_path.exists():
-        test_acc = json.loads(info_path.read_text())["test_acc"]
+        info = read_json(info_path, damaged_cache(out_dir))
+        with reading(info_path, damaged_cache(out_dir)):
+            test_acc = float(info["test_acc"])
     elif data.modality == "lm":  # next-token accuracy on the held-out windows
         test_acc = next_token_accuracy(model, data.x_test, data.pad_id)
         write_json(info_path, {"test_acc": test_acc, "checkpoint": str(ckpt)})

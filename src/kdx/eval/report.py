@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kdx.rundir import read_metrics
+from kdx.io import reading
+from kdx.rundir import METRICS, read_metrics, redo
 
 
 def _pct(v):
@@ -44,14 +45,21 @@ def compare_table(run_dirs, distributions: list[str]) -> str:
     lines = [head, "|" + "---|" * (2 + len(distributions))]
     if runs:
         t = runs[0][1]["eval"]
-        lines.insert(0, "teacher: " + ", ".join(f"{d} acc {_pct(t[d]['teacher_acc']).strip()}" for d in distributions
-                                               if d in t and t[d]["teacher_acc"] is not None))
+        with reading(runs[0][0] / METRICS, redo(runs[0][0])):
+            lines.insert(0, "teacher: " + ", ".join(f"{d} acc {_pct(t[d]['teacher_acc']).strip()}" for d in distributions
+                                                   if d in t and t[d]["teacher_acc"] is not None))
     for d, m in runs:
-        src = ", ".join(f"{k}={v}" for k, v in m["source"].items() if k != "name" and v not in ({}, None))
-        cells = []
-        for name in distributions:
-            e = m["eval"].get(name)
-            cells.append("n/a" if e is None else
-                         f"{_pct(e['student_acc']).strip()} / {_pct(e['agreement']).strip()} / {e['kl_teacher_student']:.3f}")
-        lines.append(f"| {d.name:28s} | {m['source']['name'] + (' (' + src + ')' if src else ''):30s} | " + " | ".join(cells) + " |")
+        with reading(d / METRICS, redo(d)):  # a field missing or mistyped in a damaged metrics.json
+            lines.append(_compare_row(d, m, distributions))
     return "\n".join(lines)
+
+
+def _compare_row(d: Path, m: dict, distributions: list[str]) -> str:
+    """One run's row: its source and, per distribution, student acc / agreement / KL(t||s)."""
+    src = ", ".join(f"{k}={v}" for k, v in m["source"].items() if k != "name" and v not in ({}, None))
+    cells = []
+    for name in distributions:
+        e = m["eval"].get(name)
+        cells.append("n/a" if e is None else
+                     f"{_pct(e['student_acc']).strip()} / {_pct(e['agreement']).strip()} / {e['kl_teacher_student']:.3f}")
+    return f"| {d.name:28s} | {m['source']['name'] + (' (' + src + ')' if src else ''):30s} | " + " | ".join(cells) + " |"

@@ -13,7 +13,7 @@ from kdx import probes
 from kdx.errors import KdxError
 from kdx.eval import heldout
 from kdx.explore import thumbs as th
-from kdx.io import read_parquet_meta
+from kdx.io import read_parquet_meta, reading
 from kdx.probes.probe import MAP_FORMAT
 from kdx.rundir import MAP, MAP_ARRAYS, METRICS, PROBES, REGIONS, load_run
 
@@ -35,7 +35,8 @@ class View:
 def check_probed(run_dir: Path, probe: bool = False, log=print) -> None:
     """A current map.parquet in RUN/probes, or probe the run now when `probe`, or say how to get one."""
     path = run_dir / PROBES / MAP
-    meta = read_parquet_meta(path) if path.exists() else None
+    with reading(path, f"run `kdx probe {run_dir} --remap` again"):
+        meta = read_parquet_meta(path) if path.exists() else None
     have = path.with_name(MAP_ARRAYS).exists() and (meta or {}).get("format") == MAP_FORMAT
     if have:
         return
@@ -51,8 +52,9 @@ def load_view(run_dir, probe: bool = False, log=print) -> View:
     run_dir = Path(run_dir)
     check_probed(run_dir, probe, log)
     probes_dir = run_dir / PROBES
-    points = pd.read_parquet(probes_dir / MAP)
-    meta = read_parquet_meta(probes_dir / MAP)
+    with reading(probes_dir / MAP, f"run `kdx probe {run_dir} --remap` again"):
+        points = pd.read_parquet(probes_dir / MAP)
+        meta = read_parquet_meta(probes_dir / MAP)
     run = load_run(run_dir)
     data = run.data
     # The inputs again: evaluation points are rows of their held-out set (a function of data and
@@ -66,7 +68,8 @@ def load_view(run_dir, probe: bool = False, log=print) -> View:
             arr = np.load(probes_dir / MAP_ARRAYS)["distill_x"]
             x = torch.from_numpy(arr.astype(np.float32 if arr.dtype.kind == "f" else np.int64))[rows]
         inputs.append((g["id"].to_numpy(), data.decode(x) if data.is_text else th.images(x, data.lo, data.hi)))
-    regions = pd.read_csv(probes_dir / REGIONS)
+    with reading(probes_dir / REGIONS, f"run `kdx probe {run_dir}` again"):
+        regions = pd.read_csv(probes_dir / REGIONS)
     if data.is_text:  # the decoded text is the point's "thumbnail"
         texts = [""] * len(points)
         for ids, t in inputs:

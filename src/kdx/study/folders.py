@@ -14,7 +14,8 @@ import numpy as np
 from kdx import config as kconfig
 from kdx.data import load_dataset
 from kdx.errors import KdxError
-from kdx.rundir import DEVIATION, DEVIATION_PLOT, LOG, METRICS, PROBES, read_metrics
+from kdx.io import read_json, reading
+from kdx.rundir import DEVIATION, DEVIATION_PLOT, LOG, METRICS, PROBES, read_metrics, redo
 from kdx.study.plan import PlannedRun, StudyConfig, plan
 
 
@@ -54,19 +55,21 @@ class Run:
         """(samples, {test_acc, test_agreement}) from log.jsonl, the last record per step (a resumed
         run logs the steps after its checkpoint twice)."""
         points = {}
-        for line in (self.dir / LOG).read_text().splitlines():
-            rec = json.loads(line)
-            if "curve" in rec:
-                points[rec["samples"]] = rec["curve"]
-        return sorted(points.items())
+        with reading(self.dir / LOG, redo(self.dir)):
+            for line in (self.dir / LOG).read_bytes().decode("utf-8").splitlines():
+                rec = json.loads(line)
+                if "curve" in rec:
+                    points[int(rec["samples"])] = dict(rec["curve"])
+            return sorted(points.items())
 
     def deviation(self) -> dict | None:
         """{distribution: fit} of the run's deviation probe (`kdx probe`), None if it was not probed."""
         path = self.dir / PROBES / DEVIATION
         if not path.exists():
             return None
-        dev = json.loads(path.read_text())
-        return dev.get("distributions", dev)  # files written before the probe grouped them lack the key
+        dev = read_json(path, f"run `kdx probe {self.dir} --remap` again")
+        with reading(path, f"run `kdx probe {self.dir} --remap` again"):
+            return dict(dev.get("distributions", dev))  # files written before the probe grouped them lack the key
 
     def deviation_plot(self, dist: str) -> Path:
         """The probe's scatter plot on one distribution."""
