@@ -67,10 +67,11 @@ test: install chromium
 	$(BIN)/pip install -q -e '.[dev,ray]'
 	$(BIN)/python -m pytest
 
-# the same suite in a random order (pytest-randomly prints its seed; replay one with `pytest -p randomly --randomly-seed=N`)
+# the same suite in a random order (pytest-randomly); the seed is printed first: `make test-random SEED=N` replays it
 test-random: install chromium
 	$(BIN)/pip install -q -e '.[dev,ray]'
-	$(BIN)/python -m pytest -p randomly
+	@seed=$${SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; echo "pytest-randomly seed $$seed (replay: make test-random SEED=$$seed)"; \
+	$(BIN)/python -m pytest -p randomly --randomly-seed=$$seed
 
 clean:
 	rm -rf $(VENV) $(RUNS)
