@@ -9,7 +9,9 @@ import torch
 from scipy.special import log_softmax as np_log_softmax
 from scipy.special import rel_entr
 
+import kdx
 from kdx.distill.losses import TOKEN_LOSSES
+from kdx.errors import KdxError
 from kdx.registry import LOSSES
 
 
@@ -366,6 +368,10 @@ def test_lm_run_from_the_kdx_command_distills_and_evaluates_every_row(lm_setting
         lo, hi = m["eval"][row]["kl_teacher_student_ci"]
         assert lo <= m["eval"][row]["kl_teacher_student"] <= hi
     assert 0 < m["eval"]["student_samples"]["distinct_2"] <= 1 and m["eval"]["test"]["tokens"] > 100
+    # the classifier probes refuse an LM run by name, before any work, through the Python API as through `kdx probe`
+    with pytest.raises(KdxError, match="kdx probe .* needs .*language-model run"):
+        kdx.probe(tmp_path / "corpus")
+    assert not (tmp_path / "corpus" / "probes").exists()
 
 
 @pytest.mark.parametrize("spec", [
