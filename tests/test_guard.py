@@ -74,6 +74,18 @@ def test_kdx_run_refuses_a_mistyped_source_value_before_any_teacher(tmp_path):
     assert not (tmp_path / "runs" / "default-mixture-s0").exists()
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["source.name=train"], "kdx synth makes inputs with a synthesis source"),
+    (["source.name=inversion", "source.pool_size=0"], "pool_size and refresh_every must be >= 1"),
+])
+def test_kdx_synth_refuses_a_bad_source_before_any_teacher(tmp_path, args, needle):
+    cache = tmp_path / "fresh-cache"
+    env = {**os.environ, "KDX_CACHE": str(cache)}
+    refused(kdx("synth", *FAST, *args, "--n", 64, "--out", tmp_path / "pool", env=env), needle)
+    assert not cache.exists() or not any(cache.rglob("*")), "a teacher was trained or looked up"
+    assert not (tmp_path / "pool").exists()
+
+
 @pytest.mark.parametrize("source, needle", [
     ("{name: mixture, components: [{name: train}, {name: train, augment: mix_up}]}", "source.components[1]: source augment 'mix_up' is unknown"),
     ("{name: mixture, components: [{name: train, weight: heavy}, {name: noise}]}", "weight 'heavy' must be"),

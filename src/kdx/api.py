@@ -80,9 +80,9 @@ def distill_student(teacher: nn.Module, student: nn.Module, data: Dataset, sourc
                               teacher=dataclasses.replace(cfg.teacher, model={"name": f"python:{type(teacher).__name__}"}),
                               student=dataclasses.replace(cfg.student, model={"name": f"python:{type(student).__name__}"}))
     source_spec = validate_training(cfg)
+    source = build_source(cfg, data)  # its values checked before the teacher is wrapped and scored
     t = _user_teacher(teacher, data, cfg, teacher_features, None)
     s = wrap_model(student, data, student_features, "student")
-    source = build_source(cfg, data)
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None:  # made once nothing can be refused any more, as `kdx run` does
         prepare_run_dir(run_dir, resume=False, overwrite=False)

@@ -31,16 +31,23 @@ from kdx.sampling.synthesis import SynthesisSource
 TEST_ROWS = 1000  # the `hf` reader wants a test split; it holds a copy of the first rows, not held-out data
 
 
-def synthesize_pool(cfg, data, teacher, n: int) -> dict:
-    """N inputs from the config's source with the teacher's logits on them, and how they were made.
-
-    Sources that play against a student (adversarial, adaptive inversion) run the whole distillation
-    (cfg.distill, at least long enough for N inputs) with a fresh config student, and keep the last N
-    inputs made: the generator's outputs once the game has been played."""
+def synthesis_source(cfg, data) -> SynthesisSource:
+    """The config's source, which must make inputs; built (its values checked) before any teacher work."""
     source = SOURCES.build(cfg.source, "source", data=data, seed=cfg.seed)
     if not isinstance(source, SynthesisSource):
         raise KdxError(f"kdx synth makes inputs with a synthesis source (source.name=inversion, adversarial, langevin "
                        f"or boundary); '{cfg.source['name']}' only reads inputs that exist already")
+    return source
+
+
+def synthesize_pool(cfg, data, teacher, n: int, *, source: SynthesisSource | None = None) -> dict:
+    """N inputs from the config's source (or `source`, built from it by synthesis_source) with the teacher's
+    logits on them, and how they were made.
+
+    Sources that play against a student (adversarial, adaptive inversion) run the whole distillation
+    (cfg.distill, at least long enough for N inputs) with a fresh config student, and keep the last N
+    inputs made: the generator's outputs once the game has been played."""
+    source = source or synthesis_source(cfg, data)
     batches = math.ceil(n / source.synth_batch)
     source.record = collections.deque(maxlen=batches)
     t0 = time.perf_counter()

@@ -23,7 +23,7 @@ def synth_cmd(config: Optional[Path] = typer.Argument(None, help="YAML config; i
     from kdx.data import load_dataset
     from kdx.distill.teacher import get_teacher
     from kdx.run import validate
-    from kdx.pool import TEST_ROWS, save_pool, synthesize_pool
+    from kdx.pool import TEST_ROWS, save_pool, synthesis_source, synthesize_pool
 
     if n < 1:
         raise KdxError(f"--n must be at least 1, got {n}")
@@ -33,8 +33,9 @@ def synth_cmd(config: Optional[Path] = typer.Argument(None, help="YAML config; i
     cfg = kconfig.load_config(config, overrides)
     spec = validate(cfg)
     data = load_dataset(cfg.data)
+    source = synthesis_source(cfg, data)  # a bad source value is refused before a teacher is found or trained
     teacher = get_teacher(cfg, data)
-    made = synthesize_pool(cfg, data, teacher, n)
+    made = synthesize_pool(cfg, data, teacher, n, source=source)
     params = {"source": spec, "n": len(made["x"]), "seed": cfg.seed, "data": cfg.data,
               "teacher": {"model": cfg.teacher.model, "checkpoint": str(teacher.checkpoint),
                           "test_acc": teacher.test_acc},
