@@ -67,3 +67,22 @@ def kill_once_checkpointed(cmd: list[str], run_dir, env: dict, poll: float = 0.0
     proc.wait()
     assert not (run_dir / "metrics.json").exists()
     return ckpt
+
+
+@pytest.fixture
+def no_real_data(tmp_path, monkeypatch):
+    """No real data and no real caches for the data-loader tests: an empty HOME, no $KDX_DATA, no HF cache
+    folder, no Debian copy of Fashion-MNIST, offline."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("KDX_DATA", raising=False)
+    monkeypatch.delenv("HF_DATASETS_CACHE", raising=False)
+    monkeypatch.setattr("kdx.data.fashion_mnist.DEBIAN_DIR", tmp_path / "no-debian")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def build_data(spec: dict):
+    """The registered dataset a `data:` section names, built afresh (load_dataset caches per process)."""
+    from kdx.registry import DATASETS
+
+    return DATASETS.build(spec, "data")

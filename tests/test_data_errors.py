@@ -8,25 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import build_data
 from kdx.data.idx import write_idx
 from kdx.errors import KdxError
-from kdx.registry import DATASETS
 
 IDX = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """No real data: no $KDX_DATA, an empty HOME, no Debian copy; offline."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("KDX_DATA", raising=False)
-    monkeypatch.setattr("kdx.data.fashion_mnist.DEBIAN_DIR", tmp_path / "no-debian")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-def build(spec):
-    return DATASETS.build(spec, "data")
+pytestmark = pytest.mark.usefixtures("no_real_data")
 
 
 def fashion_files(d, n_train=6, n_test=4):
@@ -45,7 +34,7 @@ def test_truncated_gz_idx_is_named(tmp_path):
     f = d / "train-images-idx3-ubyte.gz"
     f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])  # a cut-off download
     with pytest.raises(KdxError) as e:
-        build({"name": "fashion_mnist", "root": str(d)})
+        build_data({"name": "fashion_mnist", "root": str(d)})
     assert str(f) in str(e.value) and "truncated or corrupt" in str(e.value)
 
 
@@ -54,7 +43,7 @@ def test_garbage_gz_idx_is_named(tmp_path):
     f = d / "t10k-labels-idx1-ubyte.gz"
     f.write_bytes(b"\x1f\x8b" + bytes(range(256)) * 4)  # gzip magic, then garbage
     with pytest.raises(KdxError) as e:
-        build({"name": "fashion_mnist", "root": str(d)})
+        build_data({"name": "fashion_mnist", "root": str(d)})
     assert str(f) in str(e.value) and "truncated or corrupt" in str(e.value)
 
 
@@ -65,7 +54,7 @@ def test_fashion_root_missing_does_not_fall_back(tmp_path, monkeypatch):
     monkeypatch.setenv("KDX_DATA", str(fashion_files(tmp_path / "kdxdata" / "fashion-mnist").parent))
     nowhere = tmp_path / "nowhere"
     with pytest.raises(KdxError) as e:
-        build({"name": "fashion_mnist", "root": str(nowhere)})
+        build_data({"name": "fashion_mnist", "root": str(nowhere)})
     msg = str(e.value)
     assert f"data.root={nowhere} does not exist" in msg
     assert all(f in msg for f in IDX)
@@ -74,15 +63,15 @@ def test_fashion_root_missing_does_not_fall_back(tmp_path, monkeypatch):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(KdxError, match=f"data.root={empty} does not hold them"):
-        build({"name": "fashion_mnist", "root": str(empty)})
+        build_data({"name": "fashion_mnist", "root": str(empty)})
 
 
 def test_fashion_without_root_still_falls_back(tmp_path, monkeypatch):
     monkeypatch.setattr("kdx.data.fashion_mnist.DEBIAN_DIR", fashion_files(tmp_path / "debian", n_train=5))
-    assert build({"name": "fashion_mnist"}).x_train.shape == (5, 1, 28, 28)
+    assert build_data({"name": "fashion_mnist"}).x_train.shape == (5, 1, 28, 28)
     monkeypatch.setenv("KDX_DATA", str(tmp_path / "kd"))
     fashion_files(tmp_path / "kd" / "fashion-mnist", n_train=3)
-    assert build({"name": "fashion_mnist"}).x_train.shape == (3, 1, 28, 28)  # $KDX_DATA before Debian's copy
+    assert build_data({"name": "fashion_mnist"}).x_train.shape == (3, 1, 28, 28)  # $KDX_DATA before Debian's copy
 
 
 def cifar10_files(d):
@@ -98,10 +87,10 @@ def cifar10_files(d):
 def test_cifar_root_does_not_fall_back(tmp_path, monkeypatch):
     monkeypatch.setenv("KDX_DATA", str(tmp_path / "kd"))
     cifar10_files(tmp_path / "kd" / "cifar-10-batches-py")
-    assert build({"name": "cifar10"}).x_train.shape == (5, 3, 32, 32)  # no root: $KDX_DATA is used
+    assert build_data({"name": "cifar10"}).x_train.shape == (5, 3, 32, 32)  # no root: $KDX_DATA is used
     for root, state in ((tmp_path / "nowhere", "does not exist"), (tmp_path, "does not hold them")):
         with pytest.raises(KdxError) as e:
-            build({"name": "cifar10", "root": str(root)})
+            build_data({"name": "cifar10", "root": str(root)})
         msg = str(e.value)
         assert f"data.root={root} {state}" in msg and "data_batch_1" in msg and "batches.meta" in msg
         assert str(tmp_path / "kd") not in msg
@@ -112,20 +101,20 @@ def test_cifar_truncated_batch_is_named(tmp_path):
     f = d / "data_batch_3"
     f.write_bytes(f.read_bytes()[:40])
     with pytest.raises(KdxError) as e:
-        build({"name": "cifar10", "root": str(tmp_path)})
+        build_data({"name": "cifar10", "root": str(tmp_path)})
     assert str(f) in str(e.value) and "truncated or corrupt" in str(e.value)
 
 
 def test_image_folder_root_missing_is_named(tmp_path):
     with pytest.raises(KdxError) as e:
-        build({"name": "image_folder", "root": str(tmp_path / "mine")})
+        build_data({"name": "image_folder", "root": str(tmp_path / "mine")})
     assert f"data.root={tmp_path / 'mine'} does not exist" in str(e.value) and "train/<class>" in str(e.value)
 
 
 def test_hf_missing_folder_is_named(tmp_path):
     pytest.importorskip("datasets")
     with pytest.raises(KdxError, match=f"{tmp_path / 'set'} does not exist"):
-        build({"name": "hf", "path": str(tmp_path / "set")})
+        build_data({"name": "hf", "path": str(tmp_path / "set")})
 
 
 # ---------------------------------------------------------------- 4c: NaN in a float image column
@@ -140,12 +129,12 @@ def test_hf_nan_floats_are_refused(tmp_path):
     })
     dd.save_to_disk(str(tmp_path / "nan"))
     with pytest.raises(KdxError) as e:
-        build({"name": "hf", "path": str(tmp_path / "nan"), "image_column": "pixels"})
+        build_data({"name": "hf", "path": str(tmp_path / "nan"), "image_column": "pixels"})
     msg = str(e.value)
     assert "column 'pixels'" in msg and "row 2" in msg and "split 'train'" in msg and "NaN" in msg
 
     x[2, 1, 1, 0] = 0.5  # the same set without the NaN loads, values kept
     dd["train"] = datasets.Dataset.from_dict({"pixels": [a.tolist() for a in x], "label": [0, 1, 0]})
     dd.save_to_disk(str(tmp_path / "clean"))
-    ds = build({"name": "hf", "path": str(tmp_path / "clean"), "image_column": "pixels"})
+    ds = build_data({"name": "hf", "path": str(tmp_path / "clean"), "image_column": "pixels"})
     assert torch.equal(ds.x_train, torch.from_numpy(np.round(x * 255).astype(np.uint8)).permute(0, 3, 1, 2))

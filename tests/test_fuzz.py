@@ -19,26 +19,14 @@ from hypothesis import strategies as st
 
 from fuzzing import (FASHION_FILES, TEXT_ROWS, VALID_RUN_YAML, Broken, arrays, assert_named, bad_yaml, broken_text_or_bytes, check_dataset,
                      cifar10_batch, cifar10_dir, corrupted, fashion_mnist_dir, files_under, fuzz, hf_image_dict, hf_png_set, huge_png,
-                     idx_bytes, image_folder_dir, junk_values, leftovers, loads_or_named, png_bytes, text_file_bytes,
-                     text_files_dir, weights_bytes, wrong_encodings)
+                     idx_bytes, image_folder_dir, junk_values, leftovers, loads_or_named, png_bytes,
+                     text_files_dir, weights_bytes)
+from conftest import build_data
 from kdx.data.idx import read_idx
 from kdx.errors import KdxError
-from kdx.registry import DATASETS
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """No real data and no real caches: an empty HOME, no $KDX_DATA, no Debian copy, offline."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("KDX_DATA", raising=False)
-    monkeypatch.delenv("HF_DATASETS_CACHE", raising=False)
-    monkeypatch.setattr("kdx.data.fashion_mnist.DEBIAN_DIR", tmp_path / "no-debian")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-def build(spec):
-    return DATASETS.build(spec, "data")
+pytestmark = pytest.mark.usefixtures("no_real_data")
 
 
 def scratch():
@@ -83,7 +71,7 @@ def test_fashion_mnist_files_fuzzed(which, gz, data):
         else:  # a valid gzip of broken IDX content
             broken = data.draw(st.one_of(corrupted(raw), idx_headers()))
             files[which].write_bytes(gzip.compress(broken.data, mtime=0))
-        ds, _ = loads_or_named(lambda: build({"name": "fashion_mnist", "root": d}), files[which])
+        ds, _ = loads_or_named(lambda: build_data({"name": "fashion_mnist", "root": d}), files[which])
         if ds is not None:
             check_dataset(ds)
             assert ds.x_train.shape[1:] == (1, 28, 28)
@@ -104,7 +92,7 @@ def test_fashion_mnist_wrong_dtypes_and_shapes(labels, images):
         if images is not None:
             targets.append(files["train-images-idx3-ubyte"])
             targets[1].write_bytes(idx_bytes(images))
-        ds, _ = loads_or_named(lambda: build({"name": "fashion_mnist", "root": d}), *targets)
+        ds, _ = loads_or_named(lambda: build_data({"name": "fashion_mnist", "root": d}), *targets)
         if ds is not None:
             check_dataset(ds)
 
@@ -138,7 +126,7 @@ def test_image_folder_fuzzed(image, which, grayscale):
     with scratch() as d:
         files = image_folder_dir(Path(d) / "imgs")
         files[which].write_bytes(image.data)
-        ds, _ = loads_or_named(lambda: build({"name": "image_folder", "root": f"{d}/imgs", "size": 6,
+        ds, _ = loads_or_named(lambda: build_data({"name": "image_folder", "root": f"{d}/imgs", "size": 6,
                                               "grayscale": grayscale}), files[which])
         if ds is not None:
             check_dataset(ds)
@@ -195,7 +183,7 @@ def test_cifar_files_fuzzed(which, data):
             files[which].write_bytes(pickle.dumps(obj, protocol=data.draw(st.sampled_from([2, 4]))))
         else:
             files[which].write_bytes(pickle.dumps({"data": _Runs(Path(d) / "ran"), "labels": [0, 1]}))
-        ds, _ = loads_or_named(lambda: build({"name": "cifar10", "root": d}), files[which])
+        ds, _ = loads_or_named(lambda: build_data({"name": "cifar10", "root": d}), files[which])
         assert not (Path(d) / "ran").exists(), "loading a CIFAR file ran code from it"
         if ds is not None:
             check_dataset(ds)
@@ -237,7 +225,7 @@ def test_hf_image_set_wrongly_typed_columns(data, column):
             hf_image_dict(Path(d) / "set", train, {k: v[:2] for k, v in good.items()})
         except Exception:  # noqa: BLE001 - datasets itself cannot store these cells: not a file kdx could meet
             assume(False)
-        ds, _ = loads_or_named(lambda: build({"name": "hf", "path": f"{d}/set", "size": 4}), Path(d) / "set")
+        ds, _ = loads_or_named(lambda: build_data({"name": "hf", "path": f"{d}/set", "size": 4}), Path(d) / "set")
         if ds is not None:
             check_dataset(ds)
             assert ds.x_train.dtype == torch.uint8 and ds.x_train.shape[2:] == (4, 4)
@@ -258,7 +246,7 @@ def test_hf_image_set_files_fuzzed(data):
         target = data.draw(st.sampled_from(files_under(path)))
         broken = data.draw(broken_text_or_bytes(target.read_bytes()) if target.suffix == ".json" else corrupted(target.read_bytes()))
         target.write_bytes(broken.data)
-        ds, _ = loads_or_named(lambda: build({"name": "hf", "path": str(path)}), target)
+        ds, _ = loads_or_named(lambda: build_data({"name": "hf", "path": str(path)}), target)
         if ds is not None:
             check_dataset(ds)
 
@@ -310,7 +298,7 @@ def test_text_files_fuzzed(text_cache, fmt, split, data):
         valid = files[split].read_bytes()
         broken = data.draw(corrupted(valid) if fmt == "parquet" else broken_text_or_bytes(valid))
         files[split].write_bytes(broken.data)
-        ds, _ = loads_or_named(lambda: build({"name": "hf_text", "path": d, **TEXT_ARGS}), files[split])
+        ds, _ = loads_or_named(lambda: build_data({"name": "hf_text", "path": d, **TEXT_ARGS}), files[split])
         if ds is not None:
             check_dataset(ds)
         assert not leftovers(text_cache, Path(d)), leftovers(text_cache, Path(d))
@@ -332,7 +320,7 @@ def test_text_files_wrongly_typed(text_cache, fmt, column, data):
             files = text_files_dir(Path(d), fmt, train=rows)
         except (TypeError, ValueError, OverflowError, UnicodeEncodeError) + _arrow_errors():
             assume(False)  # pandas/pyarrow cannot write these rows in this format: not a file kdx could meet
-        ds, _ = loads_or_named(lambda: build({"name": "hf_text", "path": d, **TEXT_ARGS}), files["train"])
+        ds, _ = loads_or_named(lambda: build_data({"name": "hf_text", "path": d, **TEXT_ARGS}), files["train"])
         if ds is not None:
             check_dataset(ds)
             assert ds.x_train.shape == (len(rows), TEXT_ARGS["max_length"])
@@ -354,7 +342,7 @@ def test_text_dataset_dict_files_fuzzed(text_cache, name, data):
         target = data.draw(st.sampled_from(files_under(path)))
         broken = data.draw(broken_text_or_bytes(target.read_bytes()) if target.suffix == ".json" else corrupted(target.read_bytes()))
         target.write_bytes(broken.data)
-        ds, _ = loads_or_named(lambda: build({"name": name, "path": str(path), **TEXT_ARGS}), target)
+        ds, _ = loads_or_named(lambda: build_data({"name": name, "path": str(path), **TEXT_ARGS}), target)
         if ds is not None:
             check_dataset(ds)
         assert not leftovers(text_cache), leftovers(text_cache)
@@ -649,11 +637,11 @@ def test_text_caches_fuzzed(data):
             rows = [{"text": f"{r['text']} number {i}", "label": r["label"]} for i, r in enumerate(TEXT_ROWS * 250)]
             text_files_dir(Path(d) / "set", "parquet", train=rows)  # 1000 rows: the encoded split is cached
             spec = {"name": "hf_text", "path": f"{d}/set", **TEXT_ARGS}
-            first = build(spec)
+            first = build_data(spec)
             acc = anchor_accuracy(first)
             target = data.draw(st.sampled_from([f for f in files_under(Path(cache)) if f.name != ".lock"]))
             target.write_bytes(data.draw(corrupted(target.read_bytes())).data)
-            again, _ = loads_or_named(lambda: build(spec), target)
+            again, _ = loads_or_named(lambda: build_data(spec), target)
             if target.parent.parent.name == "tokenizers":  # training again could give other ids: refused, never retrained
                 assert again is None
             else:  # the encoded splits and the anchor are recomputed, the same
