@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdx.errors import KdxError
+from kdx.errors import KdxError, first_line
 
 
 def _umask_mode() -> int:
@@ -120,8 +120,7 @@ def reading(path, fix: str):
     except KdxError:
         raise
     except Exception as e:  # noqa: BLE001 - json, yaml, torch, pyarrow and pandas each raise their own types
-        what = str(e).splitlines()[0][:160] if str(e).strip() else "unreadable"
-        raise KdxError(f"{path} is damaged or not what kdx wrote ({type(e).__name__}: {what}); {fix}") from None
+        raise KdxError(f"{path} is damaged or not what kdx wrote ({type(e).__name__}: {first_line(e, 160, 'unreadable')}); {fix}") from None
 
 
 def read_json(path, fix: str):

@@ -9,7 +9,7 @@ import torch
 
 from kdx.data.base import Dataset, data_root
 from kdx.data.fashion_mnist import CORRUPTIONS
-from kdx.errors import KdxError
+from kdx.errors import KdxError, first_line
 from kdx.registry import DATASETS
 
 HELDOUT = ["test", "train_subset", *CORRUPTIONS, "uniform_noise"]
@@ -39,7 +39,7 @@ def _unpickle(path: Path) -> dict:
         with open(path, "rb") as f:
             d = _ArraysOnly(f, encoding="latin1").load()
     except Exception as e:  # noqa: BLE001 - a broken pickle raises nearly any type (EOF, Unicode, Index, Overflow ...)
-        raise KdxError(f"{path} is truncated or corrupt ({type(e).__name__}: {e}); {REDOWNLOAD}") from None
+        raise KdxError(f"{path} is truncated or corrupt ({type(e).__name__}: {first_line(e)}); {REDOWNLOAD}") from None
     if not isinstance(d, dict):
         raise KdxError(f"{path} holds a {type(d).__name__}, not a CIFAR batch (a dict); {REDOWNLOAD}")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in d.items()}

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdx.errors import KdxError
+from kdx.errors import KdxError, first_line
 
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -23,7 +23,7 @@ def read_idx(path: Path) -> torch.Tensor:
         with opener(path, "rb") as f:
             raw = f.read()
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # a cut-off download, a damaged copy
-        raise KdxError(f"{path} is truncated or corrupt ({type(e).__name__}: {e}); {refetch}") from None
+        raise KdxError(f"{path} is truncated or corrupt ({type(e).__name__}: {first_line(e)}); {refetch}") from None
     except OSError as e:
         raise KdxError(f"{path} cannot be read ({type(e).__name__}: {e}); check the file's permissions, or {refetch}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:

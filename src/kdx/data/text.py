@@ -19,7 +19,7 @@ import torch
 from filelock import FileLock
 
 from kdx.data.base import Dataset
-from kdx.errors import KdxError
+from kdx.errors import KdxError, first_line
 from kdx.io import save_arrays, write_json, write_text
 
 TOKENIZER_FORMAT = 2  # bump when the trained tokenizer's recipe changes (2: the file named by its content's hash)
@@ -118,7 +118,7 @@ def open_tokenizer(path: str | Path):
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True)
     except Exception as e:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError ... for bad folders
         raise KdxError(f"tokenizer: cannot load {path} (it holds {', '.join(sorted(have))}): {type(e).__name__}: "
-                       f"{str(e).splitlines()[0][:300] if str(e) else ''}") from None
+                       f"{first_line(e)}") from None
     return tok
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from kdx.data.base import Dataset, index_labels
 from kdx.data.hf import check_arrow_files, read_column, splits
 from kdx.data.text import text_dataset
-from kdx.errors import KdxError
+from kdx.errors import KdxError, first_line
 from kdx.registry import DATASETS
 
 
@@ -29,7 +29,7 @@ def _load_from_disk(p: Path, what: str):
         dd = datasets.load_from_disk(str(p))
     except Exception as e:  # noqa: BLE001 - datasets raises several types for a damaged folder
         raise KdxError(f"{what}: {p} is not a readable save_to_disk folder ({type(e).__name__}: "
-                       f"{str(e).splitlines()[0][:200] if str(e) else ''}); rebuild or re-save it") from None
+                       f"{first_line(e, 200)}); rebuild or re-save it") from None
     if not isinstance(dd, datasets.DatasetDict):
         raise KdxError(f"{what}: {p} holds a single Dataset; save a DatasetDict with train and test splits")
     return dd

@@ -35,7 +35,7 @@ from kdx.config import DistillConfig
 from kdx.device import autocast, prepare_model, resolve_device
 from kdx.distill.losses import NEEDS_LABELS
 from kdx.distill.schedules import build_optimizer, build_schedule
-from kdx.errors import KdxError
+from kdx.errors import KdxError, first_line
 from kdx.io import append_text, reading, save_torch
 from kdx.registry import LOSSES
 from kdx.sampling.base import Batch, Source
@@ -71,7 +71,7 @@ def load_checkpoint(path: Path, device: torch.device) -> dict:
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # noqa: BLE001 - pickle and zip each raise their own types
         raise KdxError(f"{path} is not a checkpoint kdx resumes from ({type(e).__name__}: "
-                       f"{str(e).splitlines()[0][:200] if str(e) else 'unreadable'}): it holds more than tensors and "
+                       f"{first_line(e, 200, 'unreadable')}): it holds more than tensors and "
                        "plain values, or is damaged, and was not loaded; start the run again with --overwrite") from None
 
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from kdx.data.base import Dataset, model_input
 from kdx.device import autocast
-from kdx.errors import KdxError
+from kdx.errors import KdxError, first_line
 from kdx.registry import MODELS
 
 
@@ -91,7 +91,7 @@ def read_state_dict(path: str | Path, where: str) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - pickle, zip and safetensors each raise their own types
         raise KdxError(f"{where}: {path} is not a weights file kdx can read ({type(e).__name__}: "
-                       f"{str(e).splitlines()[0][:200] if str(e) else 'unreadable'}); give a state dict saved with "
+                       f"{first_line(e, 200, 'unreadable')}); give a state dict saved with "
                        "torch.save(model.state_dict(), path) or a .safetensors file") from None
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):

@@ -20,7 +20,7 @@ from torch import nn
 
 from kdx.data.base import Dataset
 from kdx.data.lm_text import lm_targets
-from kdx.errors import KdxError
+from kdx.errors import KdxError, first_line
 from kdx.models.pretrained import files_digest
 from kdx.registry import MODELS
 
@@ -116,7 +116,7 @@ def hf_causal_lm(data: Dataset, path: str = "") -> CausalLM:
     try:
         lm = AutoModelForCausalLM.from_pretrained(str(d), local_files_only=True, dtype=torch.float32)
     except Exception as e:  # noqa: BLE001 - transformers raises OSError, ValueError ... for bad folders
-        raise KdxError(f"model 'hf_causal_lm': cannot load {d}: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+        raise KdxError(f"model 'hf_causal_lm': cannot load {d}: {type(e).__name__}: {first_line(e)}") from None
     model = CausalLM(lm)
     model.arrives_trained = True  # a teacher used as is, never trained here
     model.weights_digest = files_digest([f for f in d.iterdir() if f.is_file()])

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from kdx.data.base import Dataset
-from kdx.errors import KdxError
+from kdx.errors import KdxError, first_line
 from kdx.models.base import require_image
 from kdx.models.pretrained import PretrainedClassifier, Preprocess, files_digest, require_image_channels
 from kdx.registry import MODELS
@@ -202,7 +202,7 @@ def hf(data: Dataset, path: str, label_map: Optional[dict[Any, str]] = None) -> 
                                                                     output_loading_info=True)
     except Exception as e:  # noqa: BLE001 - transformers raises many types for a bad folder
         raise KdxError(f"model 'hf': cannot load {d} as an AutoModelForImageClassification "
-                       f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); re-save the classifier "
+                       f"({type(e).__name__}: {first_line(e, 10_000)}); re-save the classifier "
                        "with model.save_pretrained(DIR)") from None
     untrained = sorted(info.get("missing_keys") or []) + sorted(str(k[0] if isinstance(k, tuple) else k)
                                                                 for k in info.get("mismatched_keys") or [])
@@ -223,7 +223,7 @@ def hf(data: Dataset, path: str, label_map: Optional[dict[Any, str]] = None) -> 
             proc = AutoImageProcessor.from_pretrained(d, local_files_only=True)
         except Exception as e:  # noqa: BLE001
             raise KdxError(f"model 'hf': cannot load the image processor in {d / 'preprocessor_config.json'} "
-                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); re-save it with "
+                           f"({type(e).__name__}: {first_line(e, 10_000)}); re-save it with "
                            "processor.save_pretrained(DIR)") from None
         prep = processor_preprocess(proc, channels)
     else:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from kdx.data.base import Dataset
-from kdx.errors import KdxError
+from kdx.errors import KdxError, first_line
 from kdx.registry import MODELS
 
 NOT_TEXT = "a text model: bert, bag_of_embeddings or text_cnn"
@@ -69,7 +69,7 @@ def bert(data: Dataset, layers: int = 2, hidden: int = 128, heads: int = 2, inte
             m = BertForSequenceClassification.from_pretrained(str(p), num_labels=data.num_classes, local_files_only=True,
                                                               ignore_mismatched_sizes=True)
         except Exception as e:  # noqa: BLE001 - transformers' errors for bad folders vary
-            raise KdxError(f"model 'bert': cannot load {p}: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+            raise KdxError(f"model 'bert': cannot load {p}: {type(e).__name__}: {first_line(e)}") from None
         if m.config.vocab_size < data.vocab_size or m.config.max_position_embeddings < data.max_length:
             raise KdxError(f"model 'bert': {p} takes {m.config.vocab_size} tokens of up to {m.config.max_position_embeddings} "
                            f"positions, the data has {data.vocab_size} and {data.max_length}: tokenise with its "

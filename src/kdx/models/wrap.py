@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from kdx.data.base import Dataset, model_input
-from kdx.errors import KdxError
+from kdx.errors import KdxError, first_line
 from kdx.models.base import call_capturing
 
 
@@ -63,7 +63,7 @@ def wrap_model(module: nn.Module, data: Dataset, features: str | None = None, wh
     except Exception as e:  # noqa: BLE001 - whatever the user's forward raises on these inputs
         raise KdxError(f"{where} ({type(module).__name__}) fails on the data's inputs, shape {tuple(x.shape)} "
                        f"{x.dtype} in [{float(x.min()):.3g}, {float(x.max()):.3g}]: {type(e).__name__}: "
-                       f"{str(e).splitlines()[0][:300] if str(e) else ''}") from None
+                       f"{first_line(e)}") from None
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.shape != (2, data.num_classes):
