@@ -728,3 +728,16 @@ def test_lm_text_holds_documents_of_chosen_sections_out_of_both_splits(tmp_path)
         lm_data(tmp_path, shift_column="section", shift_values=["nonexistent"])
     with pytest.raises(KdxError, match="shift_column and shift_values go together"):
         lm_data(tmp_path, shift_column="section")
+
+
+def test_an_image_view_on_lm_data_is_named_through_the_config(lm_setting):
+    """`source.augment=mixup` with a language-model corpus (which has no views): a KdxError naming the augment
+    and what is valid, as `kdx run` builds it (it raised KeyError 'lm' from the view registry)."""
+    from kdx import config as kconfig
+    from kdx.run import build_source
+
+    overrides, _, data, _ = lm_setting
+    cfg = kconfig.load_config("configs/lm_tiny.yaml", overrides + ["source.name=train", "source.augment=mixup"])
+    with pytest.raises(KdxError, match=r"augment 'mixup' does not apply to lm data; valid for dataset '.*': none "
+                                       r"\('mixup' is for image and signal data\)"):
+        build_source(cfg, data)

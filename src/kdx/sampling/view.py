@@ -42,11 +42,11 @@ class View:
 def resolve_view(data: Dataset, augment: str, *, cache_dir: Path | None = None, **settings) -> View | None:
     """The view `augment` names among the data's modality's views, built with the settings it reads
     (of `settings`: all of the source's), or None for `none`."""
-    registry = VIEWS[data.modality]
     if augment == NO_VIEW:
         return None
-    if augment not in registry.names():
-        valid = ", ".join([NO_VIEW, *registry.names()])
+    registry = VIEWS.get(data.modality)  # a modality may have no views at all (lm)
+    if registry is None or augment not in registry.names():
+        valid = ", ".join([NO_VIEW, *(registry.names() if registry else [])])
         other = [m for m, r in VIEWS.items() if augment in r.names()]
         cause = f"does not apply to {data.modality} data" if other else "is unknown"
         raise KdxError(f"source augment '{augment}' {cause}; valid for dataset '{data.name}': {valid}"
