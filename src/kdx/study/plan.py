@@ -14,8 +14,7 @@ from omegaconf import MISSING
 from kdx import config as kconfig
 from kdx.data import load_dataset
 from kdx.errors import KdxError
-from kdx.registry import SOURCES
-from kdx.run import check_source_fits_loss, validate
+from kdx.run import build_source, validate
 
 
 @dataclasses.dataclass
@@ -147,12 +146,13 @@ def check_sources(study_path: str | Path, runs: list[PlannedRun]) -> None:
     value that depends on the data or on another value (an augment for this modality, a noise kind, an
     adaptive score or pick, every component and candidate spec) and needs no teacher, so a mistyped value
     is refused here in seconds rather than after minutes of teacher training."""
-    built = {}
-    for r in runs:
-        key = json.dumps([r.cfg.data, r.cfg.source], sort_keys=True, default=str)
+    checked = set()
+    for r in runs:  # the same build and checks as `kdx run`'s, once per distinct data, source and loss settings
+        key = json.dumps([r.cfg.data, r.cfg.source, r.cfg.distill.loss, r.cfg.distill.alpha, r.cfg.distill.switch_at],
+                         sort_keys=True, default=str)
         try:
-            if key not in built:
-                built[key] = SOURCES.build(r.cfg.source, "source", data=load_dataset(r.cfg.data), seed=r.cfg.seed)
-            check_source_fits_loss(r.cfg.distill, built[key])
+            if key not in checked:
+                build_source(r.cfg, load_dataset(r.cfg.data))
+                checked.add(key)
         except KdxError as e:
             raise KdxError(f"{study_path}: run {r.name}: {e}") from None
