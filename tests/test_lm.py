@@ -3,6 +3,8 @@ the `lm_text` corpus (split by document, BPE cached, named errors), the `gpt` mo
 batches, the LM eval rows, and tiny runs end to end from YAML, the Python API and the `kdx` command."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -741,3 +743,53 @@ def test_an_image_view_on_lm_data_is_named_through_the_config(lm_setting):
     with pytest.raises(KdxError, match=r"augment 'mixup' does not apply to lm data; valid for dataset '.*': none "
                                        r"\('mixup' is for image and signal data\)"):
         build_source(cfg, data)
+
+
+def test_an_lm_study_from_the_kdx_command_tables_every_row_and_the_costs_in_tokens(lm_setting, tmp_path):
+    import csv
+    import json
+
+    from typer.testing import CliRunner
+
+    from kdx.cli import app
+
+    overrides, cfg, data, _ = lm_setting
+    study = tmp_path / "lm_study.yaml"
+    study.write_text(
+        "name: lm_study\nbase: " + str((Path("configs/lm_tiny.yaml")).resolve()) + "\n"
+        f"overrides: {json.dumps([*overrides, 'distill.samples=128', 'eval.distributions=[test_subset,student_samples,random_tokens]'])}\n"
+        "seeds: [0]\nloss: [forward_kl, reverse_kl]\nprobe: false\n"
+        "sources:\n  - {name: corpus}\n  - {name: student_samples, refresh_every: 2, label: on-policy}\n"
+        "report_distributions: [test_subset, student_samples, random_tokens]\n")
+    result = CliRunner().invoke(app, ["study", str(study), "--runs-dir", str(tmp_path / "runs"), "--workers", "1"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    out = tmp_path / "runs" / "studies" / "lm_study"
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert len(rows) == 4 * 3  # (2 sources x 2 losses) x 3 distributions
+    for row in rows:  # the table carries each run's own numbers, and its costs in tokens
+        m = json.loads((out / "runs" / row["run"] / "metrics.json").read_text())
+        e = m["eval"][row["distribution"]]
+        assert float(row["kl_student_teacher"]) == e["kl_student_teacher"] and int(row["n"]) == e["n"]
+        assert int(row["trained_tokens"]) == m["train"]["accounting"]["source"]["trained_tokens"] > 0
+        assert m["train"]["accounting"]["source"].get("student_generated_tokens", 0) == int(row["student_generated_tokens"])
+        assert m["source"]["name"] == ("corpus" if row["source"] == "corpus" else "student_samples")
+    subset = next(r for r in rows if r["distribution"] == "test_subset")
+    assert int(subset["n"]) == min(5 * cfg.eval.n, len(data.x_test))  # 5n held-out windows of the test split
+    assert {r["loss"] for r in rows} == {"forward_kl", "reverse_kl"}
+    md = (out / "summary.md").read_text()
+    assert "## cost" in md and "KL(s‖t)" in md and "student gen Mtok" in md
+    on_policy = [line for line in md.splitlines() if line.startswith("| on-policy | forward_kl |")]
+    assert len(on_policy) == 4  # one line per distribution table, and one in the cost table
+
+
+def test_test_subset_holds_five_n_fixed_rows_of_the_test_split(lm_setting):
+    from kdx.registry import HELDOUT
+
+    _, _, data, _ = lm_setting
+    x, _ = HELDOUT.build({"name": "test_subset"}, "eval", data=data, n=7, seed=3)
+    again, _ = HELDOUT.build({"name": "test_subset"}, "eval", data=data, n=7, seed=3)
+    assert len(x) == min(35, len(data.x_test)) and torch.equal(x, again)
+    rows = {tuple(r) for r in data.x_test.tolist()}
+    assert all(tuple(r) in rows for r in x.tolist())
+    other, _ = HELDOUT.build({"name": "test_subset"}, "eval", data=data, n=7, seed=4)
+    assert not torch.equal(x, other)
