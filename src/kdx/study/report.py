@@ -144,7 +144,7 @@ def lm_blocks(study, groups: dict, group_axes: list[str]) -> list[tuple]:
                       "proxy: lower is better) and distinct-2 their diversity.")]
     fmt = lambda rs, k, **kw: fmt_interval([r[k] for r in rs], **kw)  # noqa: E731
     header = [*group_axes, "KL(t‖s)", "KL(s‖t)", "agreement %", "student NLL", "teacher NLL", "distinct-2",
-              "student − teacher acc (pp)", "beats / loses"]
+              "student − teacher acc (pp)", "beats / loses", "slope (top-1)"]
     for dist in study.report_distributions:
         table = []
         for key, by_dist in groups.items():
@@ -153,7 +153,8 @@ def lm_blocks(study, groups: dict, group_axes: list[str]) -> list[tuple]:
                 table.append([*map(str, key), fmt(rs, "kl_teacher_student", percent=False),
                               fmt(rs, "kl_student_teacher", percent=False), fmt(rs, "agreement"),
                               fmt(rs, "student_nll", percent=False), fmt(rs, "teacher_nll", percent=False),
-                              fmt(rs, "distinct_2", percent=False), fmt(rs, "acc_diff"), f"{beats} / {loses}"])
+                              fmt(rs, "distinct_2", percent=False), fmt(rs, "acc_diff"), f"{beats} / {loses}",
+                              fmt(rs, "deviation_slope", percent=False)])
         if table:
             blocks += [("h2", dist), ("table", header, table)]
     cost = []
