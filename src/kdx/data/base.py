@@ -104,7 +104,9 @@ class Dataset:
         if bad:
             raise KdxError(f"dataset '{self.name}': categorical column {bad[0]} is not one of the {d} features")
         x = self.x_train.float()
-        self.mean, self.std = x.mean(0), x.std(0).nan_to_num(1.0).clamp_min(1e-6)
+        std = x.std(0).nan_to_num(1.0)
+        # a feature constant on the train split is not rescaled: a test value off it would be blown up by 1/std
+        self.mean, self.std = x.mean(0), torch.where(std > 1e-6, std, torch.ones_like(std))
         self.lo, self.hi = x.amin(0), x.amax(0)
         for c in self.categories:  # codes reach the models' one-hot layer unscaled
             self.mean[c], self.std[c] = 0.0, 1.0

@@ -273,9 +273,13 @@ def feature_noise(data: Dataset, n: int, seed: int, severity: int = 2):
 
 
 @HELDOUT.register(context=_CTX)
-def covariate_shift(data: Dataset, n: int, seed: int, feature: int = 0, quantile: float = 0.8):
-    """Tables: the test rows whose `feature` (a column index) lies beyond the train split's `quantile` of it."""
+def covariate_shift(data: Dataset, n: int, seed: int, feature: int = -1, quantile: float = 0.8):
+    """Tables: the test rows whose `feature` (a column; -1: the first continuous one not constant on the train split)
+    lies beyond the train split's `quantile` of it."""
     _table_rows(data, n, seed, "covariate_shift")
+    if feature == -1:
+        varying = [c for c in data.continuous_columns if data.hi[c] > data.lo[c]]
+        feature = varying[0] if varying else 0
     if not 0 <= feature < data.x_train.shape[1] or feature in data.categories or not 0 < quantile < 1:
         raise KdxError(f"held-out 'covariate_shift': feature must be a continuous column in 0..{data.x_train.shape[1] - 1} "
                        f"and quantile in (0, 1), got feature={feature}, quantile={quantile}")

@@ -29,6 +29,7 @@ class StudyConfig:
     temperature: list[float] = dataclasses.field(default_factory=list)
     switch_at: list[Optional[float]] = dataclasses.field(default_factory=list)
     student: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # student.model specs, with a label
+    data: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # `data` specs, with a label; empty: the base's
     probe: bool = True
     probe_on: list[str] = dataclasses.field(default_factory=lambda: ["train_subset", "test"])
     # distillation inputs whose teacher features measure coverage (`kdx probe --source-n`): a whole
@@ -70,10 +71,11 @@ def _check_axes(study: StudyConfig, study_path: Path) -> None:
     for axis in ("sources", "seeds"):
         if not getattr(study, axis):
             fail(axis, "is empty; give at least one")
-    for axis in ("sources", "student"):
+    for axis in ("sources", "student", "data"):
         for spec in getattr(study, axis):
             if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-                fail(axis, f"every entry needs a `name` (a registered {'source' if axis == 'sources' else 'model'}), got {spec!r}")
+                kind = {"sources": "source", "student": "model", "data": "dataset"}[axis]
+                fail(axis, f"every entry needs a `name` (a registered {kind}), got {spec!r}")
             if "samples_scale" in spec and not (number(spec["samples_scale"]) and spec["samples_scale"] > 0):
                 fail(axis, f"samples_scale must be a positive number, got {spec['samples_scale']!r}")
     checks = {"samples": (lambda v: isinstance(v, int) and not isinstance(v, bool), "whole numbers of samples"),
@@ -99,11 +101,11 @@ def plan(study_path: str | Path, overrides: list[str] = (), *, build_sources: bo
         base_cfg = kconfig.load_config(base, study.overrides)
     except KdxError as e:  # name the study: its `base` or `overrides` are what to fix
         raise KdxError(f"{study_path}: base {study.base} with overrides {list(study.overrides)}: {e}") from None
-    axes = {"source": study.sources, "samples": study.samples or [None], "loss": study.loss or [None],
+    axes = {"data": study.data or [None], "source": study.sources, "samples": study.samples or [None], "loss": study.loss or [None],
             "temperature": study.temperature or [None], "switch_at": study.switch_at or ["base"], "student": study.student or [None], "seed": study.seeds}
     runs = []
     strip = lambda spec: {k: v for k, v in spec.items() if k not in STUDY_KEYS}  # noqa: E731
-    for source, samples, loss, temp, switch, student, seed in itertools.product(*axes.values()):
+    for data, source, samples, loss, temp, switch, student, seed in itertools.product(*axes.values()):
         distill = dataclasses.replace(base_cfg.distill, **{k: v for k, v in {"samples": samples, "loss": loss,
                                                                             "temperature": temp}.items() if v is not None})
         if "samples_scale" in source:
@@ -113,7 +115,10 @@ def plan(study_path: str | Path, overrides: list[str] = (), *, build_sources: bo
         cfg = dataclasses.replace(base_cfg, source=strip(source), seed=seed, distill=distill)
         if student is not None:
             cfg = dataclasses.replace(cfg, student=kconfig.StudentConfig(model=strip(student)))
-        labels = {"source": _label(source)}
+        if data is not None:
+            cfg = dataclasses.replace(cfg, data=strip(data))
+        labels = {"data": _label(data)} if study.data else {}
+        labels["source"] = _label(source)
         if study.samples:
             labels["samples"] = samples
         if study.loss:
