@@ -51,8 +51,8 @@ def validate(cfg: kconfig.RunConfig) -> dict:
     """Check every value, file and registry reference before any work starts; return the source spec."""
     DATASETS.validate(cfg.data, "data")
     MODELS.validate(cfg.teacher.model, "teacher.model")
+    check_black_boxes(cfg)  # before the student's arguments: a black box named as student is refused for that
     MODELS.validate(cfg.student.model, "student.model")
-    check_black_boxes(cfg)
     for key, f in (("teacher.checkpoint", cfg.teacher.checkpoint), ("student.init", cfg.student.init)):
         if f:
             read_state_dict(f, key)  # a missing or unreadable file is named now, before any work
