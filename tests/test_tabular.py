@@ -232,11 +232,15 @@ def test_ensemble_logits_are_the_combination_of_its_members(tmp_path):
         else:
             expected = torch.log((singles[0].softmax(1) + singles[1].softmax(1)) / 2)
         assert torch.allclose(got, expected, atol=1e-5)
-        assert [m["arch"] for m in ens.members] == ["sklearn", "mlp"] and all(m["test_acc"] > 0.85 for m in ens.members)
+        assert [m["arch"] for m in ens.members] == ["LogisticRegression", "mlp"]
+        assert all(m["test_acc"] > 0.85 for m in ens.members)
     out = run(None, [*SMALL, *extra, "teacher.model.name=ensemble", f"teacher.model.members={json.dumps(members)}"],
               runs_dir=str(tmp_path))
     m = json.loads((out / "metrics.json").read_text())
     assert len(m["teacher"]["members"]) == 2 and m["teacher"]["test_acc"] > 0.85
+    # each member's accuracy beside the ensemble's and the student's, on every labelled held-out set
+    assert [round(a, 6) for a in m["eval"]["test"]["member_acc"]] == [round(t["test_acc"], 6) for t in m["teacher"]["members"]]
+    assert len(m["eval"]["feature_noise-2"]["member_acc"]) == 2 and "member_acc" not in m["eval"]["uniform_noise"]
     with pytest.raises(KdxError, match="combine must be one of mean_probs, mean_logits"):
         run(None, [*SMALL, "teacher.model.name=ensemble", f"teacher.model.members={json.dumps(members)}",
                    "teacher.model.combine=vote"], runs_dir=str(tmp_path))

@@ -197,6 +197,16 @@ def learning_curve(teacher: Teacher, data):
     return score
 
 
+def member_accuracies(teacher: Teacher, data, cfg: kconfig.EvalConfig, results: dict) -> None:
+    """An ensemble teacher: each member's accuracy (`member_acc`, in members' order) on every labelled held-out
+    set, beside the ensemble's (teacher_acc) and the student's."""
+    for name, m in results.items():
+        ho = heldout.load(name, data, cfg.n, cfg.seed)
+        if ho.y is not None:
+            m["member_acc"] = [float((predict(member, ho.x, cfg.batch_size).argmax(1).cpu() == ho.y).float().mean())
+                               for member in teacher.model.members]
+
+
 def distill_and_evaluate(cfg: kconfig.RunConfig, data, teacher: Teacher, student: torch.nn.Module, source: Source, *,
                          source_spec: dict, run_dir: Path | None = None, resume: bool = False, ddp: bool = False,
                          teacher_seconds: float | None = None) -> dict | None:
@@ -218,6 +228,8 @@ def distill_and_evaluate(cfg: kconfig.RunConfig, data, teacher: Teacher, student
         eval_results = evaluate_lm(teacher.model, student, data, cfg.eval)
     else:
         eval_results = heldout_metrics(teacher.logits, student, data, cfg.eval, ddp=ddp)
+        if teacher.members and eval_results is not None:
+            member_accuracies(teacher, data, cfg.eval, eval_results)
     if not main:
         return None
     metrics = {

@@ -163,7 +163,8 @@ def ensemble_teacher(cfg: RunConfig, data: Dataset, progress_desc: str) -> Teach
     out_dir = cache_root(cfg) / "teachers" / f"ensemble-{hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]}"
     out_dir.mkdir(parents=True, exist_ok=True)
     logits = TeacherLogits(model, out_dir)
-    info = [{"arch": m["name"], "test_acc": t.test_acc, "checkpoint": str(t.checkpoint)} for m, t in zip(spec["members"], members)]
+    info = [{"arch": type(t.model.estimator).__name__ if hasattr(t.model, "estimator") else m["name"], "test_acc": t.test_acc,
+             "checkpoint": str(t.checkpoint)} for m, t in zip(spec["members"], members)]
     return Teacher(model, out_dir, test_accuracy(model, logits, data, out_dir, out_dir), logits, members=info)
 
 
