@@ -119,8 +119,8 @@ def read_table(path: Path, where: str):
         raise KdxError(f"{where}: {path} cannot be read as {path.suffix[1:]} ({type(e).__name__}: "
                        f"{first_line(e, 200, 'unreadable')}); fix or re-export the file") from None
     if df.shape[0] == 0 or df.shape[1] < 2:
-        raise KdxError(f"{where}: {path} holds {df.shape[0]} rows and {df.shape[1]} columns; a table needs rows, a "
-                       "header row and at least one feature column besides the target")
+        raise KdxError(f"{where}: {path} holds {df.shape[0]} rows and {df.shape[1]} columns; give a table with a header "
+                       "row, rows, and at least one feature column besides the target")
     return df
 
 
@@ -173,7 +173,7 @@ def table_file(path: str = "", target: str = "", test_path: str = "", test_fract
         raise KdxError(f"{where}: {p} has no column '{target}'; set data.target to one of "
                        f"{', '.join(map(str, frames[0].columns[:20]))}")
     labels = [f[[c for c in f.columns if str(c) == target][0]] for f in frames]
-    labels = [[v.item() if hasattr(v, "item") else v for v in col.tolist()] for col in labels]
+    labels = [[v.item() if isinstance(v, np.generic) else v for v in col.tolist()] for col in labels]
     arrays, names, categories = _columns(frames, target, max_categories, p, where)
     if test_path:
         (x_train, x_test), (l_train, l_test) = arrays, labels
