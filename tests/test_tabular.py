@@ -382,3 +382,17 @@ def test_mixture_and_adaptive_distil_a_black_box_on_a_table(tmp_path):
         m = json.loads((out / "metrics.json").read_text())
         assert m["eval"]["test"]["agreement"] > 0.85, source
         assert math.isfinite(m["eval"]["uniform_noise"]["kl_teacher_student"])
+
+
+def test_the_tabular_study_plans_a_data_axis():
+    from pathlib import Path
+
+    from kdx.study.plan import plan
+
+    study_file = Path(__file__).parent.parent / "configs" / "studies" / "sources_tabular.yaml"
+    study, runs = plan(study_file, build_sources=False)
+    assert len(runs) == 3 * 6 * 5 and {r.axes["data"] for r in runs} == {"breast_cancer", "digits", "generated"}
+    generated = next(r for r in runs if r.axes["data"] == "generated")
+    assert generated.cfg.data["name"] == "generated_table" and generated.cfg.data["n_samples"] >= 20000
+    assert "label" not in generated.cfg.data and generated.name.startswith("generated-")
+    assert all(r.cfg.teacher.model["name"] == "sklearn" and r.cfg.student.model["name"] == "mlp" for r in runs)
