@@ -125,6 +125,8 @@ def probe(run, opts: ProbeOptions | None = None, log=print) -> dict:
     run = run if hasattr(run, "teacher") else load_run(run)
     out_dir, data, seconds = run.dir / PROBES, run.data, {}
     data.require(("image", "signal", "text"), "kdx probe (per-class deviation slopes, regions, the map)",
+                 "metrics.json's eval per held-out shift for a table (probes of tables are not built yet; a study "
+                 "sets probe: false)" if data.modality == "tabular" else
                  "metrics.json's per-token rows for a language-model run (token-level probes are not built yet)")
     names = opts.on or DEFAULT_ON
     check_features(run.teacher.model, data.x_test, "teacher model")
