@@ -170,7 +170,7 @@ def load_estimator(path: Path, trust_file: bool, where: str, *, own_cache: bool 
                            "save the fitted model again") from None
     if path.suffix != ".skops":
         raise KdxError(f"{where}: {path} is neither .skops nor .pkl/.pickle/.joblib; save the model with skops.io.dump")
-    import skops.io as sio
+    sio = skops_io()
 
     try:
         unknown = sio.get_untrusted_types(file=path)
@@ -188,6 +188,13 @@ def load_estimator(path: Path, trust_file: bool, where: str, *, own_cache: bool 
 
 def save_estimator(model: BlackBoxClassifier, path: Path) -> None:
     """A fitted black box into kdx's teacher cache, as skops (written atomically)."""
-    import skops.io as sio
+    write_bytes(path, skops_io().dumps(model.estimator))
 
-    write_bytes(path, sio.dumps(model.estimator))
+
+def skops_io():
+    try:
+        import skops.io as sio
+    except ImportError:
+        raise KdxError("black-box teachers are stored with skops, which is not installed; pip install 'kdx[tabular]' "
+                       "(or pip install skops)") from None
+    return sio
