@@ -106,6 +106,10 @@ def test_n_by_d_tensors_through_from_tensors_and_distill_student():
     assert data.modality == "tabular" and data.default_heldout[2].startswith("feature_noise")
     with pytest.raises(KdxError, match="float features"):
         kdx.data.from_tensors(x.long(), y, x.long(), y)
+    coded = x.clone()
+    coded[:, 5] = (x[:, 5] > 0).float()
+    table = kdx.data.from_tensors(coded[:1000], y[:1000], coded[1000:], y[1000:], categories={5: ["off", "on"]})
+    assert table.categories == {5: ["off", "on"]} and one_hot(table.x_test, table.categories).shape == (200, 7)
     teacher = torch.nn.Sequential(torch.nn.Linear(6, 2))
     with torch.no_grad():
         teacher[0].weight.copy_(torch.tensor([[-4.0, -4, 0, 0, 0, 0], [4.0, 4, 0, 0, 0, 0]]))
@@ -207,8 +211,8 @@ def test_pickle_is_refused_without_trust_file_and_loaded_with_it(tmp_path):
 
 
 def test_gradient_sources_refuse_a_black_box_teacher(tmp_path):
-    for source in (["source.name=inversion"], ["source.name=mixture",
-                                               "source.components=[{name: train}, {name: langevin}]"]):
+    for source in (["source.name=inversion"], ["source.name=mixture", "source.components=[{name: train}, {name: langevin}]"],
+                   ["source.name=adaptive", "source.score=region"]):
         with pytest.raises(KdxError, match="needs the teacher's gradients.*black box.*use a source.*munge.*noise"):
             run(None, ["data.name=mnist1d", "data.num_samples=500", *HGB, "student.model.name=mlp", *source],
                 runs_dir=str(tmp_path))
