@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import kdx
 from conftest import build_data
@@ -289,6 +290,14 @@ def test_tfidf_teacher_matches_the_anchor_on_a_small_text_set(tmp_path):
     assert abs(teacher.test_acc - anchor) < 0.1
     with pytest.raises(KdxError, match="hotflip.*needs the teacher's gradients"):
         build_source(dataclass_replace_source(cfg, {"name": "hotflip"}), data)
+    # distilled into a neural student on its train texts
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump({"data": spec, "teacher": {"model": {"name": "tfidf_logreg"}},
+                                                     "student": {"model": {"name": "bag_of_embeddings"}},
+                                                     "distill": {"samples": 6000, "batch_size": 64, "optimizer": "adamw",
+                                                                 "lr": 0.01}, "eval": {"bootstrap": 50}}))
+    out = run(str(tmp_path / "t.yaml"), [], runs_dir=str(tmp_path / "runs"))
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["teacher"]["arch"] == "tfidf_logreg" and m["eval"]["test"]["agreement"] > 0.6  # chance: 1/3
 
 
 def dataclass_replace_source(cfg, spec):
