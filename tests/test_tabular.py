@@ -8,6 +8,7 @@ import math
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -398,8 +399,6 @@ def test_mixture_and_adaptive_distil_a_black_box_on_a_table(tmp_path):
 
 
 def test_the_tabular_study_plans_a_data_axis():
-    from pathlib import Path
-
     from kdx.study.plan import plan
 
     study_file = Path(__file__).parent.parent / "configs" / "studies" / "sources_tabular.yaml"
@@ -409,3 +408,23 @@ def test_the_tabular_study_plans_a_data_axis():
     assert generated.cfg.data["name"] == "generated_table" and generated.cfg.data["n_samples"] >= 20000
     assert "label" not in generated.cfg.data and generated.name.startswith("generated-")
     assert all(r.cfg.teacher.model["name"] == "sklearn" and r.cfg.student.model["name"] == "mlp" for r in runs)
+
+
+def test_a_tabular_study_with_probes_is_refused_when_planned(tmp_path):
+    from kdx.study.plan import plan
+
+    base = Path(__file__).parent.parent / "configs" / "tabular.yaml"
+    study = tmp_path / "s.yaml"
+    study.write_text(f"name: s\nbase: {base}\nseeds: [0]\nsources: [{{name: train}}]\n")  # probe: true by default
+    with pytest.raises(KdxError, match="probe is on, but teacher 'sklearn' has no penultimate features; set probe: false"):
+        plan(study, build_sources=False)
+    with pytest.raises(KdxError, match="tables have no probes yet; set probe: false"):
+        plan(_torch_teacher_study(tmp_path, base), build_sources=True)
+
+
+def _torch_teacher_study(tmp_path, base):
+    cfg = tmp_path / "torch.yaml"
+    cfg.write_text(yaml.safe_dump({**yaml.safe_load(base.read_text()), "teacher": {"model": {"name": "mlp", "hidden": [8]}}}))
+    study = tmp_path / "t.yaml"
+    study.write_text(f"name: t\nbase: {cfg}\nseeds: [0]\nsources: [{{name: train}}]\n")
+    return study

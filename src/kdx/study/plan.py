@@ -14,6 +14,7 @@ from omegaconf import MISSING
 from kdx import config as kconfig
 from kdx.data import load_dataset
 from kdx.errors import KdxError
+from kdx.models.blackbox import is_black_box
 from kdx.run import build_source, validate
 
 
@@ -143,7 +144,20 @@ def plan(study_path: str | Path, overrides: list[str] = (), *, build_sources: bo
         raise KdxError(f"{study_path}: two runs would share a directory name; give sources or students a `label`")
     if build_sources:
         check_sources(study_path, runs)
+    if study.probe:
+        check_probes(study_path, runs, load_data=build_sources)
     return study, runs
+
+
+def check_probes(study_path: str | Path, runs: list[PlannedRun], *, load_data: bool) -> None:
+    """`probe: true` needs teachers with penultimate features (no black box, no ensemble) on images, signals or
+    text: refused now, not after the first run."""
+    for r in runs:
+        teacher = r.cfg.teacher.model
+        what = (f"teacher '{teacher['name']}' has no penultimate features" if is_black_box(teacher) or teacher["name"] == "ensemble"
+                else "tables have no probes yet" if load_data and load_dataset(r.cfg.data).modality == "tabular" else "")
+        if what:
+            raise KdxError(f"{study_path}: run {r.name}: probe is on, but {what}; set probe: false in the study file")
 
 
 def check_sources(study_path: str | Path, runs: list[PlannedRun]) -> None:
