@@ -583,7 +583,7 @@ def study_files(draw):
         return draw(bad_yaml(valid=json.dumps(VALID_STUDY) + "\n"))
     study = dict(VALID_STUDY)
     field = draw(st.sampled_from(STUDY_FIELDS))
-    spec_junk = st.dictionaries(st.sampled_from(["name", "label", "samples_scale", "augment", "kind", "dataset", "x"]),
+    spec_junk = st.dictionaries(st.sampled_from(["name", "label", "samples_scale", "loss", "augment", "kind", "dataset", "x"]),
                                 junk_values(), max_size=3)
     study[field] = draw(st.one_of(junk_values(), st.lists(spec_junk, min_size=1, max_size=2),
                                   st.lists(st.sampled_from(["a=b", "=", "distill.samples=-1", "x", "source.name=nope"]), max_size=2)))

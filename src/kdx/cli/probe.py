@@ -73,6 +73,8 @@ def report(probes_dir: Path) -> str:
             d = f["deciles"][0]
             lines.append(f"{name:16s} {choice:13s} {f['n']:6d} {f['slope']:7.3f} [{f['slope_ci'][0]:.3f}, "
                          f"{f['slope_ci'][1]:.3f}] {d['mean_deviation']:+8.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]")
+    if not (probes_dir / REGIONS).exists():  # a language-model run: per-token slopes only (kdx.probes.tokens)
+        return "\n".join(lines)
     table = pd.read_csv(probes_dir / REGIONS)
     lines.append("most underfit regions:")
     for _, r in table.head(3).iterrows():

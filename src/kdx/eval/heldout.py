@@ -89,6 +89,14 @@ def test(data: Dataset, n: int, seed: int):
 
 
 @HELDOUT.register(context=_CTX)
+def test_subset(data: Dataset, n: int, seed: int):
+    """A fixed subset (5n inputs, at most the test set) of the test set: for data whose whole test set costs
+    too much to score each run (an LM corpus's test windows, each scored at every position)."""
+    idx = torch.randperm(len(data.x_test), generator=torch.Generator().manual_seed(seed))[:5 * n]
+    return data.x_test[idx], data.y_test[idx]
+
+
+@HELDOUT.register(context=_CTX)
 def train_subset(data: Dataset, n: int, seed: int):
     """A fixed subset (5n inputs, at most the train set) of the distillation data: fidelity where the student trained."""
     idx = train_subset_rows(data, n, seed)

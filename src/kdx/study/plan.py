@@ -42,8 +42,9 @@ class StudyConfig:
 
 # keys of a source spec that belong to the study, not to the source: `label` names the run;
 # `samples_scale` multiplies distill.samples for that source's runs (e.g. equal teacher forwards
-# for a source that scores 2 candidates per input trained on: samples_scale 0.5)
-STUDY_KEYS = ("label", "samples_scale")
+# for a source that scores 2 candidates per input trained on: samples_scale 0.5); `loss` sets
+# distill.loss for that source's runs (a subset of the source x loss grid, e.g. reverse KL for some sources)
+STUDY_KEYS = ("label", "samples_scale", "loss")
 
 
 @dataclasses.dataclass
@@ -79,6 +80,10 @@ def _check_axes(study: StudyConfig, study_path: Path) -> None:
                 fail(axis, f"every entry needs a `name` (a registered {kind}), got {spec!r}")
             if "samples_scale" in spec and not (number(spec["samples_scale"]) and spec["samples_scale"] > 0):
                 fail(axis, f"samples_scale must be a positive number, got {spec['samples_scale']!r}")
+            if "loss" in spec and not (axis == "sources" and isinstance(spec["loss"], str)):
+                fail(axis, f"`loss` in an entry must be a loss name, and only sources take one, got {spec['loss']!r}")
+    if study.loss and any("loss" in spec for spec in study.sources):
+        fail("loss", "is given both as the study's axis and in a source entry; use one of the two")
     checks = {"samples": (lambda v: isinstance(v, int) and not isinstance(v, bool), "whole numbers of samples"),
               "loss": (lambda v: isinstance(v, str), "loss names"),
               "temperature": (number, "numbers"), "switch_at": (lambda v: v is None or number(v), "fractions or null"),
@@ -109,6 +114,8 @@ def plan(study_path: str | Path, overrides: list[str] = (), *, build_sources: bo
     for data, source, samples, loss, temp, switch, student, seed in itertools.product(*axes.values()):
         distill = dataclasses.replace(base_cfg.distill, **{k: v for k, v in {"samples": samples, "loss": loss,
                                                                             "temperature": temp}.items() if v is not None})
+        if "loss" in source:
+            distill = dataclasses.replace(distill, loss=source["loss"])
         if "samples_scale" in source:
             distill = dataclasses.replace(distill, samples=max(1, round(distill.samples * float(source["samples_scale"]))))
         if switch != "base":
@@ -122,8 +129,8 @@ def plan(study_path: str | Path, overrides: list[str] = (), *, build_sources: bo
         labels["source"] = _label(source)
         if study.samples:
             labels["samples"] = samples
-        if study.loss:
-            labels["loss"] = loss
+        if study.loss or any("loss" in spec for spec in study.sources):
+            labels["loss"] = distill.loss
         if study.temperature:
             labels["temperature"] = temp
         if study.switch_at:
