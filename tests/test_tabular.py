@@ -210,6 +210,12 @@ def test_pickle_is_refused_without_trust_file_and_loaded_with_it(tmp_path):
         get_teacher(teacher_cfg({"name": "sklearn_file", "path": str(path)}), data)
     teacher = get_teacher(teacher_cfg({"name": "sklearn_file", "path": str(path), "trust_file": True}), data)
     assert abs(teacher.test_acc - est.score(data.x_test.numpy(), data.y_test.numpy())) < 1e-6
+    # a model fit on other features is named when it loads
+    from sklearn.linear_model import LogisticRegression
+
+    path.write_bytes(pickle.dumps(LogisticRegression().fit(data.x_train[:, :5].numpy(), data.y_train.numpy())))
+    with pytest.raises(KdxError, match="fails on dataset 'breast_cancer''s features.*fit on this dataset"):
+        get_teacher(teacher_cfg({"name": "sklearn_file", "path": str(path), "trust_file": True}), data)
 
 
 def test_gradient_sources_refuse_a_black_box_teacher(tmp_path):

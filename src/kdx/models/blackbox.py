@@ -147,7 +147,15 @@ def sklearn_file(data: Dataset, path: str = "", trust_file: bool = False) -> Bla
     if classes.dtype.kind not in "iu" or classes.min() < 0 or classes.max() >= data.num_classes:
         raise KdxError(f"teacher.model.path: {path} predicts classes {classes.tolist()[:10]}, but dataset "
                        f"'{data.name}' has classes 0..{data.num_classes - 1}; fit it on the dataset's label indices")
-    return BlackBoxClassifier(model, data, featurizer(data, "teacher.model"), fitted=True, weights_digest=digest)
+    box = BlackBoxClassifier(model, data, featurizer(data, "teacher.model"), fitted=True, weights_digest=digest)
+    try:  # a model fit on other features fails here, named, not in the middle of a run
+        box(data.x_train[:2])
+    except KdxError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever the estimator raises on inputs it was not fit on
+        raise KdxError(f"teacher.model.path: {path} fails on dataset '{data.name}''s features ({type(e).__name__}: "
+                       f"{first_line(e, 200)}); give a model fit on this dataset's features") from None
+    return box
 
 
 def load_estimator(path: Path, trust_file: bool, where: str, *, own_cache: bool = False):
