@@ -43,7 +43,8 @@ class Dataset:
     are what models normalise with and `lo`/`hi` is the per-channel input box measured on the train
     set, over which the noise sources sample and inside which synthesis stays; text has no box (they
     are None) but `vocab_size`, `pad_id`, `special_ids`, `decode`/`encode` and token statistics
-    (`token_counts`, `lengths`, `word_start`).
+    (`token_counts`, `lengths`, `word_start`). Tables are float32 features (N, D) with per-feature mean/std and
+    box; `categories` maps the columns holding integer codes to their category names (kdx.data.tabular).
     """
 
     name: str

@@ -1,6 +1,7 @@
 """Held-out distributions, registered and named: `test`, `train_subset`, `blur-2` (corruption at
 severity 2), `downstream:fashion_mnist_upper`, `uniform_noise`; for text `typos-2`, `word_dropout-2`,
-`truncation-2`, `domain`, `random_tokens`; `class_subset` for any data. Each returns a fixed set of
+`truncation-2`, `domain`, `random_tokens`; for tables `feature_noise-2`, `covariate_shift`, `missing_features-2`;
+`class_subset` for any data. Each returns a fixed set of
 inputs (a function of the dataset and the eval seed) and labels where it has them. Corruptions of
 pixels and signal values refuse text, and the text ones refuse images and signals, naming what works."""
 from __future__ import annotations

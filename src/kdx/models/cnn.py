@@ -15,7 +15,7 @@ from kdx.registry import MODELS
 def cnn(data: Dataset, channels: list[int] = [32, 64, 128], convs_per_block: int = 1, hidden: int = 1200,
         dropout: float = 0.0) -> Classifier:
     """VGG-style CNN: blocks of conv-BN-ReLU then 2x max-pool, a hidden layer, a linear head (2-D or 1-D by data)."""
-    data.require(("image", "signal"), "model 'cnn'", TEXT_MODELS)
+    data.require(("image", "signal"), "model 'cnn'", "'mlp'" if data.modality == "tabular" else TEXT_MODELS)
     one_d = not data.is_image
     conv, bn, pool = (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d) if one_d else (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d)
     layers, c_in = [], data.input_shape[0]
