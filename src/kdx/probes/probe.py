@@ -126,6 +126,8 @@ def probe(run, opts: ProbeOptions | None = None, log=print) -> dict:
     out_dir, data, seconds = run.dir / PROBES, run.data, {}
     if data.modality == "lm":  # per-token deviation slopes (kdx.probes.tokens)
         return tokens.probe_tokens(run, opts, log)
+    data.require(("image", "signal", "text"), "kdx probe (per-class deviation slopes, regions, the map)",
+                 "metrics.json's eval per held-out shift (probes of tables are not built yet; a study sets probe: false)")
     names = opts.on or DEFAULT_ON
     check_features(run.teacher.model, data.x_test, "teacher model")
     clock = time.perf_counter()

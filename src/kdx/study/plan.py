@@ -14,6 +14,7 @@ from omegaconf import MISSING
 from kdx import config as kconfig
 from kdx.data import load_dataset
 from kdx.errors import KdxError
+from kdx.models.blackbox import is_black_box
 from kdx.run import build_source, validate
 
 
@@ -29,6 +30,7 @@ class StudyConfig:
     temperature: list[float] = dataclasses.field(default_factory=list)
     switch_at: list[Optional[float]] = dataclasses.field(default_factory=list)
     student: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # student.model specs, with a label
+    data: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # `data` specs, with a label; empty: the base's
     probe: bool = True
     probe_on: list[str] = dataclasses.field(default_factory=lambda: ["train_subset", "test"])
     # distillation inputs whose teacher features measure coverage (`kdx probe --source-n`): a whole
@@ -71,10 +73,11 @@ def _check_axes(study: StudyConfig, study_path: Path) -> None:
     for axis in ("sources", "seeds"):
         if not getattr(study, axis):
             fail(axis, "is empty; give at least one")
-    for axis in ("sources", "student"):
+    for axis in ("sources", "student", "data"):
         for spec in getattr(study, axis):
             if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-                fail(axis, f"every entry needs a `name` (a registered {'source' if axis == 'sources' else 'model'}), got {spec!r}")
+                kind = {"sources": "source", "student": "model", "data": "dataset"}[axis]
+                fail(axis, f"every entry needs a `name` (a registered {kind}), got {spec!r}")
             if "samples_scale" in spec and not (number(spec["samples_scale"]) and spec["samples_scale"] > 0):
                 fail(axis, f"samples_scale must be a positive number, got {spec['samples_scale']!r}")
             if "loss" in spec and not (axis == "sources" and isinstance(spec["loss"], str)):
@@ -104,11 +107,11 @@ def plan(study_path: str | Path, overrides: list[str] = (), *, build_sources: bo
         base_cfg = kconfig.load_config(base, study.overrides)
     except KdxError as e:  # name the study: its `base` or `overrides` are what to fix
         raise KdxError(f"{study_path}: base {study.base} with overrides {list(study.overrides)}: {e}") from None
-    axes = {"source": study.sources, "samples": study.samples or [None], "loss": study.loss or [None],
+    axes = {"data": study.data or [None], "source": study.sources, "samples": study.samples or [None], "loss": study.loss or [None],
             "temperature": study.temperature or [None], "switch_at": study.switch_at or ["base"], "student": study.student or [None], "seed": study.seeds}
     runs = []
     strip = lambda spec: {k: v for k, v in spec.items() if k not in STUDY_KEYS}  # noqa: E731
-    for source, samples, loss, temp, switch, student, seed in itertools.product(*axes.values()):
+    for data, source, samples, loss, temp, switch, student, seed in itertools.product(*axes.values()):
         distill = dataclasses.replace(base_cfg.distill, **{k: v for k, v in {"samples": samples, "loss": loss,
                                                                             "temperature": temp}.items() if v is not None})
         if "loss" in source:
@@ -120,7 +123,10 @@ def plan(study_path: str | Path, overrides: list[str] = (), *, build_sources: bo
         cfg = dataclasses.replace(base_cfg, source=strip(source), seed=seed, distill=distill)
         if student is not None:
             cfg = dataclasses.replace(cfg, student=kconfig.StudentConfig(model=strip(student)))
-        labels = {"source": _label(source)}
+        if data is not None:
+            cfg = dataclasses.replace(cfg, data=strip(data))
+        labels = {"data": _label(data)} if study.data else {}
+        labels["source"] = _label(source)
         if study.samples:
             labels["samples"] = samples
         if study.loss or any("loss" in spec for spec in study.sources):
@@ -145,7 +151,20 @@ def plan(study_path: str | Path, overrides: list[str] = (), *, build_sources: bo
         raise KdxError(f"{study_path}: two runs would share a directory name; give sources or students a `label`")
     if build_sources:
         check_sources(study_path, runs)
+    if study.probe:
+        check_probes(study_path, runs, load_data=build_sources)
     return study, runs
+
+
+def check_probes(study_path: str | Path, runs: list[PlannedRun], *, load_data: bool) -> None:
+    """`probe: true` needs teachers with penultimate features (no black box, no ensemble) on images, signals or
+    text: refused now, not after the first run."""
+    for r in runs:
+        teacher = r.cfg.teacher.model
+        what = (f"teacher '{teacher['name']}' has no penultimate features" if is_black_box(teacher) or teacher["name"] == "ensemble"
+                else "tables have no probes yet" if load_data and load_dataset(r.cfg.data).modality == "tabular" else "")
+        if what:
+            raise KdxError(f"{study_path}: run {r.name}: probe is on, but {what}; set probe: false in the study file")
 
 
 def check_sources(study_path: str | Path, runs: list[PlannedRun]) -> None:

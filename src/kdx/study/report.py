@@ -96,14 +96,17 @@ def summary_blocks(study, rows: list[dict], axes: list[str]) -> list[tuple]:
     group_axes = [a for a in axes if a != "seed"]
     if "kl_student_teacher" in rows[0]:
         return lm_blocks(study, groups, group_axes)
-    teacher = {row["distribution"]: row["teacher_acc"] for row in rows}
+    teachers = defaultdict(dict)  # a teacher per dataset where the study has a data axis
+    for row in rows:
+        teachers[row.get("data")][row["distribution"]] = row["teacher_acc"]
     anchor = next((row.get("anchor_test_acc") for row in rows if row.get("anchor_test_acc") is not None), None)
     blocks = [("h1", f"Study `{study.name}`"),
               ("p", f"Mean and 95% t-interval over seeds ({', '.join(map(str, study.seeds))}); last-step numbers. "
                     f"`beats`/`loses`: seeds where the student's accuracy differs from the teacher's with exact McNemar "
                     f"p < {ALPHA} on the same inputs. Teacher accuracy: "
-                    + ", ".join(f"{d} {100 * teacher[d]:.1f}%" for d in study.report_distributions
-                                if teacher.get(d) is not None) + "."
+                    + "; ".join((f"{data}: " if data is not None else "")
+                                + ", ".join(f"{d} {100 * teacher[d]:.1f}%" for d in study.report_distributions
+                                            if teacher.get(d) is not None) for data, teacher in teachers.items()) + "."
                     + (f" TF-IDF + logistic-regression anchor (text), same split: test {100 * anchor:.1f}%." if anchor is not None else ""))]
     missing = [d for d in study.report_distributions if not any(d in by_dist for by_dist in groups.values())]
     if missing:
