@@ -159,10 +159,14 @@ def plan(study_path: str | Path, overrides: list[str] = (), *, build_sources: bo
 def check_probes(study_path: str | Path, runs: list[PlannedRun], *, load_data: bool) -> None:
     """`probe: true` needs teachers with penultimate features (no black box, no ensemble) on images, signals or
     text: refused now, not after the first run."""
+    modality = {}  # per distinct data config: each is loaded once
     for r in runs:
         teacher = r.cfg.teacher.model
+        key = json.dumps(r.cfg.data, sort_keys=True, default=str)
+        if load_data and key not in modality:
+            modality[key] = load_dataset(r.cfg.data).modality
         what = (f"teacher '{teacher['name']}' has no penultimate features" if is_black_box(teacher) or teacher["name"] == "ensemble"
-                else "tables have no probes yet" if load_data and load_dataset(r.cfg.data).modality == "tabular" else "")
+                else "tables have no probes yet" if modality.get(key) == "tabular" else "")
         if what:
             raise KdxError(f"{study_path}: run {r.name}: probe is on, but {what}; set probe: false in the study file")
 
