@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy.special import log_softmax as np_log_softmax
@@ -814,6 +815,11 @@ def test_kdx_probe_on_an_lm_run_fits_token_slopes_that_an_independent_computatio
     dev = json.loads((tmp_path / "r" / "probes" / "deviation.json").read_text())
     assert set(dev["distributions"]) == {"test_subset", "teacher_samples", "student_samples"}
     assert (tmp_path / "r" / "probes" / "deviation_test_subset.png").stat().st_size > 1000
+    regions = pd.read_csv(tmp_path / "r" / "probes" / "regions.csv")  # context regions, ranked by mean KL(t||s)
+    positions = sum(dev["distributions"][d]["teacher_top1"]["n"] for d in dev["distributions"])
+    assert regions["size"].sum() == positions and list(regions["rank"]) == list(range(1, len(regions) + 1))
+    assert regions["mean_kl_teacher_student"].is_monotonic_decreasing and regions["examples"].str.contains("→").all()
+    assert "regions with the largest mean KL" in result.output
 
     run = load_run(tmp_path / "r")  # the independent computation: numpy on both models' logits of the whole set
     x, mask = heldout_tokens("test_subset", run.data, run.cfg.eval, run.teacher.model, run.student)
