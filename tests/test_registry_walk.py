@@ -2,6 +2,7 @@
 line, validated before any work; every model trains as teacher and as student in a tiny `kdx run`."""
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from typer.testing import CliRunner
 
 from kdx.cli import app
 from kdx.config import load_config
-from kdx.registry import ALL, DATASETS, HELDOUT, LOSSES, MODELS, SOURCES
+from kdx.errors import KdxError
+from kdx.registry import ALL, DATASETS, HELDOUT, LOSSES, MODELS, SOURCES, TRACKERS
 from kdx.run import validate
 
 # Arguments an entry cannot do without (everything else takes the entry's defaults).
@@ -40,6 +42,8 @@ def as_yaml_and_overrides(kind: str, name: str) -> tuple[dict, list[str]]:
         return nested, overrides
     if kind == "losses":
         return {"distill": {"loss": name}}, [f"distill.loss={name}"]
+    if kind == "trackers":
+        return {"report": [name]}, [f"report=[{name}]"]
     dist = "downstream:fashion_mnist_upper" if name == "downstream" else name
     return {"eval": {"distributions": [dist]}}, [f"eval.distributions=[{dist}]"]
 
@@ -60,6 +64,12 @@ def test_every_entry_selected_from_yaml_and_command_line(kind, name, tmp_path):
             registry.validate(obj, SECTION[kind])
         elif kind == "losses":
             assert cfg.distill.loss == name and LOSSES.get(name).name == name
+        elif kind == "trackers":  # validated with its package, or refused naming the pip extra
+            assert cfg.report == [name]
+            if importlib.util.find_spec(TRACKERS.get(name).fn.package) is None:
+                with pytest.raises(KdxError, match=rf"pip install 'kdx\[{TRACKERS.get(name).fn.extra}\]'"):
+                    validate(cfg)
+                continue
         else:
             assert HELDOUT.get(cfg.eval.distributions[0].split(":")[0].split("-")[0]).name == name
         if kind not in ("datasets", "models") or REQUIRED.get((kind, name)) is None:
@@ -69,7 +79,7 @@ def test_every_entry_selected_from_yaml_and_command_line(kind, name, tmp_path):
 
 def test_the_walk_covers_every_registry():
     kinds = {kind for kind, _ in entries()}
-    assert kinds == {"datasets", "models", "sources", "losses", "held-out"}
+    assert kinds == {"datasets", "models", "sources", "losses", "held-out", "trackers"}
     assert len(entries()) == sum(len(r.names()) for r in ALL.values())
 
 

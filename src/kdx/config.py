@@ -107,6 +107,8 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     cache_dir: Optional[str] = None  # teacher cache; default $KDX_CACHE or ~/.cache/kdx
+    report: list[str] = field(default_factory=list)  # experiment trackers (kdx.trackers): tensorboard, mlflow, trackio, wandb
+    report_project: Optional[str] = None  # the trackers' project (experiment, group): a study sets its name; default kdx
 
 
 # Each numeric or enumerated field's domain, checked when the config loads, before any work starts.
