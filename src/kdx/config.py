@@ -275,6 +275,21 @@ def to_dict(cfg) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cfg))
 
 
+def flatten(obj: dict, sep: str = ".", prefix: str = "", numeric: bool = False) -> dict:
+    """Nested mappings (a config, metrics.json) as one level of `a{sep}b` keys: numbers only (`numeric`),
+    else every leaf (lists kept); for the trackers' hyper-parameters and the study's runs table."""
+    out = {}
+    for key, value in obj.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            out.update(flatten(value, sep, name, numeric))
+        elif not numeric:
+            out[name] = value
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = value
+    return out
+
+
 def overrides_between(base, cfg) -> list[str]:
     """Dotted overrides that turn config `base` into `cfg`, i.e. load_config(base's file, these) == cfg:
     the one `kdx run` command behind a study's run. A registry section whose entry changes is given

@@ -4,6 +4,7 @@
     log.jsonl      the loop's log; checkpoint.pt its resumable state, deleted once the run finishes
     student.pt     the trained student
     metrics.json   eval per held-out distribution, train stats, teacher; its presence marks a finished run
+    error.json     a study's run that failed: its error and traceback (removed once it finishes)
     probes/        what `kdx probe` writes: deviation.json (and deviation_<distribution>.png), regions.csv/png,
                    map.parquet/png, map_arrays.npz, summary.json
     ../.NAME.lock  held by the process writing the run (`locked`), its pid and host in .NAME.lock.json
@@ -36,6 +37,7 @@ from kdx.registry import SOURCES
 CONFIG = "config.yaml"
 STUDENT = "student.pt"
 METRICS = "metrics.json"
+ERROR = "error.json"
 PROBES = "probes"
 DEVIATION = "deviation.json"
 DRAWS = "draws.npz"  # an adaptive source's picks per pool row (kdx.sampling.adaptive), for the explorer

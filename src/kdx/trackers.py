@@ -29,26 +29,13 @@ import warnings
 from pathlib import Path
 
 from kdx import config as kconfig
+from kdx.config import flatten
 from kdx.errors import KdxError, first_line
 from kdx.io import read_json, write_json
 from kdx.registry import TRACKERS
 
 STATE = "trackers.json"  # in the run directory: each tracker's identity of this run
 DEFAULT_PROJECT = "kdx"
-
-
-def flatten(obj, sep: str, prefix: str = "", numeric: bool = False) -> dict:
-    """Nested mappings as one level of `a{sep}b` keys: numbers only (`numeric`), else every leaf (lists kept)."""
-    out = {}
-    for key, value in obj.items():
-        name = f"{prefix}{sep}{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            out.update(flatten(value, sep, name, numeric))
-        elif not numeric:
-            out[name] = value
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[name] = value
-    return out
 
 
 def step_values(record: dict) -> dict:
