@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from kdx.cli.common import DATA_ROOT, split_args
+from kdx.cli.export import export_app
 from kdx.cli.probe import probe_app
 from kdx.cli.synth import synth_cmd
 from kdx.errors import KdxError
@@ -213,6 +214,7 @@ def list_cmd():
 
 app.command("synth", help="Write a pool of N synthesised inputs with the teacher's outputs (a HF dataset on disk).")(synth_cmd)
 
+app.add_typer(export_app, name="export", help="A finished run's student for other tools: `kdx export student RUN --format F`.")
 app.add_typer(probe_app, name="probe", help="Where the student deviates: `kdx probe RUN` and `kdx probe eigen`.")
 
 
