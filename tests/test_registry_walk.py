@@ -22,6 +22,7 @@ REQUIRED = {
     ("sources", "mixture"): {"components": [{"name": "train", "weight": 1}, {"name": "noise", "weight": 1}]},
     ("models", "hf"): {"path": "/nonexistent/hf-model"},
     ("models", "torchvision"): {"arch": "resnet18"},
+    ("models", "timm"): {"arch": "test_resnet"},
 }
 SECTION = {"datasets": "data", "models": "student.model", "sources": "source"}  # spec sections
 
@@ -91,6 +92,7 @@ IMAGE_MODELS = {  # each model's smallest sensible size on 8x8 digits
     "cnn": SMALL_CNN, "mlp": ["hidden=[32]"], "resnet18": [], "mobilenet_v3_small": ["width_mult=0.25"],
     "vit": ["patch_size=4", "hidden_size=32", "layers=1", "heads=2", "mlp_size=64"],
     "torchvision": ["arch=mobilenet_v3_small", "image_size=32", "normalize=data"],  # no weights: trained here
+    "timm": ["arch=test_resnet", "image_size=32"],  # timm's own tiny test network, untrained: trained here (kdx[timm])
 }
 
 
@@ -111,6 +113,8 @@ def test_every_trainable_model_has_a_tiny_run_here():
 
 @pytest.mark.parametrize("model", sorted(IMAGE_MODELS))
 def test_model_as_teacher_and_as_student(model, tmp_path):
+    if model == "timm":
+        pytest.importorskip("timm")
     args = IMAGE_MODELS[model]
     as_teacher = kdx_run(tmp_path, "t", [f"teacher.model.name={model}", *(f"teacher.model.{a}" for a in args),
                                          "student.model.name=cnn", *(f"student.model.{a}" for a in SMALL_CNN)])
