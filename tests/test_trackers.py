@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -234,3 +235,36 @@ def test_a_tracker_failing_mid_run_warns_once_and_the_run_finishes(tmp_path, mon
     assert Broken.calls == 3
     steps, _, metrics = truth(run_dir)
     assert len(steps) == 5 and metrics["eval"]["test"]["n"] > 0
+
+
+def test_a_killed_run_resumed_continues_the_same_tracker_run(tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    from conftest import kill_once_checkpointed
+
+    cmd = [sys.executable, "-m", "kdx", "run", *TRACKED, "report=[mlflow]", "--runs-dir", str(tmp_path), "--name", "r"]
+    kill_once_checkpointed(cmd, tmp_path / "r", dict(os.environ))
+    run_id = json.loads((tmp_path / "r" / "trackers.json").read_text())["mlflow"]["run_id"]
+    out = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("kdx").experiment_id])
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    steps, _, metrics = truth(tmp_path / "r")
+    # every step the loop logged, the ones logged again after the checkpoint at their last value
+    last = {r["step"]: r["loss"] for r in steps}
+    assert {m.step for m in client.get_metric_history(run_id, "train.loss")} == set(last)
+    assert run.data.metrics["eval.test.student_acc"] == pytest.approx(metrics["eval"]["test"]["student_acc"])
+
+
+def test_a_run_that_diverges_ends_its_tracker_run_as_failed(tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    out = subprocess.run([sys.executable, "-m", "kdx", "run", *TRACKED, "report=[mlflow]", "distill.lr=1e12",
+                          "--runs-dir", str(tmp_path), "--name", "r"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2 and re.search(r"loss is (nan|inf)", out.stderr), out.stderr
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("kdx").experiment_id])
+    assert run.info.status == "FAILED"

@@ -187,8 +187,13 @@ def distill_and_evaluate(cfg: kconfig.RunConfig, data, teacher: Teacher, student
     desc = run_dir.name if run_dir else "distill"
     curve = learning_curve(teacher, data) if cfg.distill.curve_every else None
     report = trackers.open_report(run_dir, cfg) if main else None  # rank 0 alone reports
-    train_stats = distill(student, source, cfg.distill, teacher=teacher, run_dir=run_dir, resume=resume, desc=desc,
-                          ddp=ddp, curve=curve, on_log=report.step if report else None)
+    try:
+        train_stats = distill(student, source, cfg.distill, teacher=teacher, run_dir=run_dir, resume=resume, desc=desc,
+                              ddp=ddp, curve=curve, on_log=report.step if report else None)
+    except BaseException:  # a diverged or interrupted run: its tracker runs end as failed (--resume reopens them)
+        if report:
+            report.close(failed=True)
+        raise
     if main and run_dir:
         save_torch(run_dir / STUDENT, {"model": student.state_dict(), "spec": cfg.student.model})
         draws = source.draw_log() if hasattr(source, "draw_log") else None

@@ -66,7 +66,8 @@ class Tracker:
     def images(self, paths: list[Path]) -> None:
         raise NotImplementedError
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """End the tracker's run (`failed`: the kdx run raised before it finished)."""
         raise NotImplementedError
 
 
@@ -103,7 +104,7 @@ class TensorBoard(Tracker):
         for p in paths:
             self.writer.add_image(f"probes/{p.stem}", np.asarray(Image.open(p).convert("RGB")), 0, dataformats="HWC")
 
-    def close(self):
+    def close(self, failed=False):
         self.writer.close()
 
 
@@ -155,8 +156,8 @@ class MLflow(Tracker):
         for p in paths:
             self.client.log_artifact(self.run_id, str(p), artifact_path="probes")
 
-    def close(self):
-        self.client.set_terminated(self.run_id)
+    def close(self, failed=False):
+        self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
 
 
 @TRACKERS.register("trackio")
@@ -190,7 +191,7 @@ class Trackio(Tracker):
     def images(self, paths):
         self.run.log({f"probes/{p.stem}": self.trackio.Image(str(p)) for p in paths})
 
-    def close(self):
+    def close(self, failed=False):
         with contextlib.redirect_stdout(io.StringIO()):
             self.run.finish()
 
@@ -224,8 +225,8 @@ class WandB(Tracker):
     def images(self, paths):
         self.run.log({f"probes/{p.stem}": self.wandb.Image(str(p)) for p in paths})
 
-    def close(self):
-        self.run.finish()
+    def close(self, failed=False):
+        self.run.finish(exit_code=1 if failed else 0)
 
 
 def check(names: list[str]) -> None:
@@ -287,7 +288,12 @@ class Report:
             self._each("artifact", Path(path))
         if images:
             self._each("images", [Path(p) for p in images])
-        self._each("close")
+        self.close()
+
+    def close(self, failed: bool = False) -> None:
+        """End every tracker's run (a run that raised: `failed`, where the tracker records it)."""
+        self._each("close", failed)
+        self.trackers = {}
         self._save_state()
 
 
