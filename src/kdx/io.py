@@ -110,6 +110,10 @@ def write_text(path: Path, text: str) -> None:
     _atomic(path, lambda f: f.write(text.encode()))
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    _atomic(path, lambda f: f.write(data))
+
+
 @contextlib.contextmanager
 def reading(path, fix: str):
     """Read a file kdx wrote (and the fields it should hold) inside this block: anything that fails on a damaged

@@ -214,7 +214,7 @@ def list_cmd():
 
 app.command("synth", help="Write a pool of N synthesised inputs with the teacher's outputs (a HF dataset on disk).")(synth_cmd)
 
-app.add_typer(export_app, name="export", help="A finished run's student for other tools: `kdx export student RUN --format F`.")
+app.add_typer(export_app, name="export", help="A run for other tools: `kdx export student RUN --format F`, `kdx export fiftyone RUN`.")
 app.add_typer(probe_app, name="probe", help="Where the student deviates: `kdx probe RUN` and `kdx probe eigen`.")
 
 
