@@ -134,3 +134,20 @@ def test_a_student_that_is_no_transformers_model_or_a_bad_format_is_refused(cnn_
         export_student(cnn_run, "tflite")
     with pytest.raises(KdxError, match="not a finished kdx run"):
         export_student(tmp_path, "safetensors")
+
+
+def test_hf_gpt_student_is_a_causal_lm_folder_with_its_tokenizer(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kdx.run import run
+    from test_lm import lm_tiny, write_corpus
+
+    run_dir = run("configs/lm_tiny.yaml", lm_tiny(write_corpus(tmp_path / "corpus")), str(tmp_path), "gpt")
+    kdx("export", "student", run_dir, "--format", "hf")
+    folder = run_dir / "export" / "hf"
+    model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True).eval()
+    _, data, x, expected = student_and_inputs(run_dir)
+    with torch.no_grad():
+        assert (model(input_ids=x).logits - expected).abs().max() <= TOL
+    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    assert len(tok) == data.vocab_size
