@@ -3,6 +3,7 @@ transformers, onnxruntime, torch.jit) without the student's code, gives the torc
 run's whole test set (1e-5; ONNX 1e-4); the rest is refused with a named error."""
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -120,6 +121,18 @@ def test_hf_bert_student_comes_with_the_runs_tokenizer(corpus_dir, tmp_path):  #
     assert tok.get_vocab() == data.tokenizer.tok.get_vocab() and tok.pad_token_id == data.pad_id
     with torch.no_grad():
         assert (model(input_ids=x, attention_mask=(x != data.pad_id).long()).logits - expected).abs().max() <= TOL
+    # a text student in the other formats too (token ids in, the mask made inside)
+    kdx("export", "student", run_dir, "--format", "torchscript")
+    with torch.no_grad():
+        scripted = torch.jit.load(str(run_dir / "export" / "torchscript" / "student.pt"))
+        assert (scripted(x) - expected).abs().max() <= TOL
+    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnxscript"):
+        import onnxruntime as ort
+
+        kdx("export", "student", run_dir, "--format", "onnx")
+        session = ort.InferenceSession(str(run_dir / "export" / "onnx" / "student.onnx"))
+        [got] = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        assert (torch.from_numpy(got) - expected).abs().max() <= ONNX_TOL
     # the saved tokenizer encodes text as the run did
     texts = ["the small server reads a file", "a secure daemon builds the old package"]
     ids = tok(texts, padding="max_length", truncation=True, max_length=data.max_length, return_tensors="pt")

@@ -32,6 +32,11 @@ def kdx_run(runs: Path, *args: str, env: dict | None = None) -> Path:
     return runs / "r"
 
 
+def numbers(table: dict) -> dict:
+    """The numeric fields of one metrics.json table (the trackers log these; None and lists are not numbers)."""
+    return {k: v for k, v in table.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def truth(run_dir: Path) -> tuple[list[dict], list[dict], dict]:
     """log.jsonl's loss records, its curve records, and metrics.json."""
     records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
@@ -58,9 +63,8 @@ def test_tensorboard_event_files_hold_the_log_the_metrics_and_the_probe_figures(
     assert [(e.step, pytest.approx(e.value, rel=1e-6)) for e in acc.Scalars("curve/test_acc")] == \
         [(r["step"], r["curve"]["test_acc"]) for r in curve]
     for dist in ("test", "uniform_noise"):
-        for key, value in metrics["eval"][dist].items():
-            if isinstance(value, (int, float)) and value is not None:
-                assert acc.Scalars(f"eval/{dist}/{key}")[0].value == pytest.approx(value, rel=1e-6, abs=1e-9)
+        for key, value in numbers(metrics["eval"][dist]).items():
+            assert acc.Scalars(f"eval/{dist}/{key}")[0].value == pytest.approx(value, rel=1e-6, abs=1e-9)
     assert "config/text_summary" in acc.Tags()["tensors"]
     figures = {f"probes/{p.stem}" for p in (run_dir / "probes").glob("*.png")}
     assert figures and figures <= set(acc.Tags()["images"])
@@ -84,9 +88,8 @@ def test_mlflow_sqlite_store_holds_params_metrics_and_artifacts(tmp_path):
     lr = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train.lr")}
     assert lr == {r["step"]: pytest.approx(r["lr"], rel=1e-12, abs=1e-15) for r in steps}
     for dist in ("test", "uniform_noise"):
-        for key, value in metrics["eval"][dist].items():
-            if isinstance(value, (int, float)):
-                assert run.data.metrics[f"eval.{dist}.{key}"] == pytest.approx(value, rel=1e-12)
+        for key, value in numbers(metrics["eval"][dist]).items():
+            assert run.data.metrics[f"eval.{dist}.{key}"] == pytest.approx(value, rel=1e-12)
     assert run.data.metrics["summary.train.accounting.teacher_queries"] == metrics["train"]["accounting"]["teacher_queries"]
     [artifact] = client.list_artifacts(run.info.run_id)
     assert artifact.path == "student.pt"
@@ -109,9 +112,8 @@ def test_trackio_local_store_holds_the_log_config_and_metrics(tmp_path, monkeypa
     curve_logged = {row["step"]: row["curve/test_agreement"] for row in logs if "curve/test_agreement" in row}
     assert curve_logged == {r["step"]: pytest.approx(r["curve"]["test_agreement"]) for r in curve}
     final = next(row for row in logs if "eval/test/student_acc" in row)
-    for key, value in metrics["eval"]["test"].items():
-        if isinstance(value, (int, float)):
-            assert final[f"eval/test/{key}"] == pytest.approx(value, rel=1e-12)
+    for key, value in numbers(metrics["eval"]["test"]).items():
+        assert final[f"eval/test/{key}"] == pytest.approx(value, rel=1e-12)
     config = storage.SQLiteStorage.get_run_config("kdx", "r")
     assert config["data"]["name"] == "digits" and config["report"] == ["trackio"]
 
@@ -162,9 +164,8 @@ def test_wandb_offline_run_holds_the_log_config_summary_and_student(tmp_path):
         {r["step"]: pytest.approx(r["loss"], rel=1e-12) for r in steps}
     assert {s: h["curve/test_acc"] for s, h in history.items() if "curve/test_acc" in h} == \
         {r["step"]: pytest.approx(r["curve"]["test_acc"]) for r in curve}
-    for key, value in metrics["eval"]["test"].items():
-        if isinstance(value, (int, float)):
-            assert summary[f"eval/test/{key}"] == pytest.approx(value, rel=1e-12)
+    for key, value in numbers(metrics["eval"]["test"]).items():
+        assert summary[f"eval/test/{key}"] == pytest.approx(value, rel=1e-12)
     assert "student.pt" in files
     [kept] = list((run_dir / "wandb").glob("offline-run-*/files/student.pt"))
     assert kept.read_bytes() == (run_dir / "student.pt").read_bytes()
