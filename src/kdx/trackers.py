@@ -247,12 +247,14 @@ class Report:
         self.run_dir, self.trackers = Path(run_dir), {}
         path = self.run_dir / STATE
         self.state = read_json(path, f"delete {path} (the trackers start new runs)") if path.exists() else {}
-        project = cfg.report_project or DEFAULT_PROJECT
-        config = kconfig.to_dict(cfg)
+        project, config = cfg.report_project or DEFAULT_PROJECT, kconfig.to_dict(cfg)
+
+        def start(name: str) -> None:
+            self.trackers[name] = TRACKERS.get(name).fn(self.run_dir, project=project, name=self.run_dir.name,
+                                                        config=config, state=self.state.setdefault(name, {}))
+
         for name in cfg.report:
-            self._call(name, lambda name=name: self.trackers.__setitem__(name, TRACKERS.get(name).fn(
-                self.run_dir, project=project, name=self.run_dir.name, config=config,
-                state=self.state.setdefault(name, {}))))
+            self._call(name, lambda name=name: start(name))
         self._save_state()
 
     def _save_state(self) -> None:
