@@ -230,6 +230,7 @@ class Broken:
 
 def test_a_tracker_failing_mid_run_warns_once_and_the_run_finishes(tmp_path, monkeypatch):
     monkeypatch.setitem(TRACKERS._entries, "broken", Entry("broken", Broken, "fails on its third step", ()))
+    monkeypatch.setattr(Broken, "calls", 0)
     with pytest.warns(UserWarning, match="tracker broken failed .OSError: disk of the tracker is gone") as caught:
         run_dir = run_fast(tmp_path, "report=[broken]", "distill.samples=3000")
     assert len([w for w in caught if "tracker broken" in str(w.message)]) == 1
@@ -269,3 +270,14 @@ def test_a_run_that_diverges_ends_its_tracker_run_as_failed(tmp_path):
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     [run] = client.search_runs([client.get_experiment_by_name("kdx").experiment_id])
     assert run.info.status == "FAILED"
+
+
+def test_a_damaged_trackers_json_warns_and_the_run_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setitem(TRACKERS._entries, "broken", Entry("broken", Broken, "fails on its third step", ()))
+    monkeypatch.setattr(Broken, "calls", 0)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "trackers.json").write_text("{not json")
+    with pytest.warns(UserWarning, match=r"trackers.json is damaged .* the trackers start new runs"):
+        run_dir = run_fast(tmp_path, "report=[broken]", "distill.samples=1000", overwrite=False, resume=True)
+    assert json.loads((run_dir / "trackers.json").read_text()) == {"broken": {}}
+    assert (run_dir / "metrics.json").exists()

@@ -245,8 +245,12 @@ class Report:
 
     def __init__(self, run_dir: Path, cfg):
         self.run_dir, self.trackers = Path(run_dir), {}
-        path = self.run_dir / STATE
-        self.state = read_json(path, f"delete {path} (the trackers start new runs)") if path.exists() else {}
+        path, self.state = self.run_dir / STATE, {}
+        if path.exists():
+            try:
+                self.state = read_json(path, "the trackers start new runs")
+            except KdxError as e:  # a damaged trackers.json must not fail the run either
+                warnings.warn(str(e), stacklevel=2)
         project, config = cfg.report_project or DEFAULT_PROJECT, kconfig.to_dict(cfg)
 
         def start(name: str) -> None:
@@ -258,7 +262,7 @@ class Report:
         self._save_state()
 
     def _save_state(self) -> None:
-        if self.trackers:
+        if self.state:
             write_json(self.run_dir / STATE, self.state)
 
     def _call(self, name: str, fn) -> None:
