@@ -393,6 +393,32 @@ def text_files_dir(d: Path, fmt: str, train: list[dict] = TEXT_ROWS, test: list[
     return out
 
 
+TABLE_ROWS = [{"a": 0.5 * i - 2.0, "colour": ["red", "green", "blue"][i % 3], "b": float(i % 4), "label": ["no", "yes"][(i // 2) % 2]}
+              for i in range(12)]
+
+
+def table_files_dir(d: Path, fmt: str, rows: list[dict] = TABLE_ROWS) -> Path:
+    """DIR/table.FMT (.csv or .parquet: what `table_file` reads with data.path=FILE)."""
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"table.{fmt}"
+    path.write_bytes(text_file_bytes(rows, fmt))
+    return path
+
+
+def estimator_bytes(fmt: str) -> bytes:
+    """A fitted scikit-learn classifier (2 classes, 3 features) as a .skops file's or a pickle's bytes."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.arange(24, dtype=float).reshape(8, 3)
+    est = LogisticRegression().fit(x, np.arange(8) % 2)
+    if fmt == "skops":
+        import skops.io as sio
+
+        return sio.dumps(est)
+    return pickle.dumps(est)
+
+
 def weights_bytes(state, fmt: str) -> bytes:
     """A state dict as torch.save's zip (fmt "pt") or safetensors bytes."""
     import torch

@@ -104,8 +104,8 @@ def test_inputs_that_do_not_fit_the_module_are_refused(digits, user_teacher):
 
 def test_bad_tensors_are_refused():
     x, y = torch.rand(10, 1, 4, 4), torch.randint(0, 3, (10,))
-    with pytest.raises(KdxError, match="unsqueeze"):
-        kdx.data.from_tensors(torch.rand(10, 16), y, x, y)
+    with pytest.raises(KdxError, match="unsqueeze"):  # (N, D) floats are a table (tests/test_tabular.py); (N,) is nothing
+        kdx.data.from_tensors(torch.rand(10), y, x, y)
     with pytest.raises(KdxError, match="labels must lie in 0..1"):
         kdx.data.from_tensors(x, y, x, y, classes=["a", "b"])
     bad = x.clone()

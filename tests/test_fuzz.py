@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from fuzzing import (FASHION_FILES, TEXT_ROWS, VALID_RUN_YAML, Broken, arrays, assert_named, bad_yaml, broken_text_or_bytes, check_dataset,
                      cifar10_batch, cifar10_dir, corrupted, fashion_mnist_dir, files_under, fuzz, hf_image_dict, hf_png_set, huge_png,
                      idx_bytes, image_folder_dir, junk_values, leftovers, loads_or_named, png_bytes,
-                     text_files_dir, weights_bytes)
+                     TABLE_ROWS, estimator_bytes, table_files_dir, text_files_dir, weights_bytes)
 from conftest import build_data
 from kdx.data.idx import read_idx
 from kdx.errors import KdxError
@@ -485,6 +485,67 @@ def test_weights_files_fuzzed(fmt, data):
                 assert v.dtype == model.state_dict()[k].dtype and torch.isfinite(v).all()
 
 
+# ---------------------------------------------------------------------------------- tables and black boxes
+
+
+def check_table(ds, rows: int) -> None:
+    check_dataset(ds)
+    assert ds.modality == "tabular" and len(ds.x_train) + len(ds.x_test) == rows
+    assert torch.isfinite(ds.x_train).all() and torch.isfinite(ds.x_test).all()
+    for c, cats in ds.categories.items():  # codes index their categories
+        assert set(ds.x_train[:, c].tolist()) <= set(map(float, range(len(cats))))
+
+
+@fuzz(50)
+@given(fmt=st.sampled_from(["csv", "parquet"]), data=st.data())
+def test_table_files_fuzzed(fmt, data):
+    """`table_file` .csv/.parquet tables broken at the byte level or wrongly encoded."""
+    with scratch() as d:
+        path = table_files_dir(Path(d), fmt)
+        valid = path.read_bytes()
+        broken = data.draw(corrupted(valid) if fmt == "parquet" else broken_text_or_bytes(valid))
+        path.write_bytes(broken.data)
+        ds, _ = loads_or_named(lambda: build_data({"name": "table_file", "path": str(path), "target": "label"}), path)
+        if ds is not None:
+            check_dataset(ds)
+        assert not leftovers(Path(d))
+
+
+@fuzz(50)
+@given(fmt=st.sampled_from(["csv", "parquet"]), column=st.sampled_from(["a", "colour", "label"]), data=st.data())
+def test_table_files_wrongly_typed(fmt, column, data):
+    """Rows whose feature or label cells hold wrongly typed values (None, NaN, inf, huge ints, lists, dicts, text)."""
+    from hypothesis import assume
+
+    cells = data.draw(st.lists(text_cells, min_size=1, max_size=4))
+    rows = [{**r, column: cells[i % len(cells)]} for i, r in enumerate(TABLE_ROWS)]
+    with scratch() as d:
+        try:
+            path = table_files_dir(Path(d), fmt, rows)
+        except (TypeError, ValueError, OverflowError, UnicodeEncodeError) + _arrow_errors():
+            assume(False)  # pandas/pyarrow cannot write these rows in this format
+        ds, _ = loads_or_named(lambda: build_data({"name": "table_file", "path": str(path), "target": "label"}), path)
+        if ds is not None:
+            check_table(ds, len(rows))
+
+
+@fuzz(40)
+@given(fmt=st.sampled_from(["skops", "pkl"]), data=st.data())
+def test_fitted_model_files_fuzzed(fmt, data):
+    """`sklearn_file` teachers: broken .skops files and (trusted) pickles load as a fitted classifier or are named."""
+    from kdx.models.blackbox import sklearn_file
+
+    table = build_data({"name": "generated_table", "n_samples": 40, "n_features": 3, "n_informative": 2,
+                        "n_redundant": 0, "n_classes": 2, "n_clusters_per_class": 1})
+    with scratch() as d:
+        path = Path(d) / f"model.{fmt}"
+        path.write_bytes(data.draw(corrupted(estimator_bytes(fmt))).data)
+        model, _ = loads_or_named(lambda: sklearn_file(table, str(path), trust_file=fmt == "pkl"), path)
+        if model is not None:
+            out = model(table.x_test)
+            assert out.shape == (len(table.x_test), 2) and torch.isfinite(out).all()
+
+
 # ------------------------------------------------------------------------------------ config and study files
 
 
@@ -522,7 +583,7 @@ def study_files(draw):
         return draw(bad_yaml(valid=json.dumps(VALID_STUDY) + "\n"))
     study = dict(VALID_STUDY)
     field = draw(st.sampled_from(STUDY_FIELDS))
-    spec_junk = st.dictionaries(st.sampled_from(["name", "label", "samples_scale", "augment", "kind", "dataset", "x"]),
+    spec_junk = st.dictionaries(st.sampled_from(["name", "label", "samples_scale", "loss", "augment", "kind", "dataset", "x"]),
                                 junk_values(), max_size=3)
     study[field] = draw(st.one_of(junk_values(), st.lists(spec_junk, min_size=1, max_size=2),
                                   st.lists(st.sampled_from(["a=b", "=", "distill.samples=-1", "x", "source.name=nope"]), max_size=2)))

@@ -3,7 +3,10 @@ the `lm_text` corpus (split by document, BPE cached, named errors), the `gpt` mo
 batches, the LM eval rows, and tiny runs end to end from YAML, the Python API and the `kdx` command."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy.special import log_softmax as np_log_softmax
@@ -368,10 +371,6 @@ def test_lm_run_from_the_kdx_command_distills_and_evaluates_every_row(lm_setting
         lo, hi = m["eval"][row]["kl_teacher_student_ci"]
         assert lo <= m["eval"][row]["kl_teacher_student"] <= hi
     assert 0 < m["eval"]["student_samples"]["distinct_2"] <= 1 and m["eval"]["test"]["tokens"] > 100
-    # the classifier probes refuse an LM run by name, before any work, through the Python API as through `kdx probe`
-    with pytest.raises(KdxError, match="kdx probe .* needs .*language-model run"):
-        kdx.probe(tmp_path / "corpus")
-    assert not (tmp_path / "corpus" / "probes").exists()
 
 
 @pytest.mark.parametrize("spec", [
@@ -741,3 +740,131 @@ def test_an_image_view_on_lm_data_is_named_through_the_config(lm_setting):
     with pytest.raises(KdxError, match=r"augment 'mixup' does not apply to lm data; valid for dataset '.*': none "
                                        r"\('mixup' is for image and signal data\)"):
         build_source(cfg, data)
+
+
+def test_an_lm_study_from_the_kdx_command_tables_every_row_and_the_costs_in_tokens(lm_setting, tmp_path):
+    import csv
+    import json
+
+    from typer.testing import CliRunner
+
+    from kdx.cli import app
+
+    overrides, cfg, data, _ = lm_setting
+    study = tmp_path / "lm_study.yaml"
+    study.write_text(
+        "name: lm_study\nbase: " + str((Path("configs/lm_tiny.yaml")).resolve()) + "\n"
+        f"overrides: {json.dumps([*overrides, 'distill.samples=128', 'eval.distributions=[test_subset,student_samples,random_tokens]'])}\n"
+        "seeds: [0]\nloss: [forward_kl, reverse_kl]\nprobe: true\nprobe_on: [test_subset]\n"
+        "sources:\n  - {name: corpus}\n  - {name: student_samples, refresh_every: 2, label: on-policy}\n"
+        "report_distributions: [test_subset, student_samples, random_tokens]\n")
+    result = CliRunner().invoke(app, ["study", str(study), "--runs-dir", str(tmp_path / "runs"), "--workers", "1"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    out = tmp_path / "runs" / "studies" / "lm_study"
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert len(rows) == 4 * 3  # (2 sources x 2 losses) x 3 distributions
+    for row in rows:  # the table carries each run's own numbers, and its costs in tokens
+        m = json.loads((out / "runs" / row["run"] / "metrics.json").read_text())
+        e = m["eval"][row["distribution"]]
+        assert float(row["kl_student_teacher"]) == e["kl_student_teacher"] and int(row["n"]) == e["n"]
+        assert int(row["trained_tokens"]) == m["train"]["accounting"]["source"]["trained_tokens"] > 0
+        assert m["train"]["accounting"]["source"].get("student_generated_tokens", 0) == int(row["student_generated_tokens"])
+        assert m["source"]["name"] == ("corpus" if row["source"] == "corpus" else "student_samples")
+        if row["distribution"] == "test_subset":  # each run probed: its token slope in the table
+            dev = json.loads((out / "runs" / row["run"] / "probes" / "deviation.json").read_text())
+            assert float(row["deviation_slope"]) == dev["distributions"]["test_subset"]["teacher_top1"]["slope"]
+    subset = next(r for r in rows if r["distribution"] == "test_subset")
+    assert int(subset["n"]) == min(5 * cfg.eval.n, len(data.x_test))  # 5n held-out windows of the test split
+    assert {r["loss"] for r in rows} == {"forward_kl", "reverse_kl"}
+    md = (out / "summary.md").read_text()
+    assert "## cost" in md and "KL(s‖t)" in md and "student gen Mtok" in md
+    on_policy = [line for line in md.splitlines() if line.startswith("| on-policy | forward_kl |")]
+    assert len(on_policy) == 4  # one line per distribution table, and one in the cost table
+
+
+def test_test_subset_holds_five_n_fixed_rows_of_the_test_split(lm_setting):
+    from kdx.registry import HELDOUT
+
+    _, _, data, _ = lm_setting
+    x, _ = HELDOUT.build({"name": "test_subset"}, "eval", data=data, n=7, seed=3)
+    again, _ = HELDOUT.build({"name": "test_subset"}, "eval", data=data, n=7, seed=3)
+    assert len(x) == min(35, len(data.x_test)) and torch.equal(x, again)
+    rows = {tuple(r) for r in data.x_test.tolist()}
+    assert all(tuple(r) in rows for r in x.tolist())
+    other, _ = HELDOUT.build({"name": "test_subset"}, "eval", data=data, n=7, seed=4)
+    assert not torch.equal(x, other)
+
+
+def test_kdx_probe_on_an_lm_run_fits_token_slopes_that_an_independent_computation_reproduces(lm_setting, tmp_path):
+    import json
+
+    from scipy.special import logsumexp
+    from typer.testing import CliRunner
+
+    from kdx.cli import app
+    from kdx.eval.lm import heldout_tokens
+    from kdx.rundir import load_run
+
+    overrides, cfg, data, teacher = lm_setting
+    runner = CliRunner()
+    result = runner.invoke(app, ["run", "configs/lm_tiny.yaml", *overrides, "--runs-dir", str(tmp_path), "--name", "r"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    result = runner.invoke(app, ["probe", str(tmp_path / "r"), "--resamples", "300"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "student_samples" in result.output and "slope" in result.output
+    dev = json.loads((tmp_path / "r" / "probes" / "deviation.json").read_text())
+    assert set(dev["distributions"]) == {"test_subset", "teacher_samples", "student_samples"}
+    assert (tmp_path / "r" / "probes" / "deviation_test_subset.png").stat().st_size > 1000
+    regions = pd.read_csv(tmp_path / "r" / "probes" / "regions.csv")  # context regions, ranked by mean KL(t||s)
+    positions = sum(dev["distributions"][d]["teacher_top1"]["n"] for d in dev["distributions"])
+    assert regions["size"].sum() == positions and list(regions["rank"]) == list(range(1, len(regions) + 1))
+    assert regions["mean_kl_teacher_student"].is_monotonic_decreasing and regions["examples"].str.contains("→").all()
+    assert "regions with the largest mean KL" in result.output
+
+    run = load_run(tmp_path / "r")  # the independent computation: numpy on both models' logits of the whole set
+    x, mask = heldout_tokens("test_subset", run.data, run.cfg.eval, run.teacher.model, run.student)
+    with torch.no_grad():
+        zt, zs = (m.eval()(x).double().numpy() for m in (run.teacher.model, run.student))
+    rows, cols = np.nonzero(mask.numpy())
+    zt, zs = zt[rows, cols], zs[rows, cols]
+    nxt = np.concatenate([x[:, 1:], x[:, :1]], 1)[rows, cols]
+
+    def phi(z, c):
+        others = z.copy()
+        others[np.arange(len(z)), c] = -np.inf
+        bound = np.log((1 - 1e-9) / 1e-9)  # the probe clips p to [1e-9, 1 - 1e-9]
+        return np.clip(z[np.arange(len(z)), c] - logsumexp(others, 1), -bound, bound)
+
+    for choice, cls in (("teacher_top1", zt.argmax(1)), ("ground_truth", nxt)):
+        f = dev["distributions"]["test_subset"][choice]
+        px, py = phi(zt, cls), phi(zs, cls)
+        assert f["n"] == len(px) and f["sequences"] == len(np.unique(rows))
+        assert f["slope"] == pytest.approx(np.polyfit(px, py, 1)[0], rel=1e-4, abs=1e-5)
+        assert f["slope_ci"][0] <= f["slope"] <= f["slope_ci"][1]
+        first = np.argsort(px, kind="stable")[: int(np.ceil(len(px) / 10))]  # the least confident tenth
+        assert f["deciles"][0]["mean_deviation"] == pytest.approx((py - px)[first].mean(), rel=1e-3, abs=1e-4)
+        by_pos = {k: v["n"] for k, v in f["by_position"].items()}
+        assert sum(by_pos.values()) == len(px) and sum(v["n"] for v in f["by_frequency"].values()) == len(px)
+        assert f["mean_kl_teacher_student"] > 0
+
+
+def test_token_slope_intervals_resample_whole_sequences():
+    from kdx.probes.tokens import sequence_deciles, sequence_fit
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=400)
+    one = sequence_fit(x, 1.3 * x + rng.normal(scale=0.5, size=400), np.zeros(400, int), resamples=200)
+    assert one["sequences"] == 1 and one["slope_ci"][0] == one["slope_ci"][1] == pytest.approx(one["slope"])
+    # 20 sequences of 20 positions, each sequence with its own slope: positions within one are not
+    # independent, so the sequence interval is far wider than one resampling positions would be
+    seq = np.repeat(np.arange(20), 20)
+    y = (1 + rng.normal(scale=0.5, size=20))[seq] * x + rng.normal(scale=0.1, size=400)
+    f = sequence_fit(x, y, seq, resamples=500, seed=1)
+    per_position = sequence_fit(x, y, np.arange(400), resamples=500, seed=1)
+    assert f["slope"] == pytest.approx(np.polyfit(x, y, 1)[0]) == pytest.approx(per_position["slope"])
+    width = lambda r: r["slope_ci"][1] - r["slope_ci"][0]  # noqa: E731
+    assert width(f) > 2 * width(per_position), (f["slope_ci"], per_position["slope_ci"])
+    d = sequence_deciles(x, y - x, seq, resamples=200)
+    order = np.argsort(x, kind="stable")
+    assert [r["n"] for r in d] == [40] * 10
+    assert d[3]["mean_deviation"] == pytest.approx((y - x)[order[120:160]].mean())

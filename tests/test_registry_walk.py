@@ -23,8 +23,16 @@ REQUIRED = {
     ("models", "hf"): {"path": "/nonexistent/hf-model"},
     ("models", "torchvision"): {"arch": "resnet18"},
     ("models", "timm"): {"arch": "test_resnet"},
+    ("models", "sklearn_file"): {"path": "/nonexistent/model.skops"},
+    ("models", "ensemble"): {"members": [{"name": "mlp"}, {"name": "sklearn"}]},
 }
 SECTION = {"datasets": "data", "models": "student.model", "sources": "source"}  # spec sections
+# models that only teach (black boxes, ensembles): selected as teacher.model; tests/test_tabular.py runs each
+TEACHER_ONLY = {"sklearn", "sklearn_file", "tfidf_logreg", "ensemble"}
+
+
+def section_of(kind: str, name: str) -> str:
+    return "teacher.model" if kind == "models" and name in TEACHER_ONLY else SECTION[kind]
 
 
 def entries():
@@ -35,7 +43,7 @@ def as_yaml_and_overrides(kind: str, name: str) -> tuple[dict, list[str]]:
     """The same selection as a YAML mapping and as dotted command-line overrides."""
     if kind in SECTION:
         spec = {"name": name, **REQUIRED.get((kind, name), {})}
-        section = SECTION[kind]
+        section = section_of(kind, name)
         nested: dict = spec
         for part in reversed(section.split(".")):
             nested = {part: nested}
@@ -57,12 +65,12 @@ def test_every_entry_selected_from_yaml_and_command_line(kind, name, tmp_path):
     for cfg in (load_config(f), load_config(None, overrides)):
         if kind in SECTION:
             obj = cfg
-            for part in SECTION[kind].split("."):
+            for part in section_of(kind, name).split("."):
                 obj = getattr(obj, part) if not isinstance(obj, dict) else obj[part]
             registry = {"datasets": DATASETS, "models": MODELS, "sources": SOURCES}[kind]
             assert obj["name"] == name and REQUIRED.get((kind, name), {}).items() <= obj.items()
             assert set(obj) - {"name"} <= set(registry.get(name).config_params())  # no other entry's args leak in
-            registry.validate(obj, SECTION[kind])
+            registry.validate(obj, section_of(kind, name))
         elif kind == "losses":
             assert cfg.distill.loss == name and LOSSES.get(name).name == name
         elif kind == "trackers":  # validated with its package, or refused naming the pip extra
@@ -107,7 +115,7 @@ def test_every_trainable_model_has_a_tiny_run_here():
     from test_text import TEXT_MODELS  # the text models' tiny runs are in tests/test_text.py
 
     # `hf` needs a save_pretrained folder: tests/test_own_teacher.py runs it through `kdx run`
-    assert set(IMAGE_MODELS) | set(TEXT_MODELS) | set(LM_MODELS) | {"hf"} >= set(MODELS.names()), \
+    assert set(IMAGE_MODELS) | set(TEXT_MODELS) | set(LM_MODELS) | {"hf"} | TEACHER_ONLY >= set(MODELS.names()), \
         "a new model needs a tiny run"
 
 

@@ -85,6 +85,23 @@ def test_unknown_axis_or_source_fails_before_any_run(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_source_entry_sets_its_own_loss_and_the_grid_stays_a_subset(tmp_path):
+    """`loss` in a source entry: that source's runs use it, named by it; the study's loss axis and a source's
+    loss together are refused, as is a loss that is not a name."""
+    sources = "[{name: train}, {name: train, loss: soft_ce}, {name: noise, label: uniform}]"
+    _, runs = plan(_study(tmp_path, sources=sources), build_sources=False)
+    assert {(r.name, r.cfg.distill.loss) for r in runs} == {
+        (f"{src}-{loss}-s{seed}", loss) for src, loss in (("train", "kl"), ("train", "soft_ce"), ("uniform", "kl"))
+        for seed in (0, 1)}
+    assert all(r.axes["loss"] == r.cfg.distill.loss and "loss" not in r.cfg.source for r in runs)
+    with pytest.raises(KdxError, match="both as the study's axis and in a source entry"):
+        plan(_study(tmp_path, sources=sources, extra="loss: [kl]\n"), build_sources=False)
+    with pytest.raises(KdxError, match="`loss` in an entry must be a loss name"):
+        plan(_study(tmp_path, sources="[{name: train, loss: [kl]}]"), build_sources=False)
+    with pytest.raises(KdxError, match="nope"):  # an unknown loss is named by the run validation
+        plan(_study(tmp_path, sources="[{name: train, loss: nope}]"), build_sources=False)
+
+
 def test_ray_executor_runs_the_grid_as_tasks(digits_teacher, tmp_path):
     ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'kdx[ray]'")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

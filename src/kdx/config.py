@@ -91,7 +91,7 @@ class DistillConfig:
 @dataclasses.dataclass
 class EvalConfig:
     distributions: list[str] = field(default_factory=lambda: ["default"])  # "default": the dataset's list
-    n: int = 2000  # inputs per held-out distribution (test and train_subset use min(n_test, this x5))
+    n: int = 2000  # inputs per held-out distribution (test: all; train_subset, test_subset: 5x this)
     batch_size: int = 1024
     bootstrap: int = 1000
     seed: int = 1234

@@ -29,10 +29,12 @@ from kdx.eval import distribution_names, heldout, heldout_metrics
 from kdx.eval.lm import evaluate_lm, lm_curve
 from kdx.io import save_arrays, save_torch, write_json
 from kdx.models import build_model, load_weights, num_params, predict, read_state_dict
+from kdx.models.blackbox import is_black_box
+from kdx.models.ensemble import check_ensemble
 from kdx.models.gpt import check_vocabularies
 from kdx.registry import DATASETS, HELDOUT, LOSSES, MODELS, SOURCES
 from kdx.rundir import CHECKPOINT, CONFIG, DRAWS, METRICS, STUDENT, locked, read_config, write_config
-from kdx.sampling.base import Source
+from kdx.sampling.base import GRADIENT_SOURCES, Source
 
 
 def validate_training(cfg: kconfig.RunConfig) -> dict:
@@ -51,11 +53,31 @@ def validate(cfg: kconfig.RunConfig) -> dict:
     """Check every value, file and registry reference before any work starts; return the source spec."""
     DATASETS.validate(cfg.data, "data")
     MODELS.validate(cfg.teacher.model, "teacher.model")
+    check_black_boxes(cfg)  # before the student's arguments: a black box named as student is refused for that
     MODELS.validate(cfg.student.model, "student.model")
     for key, f in (("teacher.checkpoint", cfg.teacher.checkpoint), ("student.init", cfg.student.init)):
         if f:
             read_state_dict(f, key)  # a missing or unreadable file is named now, before any work
     return validate_training(cfg)
+
+
+def check_black_boxes(cfg: kconfig.RunConfig) -> None:
+    """Black boxes and ensembles teach only: a student is a differentiable torch module."""
+    if cfg.teacher.model["name"] == "ensemble":
+        check_ensemble(cfg.teacher.model)
+    name = cfg.student.model["name"]
+    if is_black_box(cfg.student.model) or name == "ensemble":
+        raise KdxError(f"student.model '{name}' can only teach: a student is a differentiable torch module trained by "
+                       "the loop; use mlp (tables), cnn, or another registered network")
+
+
+def check_source_fits_teacher(cfg: kconfig.RunConfig, source) -> None:
+    """A black-box teacher (predict_proba only) gives no gradients or features: refuse the sources that need them."""
+    if is_black_box(cfg.teacher.model) and source.needs_teacher_internals:
+        ok = [n for n in SOURCES.names() if n not in GRADIENT_SOURCES]
+        raise KdxError(f"source '{cfg.source['name']}' needs the teacher's gradients or penultimate features, and "
+                       f"teacher.model '{cfg.teacher.model['name']}' is a black box (predict_proba only); use a source "
+                       f"that needs only its outputs: {', '.join(ok)} (adaptive without score=region)")
 
 
 def check_source_fits_loss(cfg: kconfig.DistillConfig, source) -> None:
@@ -159,6 +181,7 @@ def _execute_locked(cfg: kconfig.RunConfig, run_dir: Path, resume: bool, overwri
 def build_source(cfg: kconfig.RunConfig, data) -> Source:
     """The run's source, checked against the loss (one-hot parts need labels)."""
     source = SOURCES.build(cfg.source, "source", data=data, seed=cfg.seed, cache_dir=cache_root(cfg))
+    check_source_fits_teacher(cfg, source)
     check_source_fits_loss(cfg.distill, source)
     check_loss_fits(cfg.distill.loss, data)
     return source
@@ -174,6 +197,16 @@ def learning_curve(teacher: Teacher, data):
         top1 = predict(student, data.x_test).argmax(1).cpu()
         return {"test_acc": float((top1 == y).float().mean()), "test_agreement": float((top1 == t_top1).float().mean())}
     return score
+
+
+def member_accuracies(teacher: Teacher, data, cfg: kconfig.EvalConfig, results: dict) -> None:
+    """An ensemble teacher: each member's accuracy (`member_acc`, in members' order) on every labelled held-out
+    set, beside the ensemble's (teacher_acc) and the student's."""
+    for name, m in results.items():
+        ho = heldout.load(name, data, cfg.n, cfg.seed)
+        if ho.y is not None:
+            m["member_acc"] = [float((predict(member, ho.x, cfg.batch_size).argmax(1).cpu() == ho.y).float().mean())
+                               for member in teacher.model.members]
 
 
 def distill_and_evaluate(cfg: kconfig.RunConfig, data, teacher: Teacher, student: torch.nn.Module, source: Source, *,
@@ -203,13 +236,16 @@ def distill_and_evaluate(cfg: kconfig.RunConfig, data, teacher: Teacher, student
         eval_results = evaluate_lm(teacher.model, student, data, cfg.eval)
     else:
         eval_results = heldout_metrics(teacher.logits, student, data, cfg.eval, ddp=ddp)
+        if teacher.members and eval_results is not None:
+            member_accuracies(teacher, data, cfg.eval, eval_results)
     if not main:
         return None
     metrics = {
         "source": source_spec,
         "teacher": {"arch": cfg.teacher.model["name"], "params": num_params(teacher.model),
                     "checkpoint": str(teacher.checkpoint), "test_acc": teacher.test_acc,
-                    "seconds_to_load_or_train": teacher_seconds},
+                    "seconds_to_load_or_train": teacher_seconds,
+                    **({"members": teacher.members} if teacher.members else {})},
         "student": {"arch": cfg.student.model["name"], "params": num_params(student)},
         "train": train_stats,
         "eval": eval_results,

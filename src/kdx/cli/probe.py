@@ -74,10 +74,14 @@ def report(probes_dir: Path) -> str:
             lines.append(f"{name:16s} {choice:13s} {f['n']:6d} {f['slope']:7.3f} [{f['slope_ci'][0]:.3f}, "
                          f"{f['slope_ci'][1]:.3f}] {d['mean_deviation']:+8.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]")
     table = pd.read_csv(probes_dir / REGIONS)
-    lines.append("most underfit regions:")
+    tokens = "mean_kl_teacher_student" in table  # an LM run's context regions, ranked by mean KL(t||s)
+    lines.append("regions with the largest mean KL(t||s):" if tokens else "most underfit regions:")
     for _, r in table.head(3).iterrows():
         lines.append(f"  #{r['rank']} n={r['size']} {r['dominant_classes']}: agreement {r['agreement']:.3f}, "
-                     f"mean deviation {r['mean_deviation']:+.3f}, coverage {r['coverage_median']:.2f}")
+                     f"mean deviation {r['mean_deviation']:+.3f}, "
+                     + (f"mean KL {r['mean_kl_teacher_student']:.3f}" if tokens else f"coverage {r['coverage_median']:.2f}"))
+    if not (probes_dir / SUMMARY).exists():  # a language-model run (kdx.probes.tokens): no coverage
+        return "\n".join(lines)
     summary = json.loads((probes_dir / SUMMARY).read_text())
     rho = summary["coverage_vs_disagreement_spearman"]["all"]
     lines.append(f"Spearman(coverage distance, disagreement) over points: {rho['rho']} (n={rho['n']})")

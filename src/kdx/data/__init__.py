@@ -1,7 +1,7 @@
 """Registered datasets; importing this module registers them all."""
 import json
 
-from kdx.data import cifar, digits, fashion_mnist, hf, image_folder, lm_text, mnist1d, text, text_sets  # noqa: F401
+from kdx.data import cifar, digits, fashion_mnist, hf, image_folder, lm_text, mnist1d, tabular, text, text_sets  # noqa: F401
 from kdx.data.base import Dataset, model_input
 from kdx.data.tensors import from_dataset, from_tensors
 from kdx.registry import DATASETS

@@ -6,6 +6,8 @@ This is the one seam between modalities. A `Dataset` holds stored inputs of one 
     signal  float32 (N, C, L)                    continuous: mean/std, the input box lo/hi
     text    int64 token ids (N, L), padded       discrete: vocab_size, pad_id, decode(), token statistics
     lm      int64 token windows (N, L), padded   text's attributes; y: each window's document (kdx.data.lm_text)
+    tabular float32 features (N, D)              continuous: per-feature mean/std and box; `categories`:
+                                                 columns holding integer codes (kdx.data.tabular)
 
 `model_input(x)` is the one conversion from stored to model inputs (images to [0, 1] floats, signals as
 floats, token ids unchanged), used by the loop's sources, `predict`, the held-out sets and the probes.
@@ -26,8 +28,9 @@ import torch
 
 from kdx.errors import KdxError
 
-MODALITIES = ("image", "signal", "text", "lm")
-PLURAL = {"image": "images", "signal": "signals", "text": "text", "lm": "language-model corpora"}
+MODALITIES = ("image", "signal", "text", "lm", "tabular")
+PLURAL = {"image": "images", "signal": "signals", "text": "text", "lm": "language-model corpora", "tabular": "tables"}
+CONTINUOUS = ("image", "signal", "tabular")  # the modalities with an input box and moments
 TOKENS = ("text", "lm")  # the modalities of token ids: vocabulary, padding, decode/encode
 
 
@@ -40,7 +43,8 @@ class Dataset:
     are what models normalise with and `lo`/`hi` is the per-channel input box measured on the train
     set, over which the noise sources sample and inside which synthesis stays; text has no box (they
     are None) but `vocab_size`, `pad_id`, `special_ids`, `decode`/`encode` and token statistics
-    (`token_counts`, `lengths`, `word_start`).
+    (`token_counts`, `lengths`, `word_start`). Tables are float32 features (N, D) with per-feature mean/std and
+    box; `categories` maps the columns holding integer codes to their category names (kdx.data.tabular).
     """
 
     name: str
@@ -58,6 +62,9 @@ class Dataset:
     tokenizer: Any = None  # kdx.data.text.Tokenizer: decode/encode
     extra: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = dataclasses.field(default_factory=dict)
     texts: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # raw texts per split (text)
+    # tabular only: column -> its category names (the column holds codes 0..K-1); every feature's name
+    categories: dict[int, list[str]] = dataclasses.field(default_factory=dict)
+    feature_names: list[str] = dataclasses.field(default_factory=list)
     mean: torch.Tensor | None = dataclasses.field(init=False, default=None)
     std: torch.Tensor | None = dataclasses.field(init=False, default=None)
     lo: torch.Tensor | None = dataclasses.field(init=False, default=None)
@@ -76,12 +83,39 @@ class Dataset:
         if self.modality in TOKENS:
             self._text_stats()
             return
+        if self.modality == "tabular":
+            self._tabular_stats()
+            return
         if self.x_train.ndim not in (3, 4):
             raise KdxError(f"dataset '{self.name}': inputs must be (N, C, L) or (N, C, H, W), got {tuple(self.x_train.shape)}")
         x = model_input(self.x_train)
         dims = [0] + list(range(2, x.ndim))
         self.mean, self.std = x.mean(dims), x.std(dims).clamp_min(1e-6)
         self.lo, self.hi = x.amin(dims), x.amax(dims)
+
+    def _tabular_stats(self):
+        for split, x in (("train", self.x_train), ("test", self.x_test)):
+            if x.ndim != 2 or not x.dtype.is_floating_point:
+                raise KdxError(f"dataset '{self.name}': tabular inputs must be float features (N, D), "
+                               f"the {split} split is {x.dtype} {tuple(x.shape)}")
+        d = self.x_train.shape[1]
+        if not self.feature_names:
+            self.feature_names = [f"x{i}" for i in range(d)]
+        bad = [c for c in self.categories if not 0 <= c < d]
+        if bad:
+            raise KdxError(f"dataset '{self.name}': categorical column {bad[0]} is not one of the {d} features")
+        x = self.x_train.float()
+        std = x.std(0).nan_to_num(1.0)
+        # a feature constant on the train split is not rescaled: a test value off it would be blown up by 1/std
+        self.mean, self.std = x.mean(0), torch.where(std > 1e-6, std, torch.ones_like(std))
+        self.lo, self.hi = x.amin(0), x.amax(0)
+        for c in self.categories:  # codes reach the models' one-hot layer unscaled
+            self.mean[c], self.std[c] = 0.0, 1.0
+
+    @property
+    def continuous_columns(self) -> list[int]:
+        """Tabular: the columns that are not categorical codes."""
+        return [c for c in range(self.x_train.shape[1]) if c not in self.categories]
 
     def _text_stats(self):
         for split, x in (("train", self.x_train), ("test", self.x_test)):
@@ -137,7 +171,7 @@ class Dataset:
 
     def box(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """The per-channel input box (lo, hi), shaped to broadcast against a batch, on `device`."""
-        self.require(("image", "signal"), "an input box (noise, clipping, synthesis in input space)",
+        self.require(CONTINUOUS, "an input box (noise, clipping, synthesis in input space)",
                      "the text sources (noise kind=uniform|unigram, hotflip) and held-out sets (random_tokens)")
         return self.channel_view(self.lo).to(device), self.channel_view(self.hi).to(device)
 
@@ -182,12 +216,14 @@ class Dataset:
 def infer_modality(x: torch.Tensor, name: str = "dataset") -> str:
     if x.ndim == 2 and not x.dtype.is_floating_point and x.dtype != torch.uint8:
         return "text"
+    if x.ndim == 2 and x.dtype.is_floating_point:
+        return "tabular"
     if x.ndim == 4:
         return "image"
     if x.ndim == 3:
         return "signal"
-    raise KdxError(f"dataset '{name}': inputs must be (N, C, H, W) images, (N, C, L) signals or (N, L) int64 token "
-                   f"ids, got {x.dtype} {tuple(x.shape)}")
+    raise KdxError(f"dataset '{name}': inputs must be (N, C, H, W) images, (N, C, L) signals, (N, L) int64 token "
+                   f"ids or (N, D) float features, got {x.dtype} {tuple(x.shape)}")
 
 
 def model_input(x: torch.Tensor) -> torch.Tensor:

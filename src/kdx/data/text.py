@@ -195,16 +195,24 @@ def tfidf_logreg(train_texts, y_train, test_sets: dict, max_features: int = 50_0
     """TF-IDF (words and word pairs, sublinear tf, min_df 2) + logistic regression (saga) fit on the train
     texts: ({name: predicted labels (numpy)} for each list of texts in `test_sets`, number of features)."""
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
 
-    vec = TfidfVectorizer(sublinear_tf=True, min_df=2, ngram_range=(1, 2), max_features=max_features)
-    x_train = vec.fit_transform(list(train_texts))
-    clf = LogisticRegression(C=C, solver="saga", max_iter=300, random_state=seed)
+    model = tfidf_logreg_pipeline(max_features, C, seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # saga at 300 epochs is within 0.1 pt of lbfgs
-        clf.fit(x_train, np.asarray(y_train))
-    return {k: clf.predict(vec.transform(list(v))) for k, v in test_sets.items()}, int(x_train.shape[1])
+        model.fit(list(train_texts), np.asarray(y_train))
+    n_features = len(model.named_steps["tfidf"].vocabulary_)
+    return {k: model.predict(list(v)) for k, v in test_sets.items()}, n_features
+
+
+def tfidf_logreg_pipeline(max_features: int = 50_000, C: float = 5.0, seed: int = 0):
+    """The anchor's recipe, unfitted: TF-IDF (words and word pairs, sublinear tf, min_df 2) + logistic
+    regression (saga); also the `tfidf_logreg` teacher (kdx.models.blackbox)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    return Pipeline([("tfidf", TfidfVectorizer(sublinear_tf=True, min_df=2, ngram_range=(1, 2), max_features=max_features)),
+                     ("logreg", LogisticRegression(C=C, solver="saga", max_iter=300, random_state=seed))])
 
 
 def anchor_accuracy(data: Dataset) -> float | None:

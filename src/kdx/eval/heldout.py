@@ -1,6 +1,7 @@
 """Held-out distributions, registered and named: `test`, `train_subset`, `blur-2` (corruption at
 severity 2), `downstream:fashion_mnist_upper`, `uniform_noise`; for text `typos-2`, `word_dropout-2`,
-`truncation-2`, `domain`, `random_tokens`; `class_subset` for any data. Each returns a fixed set of
+`truncation-2`, `domain`, `random_tokens`; for tables `feature_noise-2`, `covariate_shift`, `missing_features-2`;
+`class_subset` for any data. Each returns a fixed set of
 inputs (a function of the dataset and the eval seed) and labels where it has them. Corruptions of
 pixels and signal values refuse text, and the text ones refuse images and signals, naming what works."""
 from __future__ import annotations
@@ -12,7 +13,7 @@ import string
 import torch
 
 from kdx.data import load_dataset
-from kdx.data.base import Dataset, model_input
+from kdx.data.base import CONTINUOUS, Dataset, model_input
 from kdx.data.transforms import gaussian_blur, rotate, translate
 from kdx.errors import KdxError
 from kdx.models.gpt import sample
@@ -42,6 +43,7 @@ def parse(name: str) -> dict:
 
 TEXT_SETS = "test, train_subset, typos-N, word_dropout-N, truncation-N, class_subset, domain, random_tokens"
 CONTINUOUS_SETS = "test, train_subset, class_subset, gaussian_noise-N, blur-N, contrast-N, translation-N, uniform_noise"
+TABULAR_SETS = "test, train_subset, class_subset, feature_noise-N, covariate_shift, missing_features-N, uniform_noise"
 
 
 def load(name: str, data: Dataset, n: int, seed: int) -> HeldOut:
@@ -60,7 +62,7 @@ def check(names: list[str], data: Dataset, n: int, seed: int) -> None:
 
 
 def _continuous(data: Dataset, what: str) -> None:
-    data.require(("image", "signal"), f"held-out '{what}'", TEXT_SETS)
+    data.require(("image", "signal"), f"held-out '{what}'", TABULAR_SETS if data.modality == "tabular" else TEXT_SETS)
 
 
 def _text(data: Dataset, what: str) -> None:
@@ -85,6 +87,14 @@ def _severity(severity: int, levels: tuple) -> float:
 def test(data: Dataset, n: int, seed: int):
     """The whole test set."""
     return data.x_test, data.y_test
+
+
+@HELDOUT.register(context=_CTX)
+def test_subset(data: Dataset, n: int, seed: int):
+    """A fixed subset (5n inputs, at most the test set) of the test set: for data whose whole test set costs
+    too much to score each run (an LM corpus's test windows, each scored at every position)."""
+    idx = torch.randperm(len(data.x_test), generator=torch.Generator().manual_seed(seed))[:5 * n]
+    return data.x_test[idx], data.y_test[idx]
 
 
 @HELDOUT.register(context=_CTX)
@@ -165,8 +175,8 @@ def downstream(data: Dataset, n: int, seed: int, dataset: str = ""):
 
 @HELDOUT.register(context=_CTX)
 def uniform_noise(data: Dataset, n: int, seed: int):
-    """Uniform noise over the train set's per-channel input box (no labels)."""
-    _continuous(data, "uniform_noise")
+    """Uniform noise over the train set's per-channel (tabular: per-feature) input box (no labels)."""
+    data.require(CONTINUOUS, "held-out 'uniform_noise'", TEXT_SETS)
     return data.uniform_in_box(n, torch.Generator().manual_seed(seed)), None
 
 
@@ -251,6 +261,54 @@ def random_tokens(data: Dataset, n: int, seed: int):
     """Uniformly random token sequences with the train set's lengths (no labels): text's uniform_noise."""
     data.require(("text", "lm"), "held-out 'random_tokens'", CONTINUOUS_SETS)
     return sampling_text.random_sequences(data, n, torch.Generator().manual_seed(seed), "cpu", "uniform"), None
+
+
+# ----------------------------------------------------------------------------------------- tabular
+# Shifts of tables (kdx.data.tabular), in standardised units: the train split's per-feature std.
+
+
+def _table_rows(data: Dataset, n: int, seed: int, what: str):
+    data.require("tabular", f"held-out '{what}'", CONTINUOUS_SETS if data.modality in CONTINUOUS else TEXT_SETS)
+    return _test_subset(data, n, seed)
+
+
+@HELDOUT.register(context=_CTX)
+def feature_noise(data: Dataset, n: int, seed: int, severity: int = 2):
+    """Tables: test rows plus Gaussian noise of 0.1/0.3/1.0 train standard deviations on each continuous feature."""
+    x, y, g = _table_rows(data, n, seed, "feature_noise")
+    noise = data.std * _severity(severity, (0.1, 0.3, 1.0)) * torch.randn(x.shape, generator=g)
+    noise[:, list(data.categories)] = 0.0  # codes are not shifted by noise
+    return x + noise, y
+
+
+@HELDOUT.register(context=_CTX)
+def covariate_shift(data: Dataset, n: int, seed: int, feature: int = -1, quantile: float = 0.8):
+    """Tables: the test rows whose `feature` (a column; -1: the first continuous one not constant on the train split)
+    lies beyond the train split's `quantile` of it."""
+    _table_rows(data, n, seed, "covariate_shift")
+    if feature == -1:
+        varying = [c for c in data.continuous_columns if data.hi[c] > data.lo[c]]
+        feature = varying[0] if varying else 0
+    if not 0 <= feature < data.x_train.shape[1] or feature in data.categories or not 0 < quantile < 1:
+        raise KdxError(f"held-out 'covariate_shift': feature must be a continuous column in 0..{data.x_train.shape[1] - 1} "
+                       f"and quantile in (0, 1), got feature={feature}, quantile={quantile}")
+    cut = torch.quantile(data.x_train[:, feature].float(), quantile)
+    idx = (data.x_test[:, feature] > cut).nonzero().flatten()
+    if len(idx) == 0:
+        raise KdxError(f"held-out 'covariate_shift': no test row has feature {feature} beyond its train {quantile} "
+                       "quantile; lower the quantile or pick another feature")
+    return data.x_test[idx], data.y_test[idx]
+
+
+@HELDOUT.register(context=_CTX)
+def missing_features(data: Dataset, n: int, seed: int, severity: int = 2):
+    """Tables: 10/25/50% of each test row's features missing and imputed with the train means (categories: modes)."""
+    x, y, g = _table_rows(data, n, seed, "missing_features")
+    fill = data.x_train.float().mean(0)
+    for c in data.categories:
+        fill[c] = torch.mode(data.x_train[:, c]).values
+    missing = torch.rand(x.shape, generator=g) < _severity(severity, (0.10, 0.25, 0.50))
+    return torch.where(missing, fill.expand_as(x), x), y
 
 
 # ---------------------------------------------------------------------------------------------- LM

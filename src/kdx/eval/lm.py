@@ -47,19 +47,19 @@ def per_sequence_sums(teacher, student, x: torch.Tensor, mask: torch.Tensor, bat
     sums = {k: [] for k in (*PER_SEQUENCE, "positions")}
     for i in range(0, len(x), batch_size):
         xb, mb = x[i:i + batch_size].to(device), mask[i:i + batch_size].to(device)
-        yb = torch.cat([xb[:, 1:], xb[:, :1]], 1)  # the next tokens (the last position is never counted)
-        lt, ls = (torch.log_softmax(m(xb).double(), -1) for m in (teacher, student))
+        seq, pos = mb.nonzero(as_tuple=True)  # the counted positions only go through the float64 softmaxes
+        yb = torch.cat([xb[:, 1:], xb[:, :1]], 1)[seq, pos]  # their next tokens
+        lt, ls = (torch.log_softmax(m(xb)[seq, pos].double(), -1) for m in (teacher, student))
         pt, ps = lt.exp(), ls.exp()
-        w = mb.double()
         rows = {
             "kl_teacher_student": (pt * (lt - ls)).sum(-1), "kl_student_teacher": (ps * (ls - lt)).sum(-1),
             "agreement": (lt.argmax(-1) == ls.argmax(-1)).double(), "tv": 0.5 * (pt - ps).abs().sum(-1),
             "teacher_acc": (lt.argmax(-1) == yb).double(), "student_acc": (ls.argmax(-1) == yb).double(),
-            "teacher_nll": -lt.gather(-1, yb[..., None])[..., 0], "student_nll": -ls.gather(-1, yb[..., None])[..., 0],
+            "teacher_nll": -lt.gather(-1, yb[:, None])[:, 0], "student_nll": -ls.gather(-1, yb[:, None])[:, 0],
+            "positions": torch.ones_like(yb, dtype=torch.float64),
         }
-        for k, v in rows.items():
-            sums[k].append((v * w).sum(1).cpu())
-        sums["positions"].append(w.sum(1).cpu())
+        for k, v in rows.items():  # summed per sequence of the batch
+            sums[k].append(torch.zeros(len(xb), dtype=torch.float64, device=device).index_add_(0, seq, v).cpu())
     teacher.train(was[0])
     student.train(was[1])
     return {k: torch.cat(v).numpy() for k, v in sums.items()}

@@ -20,21 +20,30 @@ def anchor_note(teacher: dict) -> str:
     return (f"\nteacher test acc {_pct(t).strip()}%" if t is not None else "\n") + f"  TF-IDF+LR anchor test acc {_pct(a).strip()}%"
 
 
+def members_note(metrics: dict) -> str:
+    """An ensemble teacher: its members and their test accuracies (metrics.json's teacher.members)."""
+    members = metrics["teacher"].get("members")
+    if not members:
+        return ""
+    return "\nensemble of " + ", ".join(f"{m['arch']} (test acc {_pct(m['test_acc']).strip()}%)" for m in members)
+
+
 def eval_table(metrics: dict, distributions: list[str] | None = None) -> str:
     ev = metrics["eval"]
     names = distributions or list(ev)
     lines = [f"source {metrics['source']}  teacher {metrics['teacher']['arch']} "
              f"({metrics['teacher']['params']:,} params)  student {metrics['student']['arch']} "
              f"({metrics['student']['params']:,} params)  {metrics['train']['samples_per_s']:,.0f} samples/s"
-             + anchor_note(metrics["teacher"]),
+             + anchor_note(metrics["teacher"]) + members_note(metrics),
              f"{'distribution':34s} {'n':>6s} {'t_acc':>6s} {'s_acc':>6s} {'agree':>6s} {'KL':>7s} {'diff CI':>15s} {'McN p':>7s}"]
     for name in names:
         m = ev[name]
         ci = m["acc_diff_ci"]
         ci_s = "" if ci is None else f"[{100 * ci[0]:+.1f},{100 * ci[1]:+.1f}]"
         p = "" if m["mcnemar_p"] is None else f"{m['mcnemar_p']:.3g}"
+        members = "  members " + " ".join(_pct(a).strip() for a in m["member_acc"]) if m.get("member_acc") else ""
         lines.append(f"{name:34s} {m['n']:6d} {_pct(m['teacher_acc']):>6s} {_pct(m['student_acc']):>6s} "
-                     f"{_pct(m['agreement']):>6s} {m['kl_teacher_student']:7.3f} {ci_s:>15s} {p:>7s}")
+                     f"{_pct(m['agreement']):>6s} {m['kl_teacher_student']:7.3f} {ci_s:>15s} {p:>7s}{members}")
     return "\n".join(lines)
 
 

@@ -17,7 +17,7 @@ TEXT_MODELS = "a text model: bert, bag_of_embeddings or text_cnn"  # where image
 
 def require_image(data: Dataset, what: str) -> None:
     """An image-only part refuses signals (cnn and mlp take them) and text (the text models take it)."""
-    data.require("image", what, "'cnn' or 'mlp'" if data.modality == "signal" else TEXT_MODELS)
+    data.require("image", what, {"signal": "'cnn' or 'mlp'", "tabular": "'mlp'"}.get(data.modality, TEXT_MODELS))
 
 
 class Classifier(nn.Module):

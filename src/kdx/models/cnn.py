@@ -5,7 +5,8 @@ import math
 
 from torch import nn
 
-from kdx.data.base import Dataset
+from kdx.data.base import CONTINUOUS, Dataset
+from kdx.data.tabular import one_hot, one_hot_width
 from kdx.models.base import TEXT_MODELS, Classifier
 from kdx.registry import MODELS
 
@@ -14,7 +15,7 @@ from kdx.registry import MODELS
 def cnn(data: Dataset, channels: list[int] = [32, 64, 128], convs_per_block: int = 1, hidden: int = 1200,
         dropout: float = 0.0) -> Classifier:
     """VGG-style CNN: blocks of conv-BN-ReLU then 2x max-pool, a hidden layer, a linear head (2-D or 1-D by data)."""
-    data.require(("image", "signal"), "model 'cnn'", TEXT_MODELS)
+    data.require(("image", "signal"), "model 'cnn'", "'mlp'" if data.modality == "tabular" else TEXT_MODELS)
     one_d = not data.is_image
     conv, bn, pool = (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d) if one_d else (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d)
     layers, c_in = [], data.input_shape[0]
@@ -30,11 +31,24 @@ def cnn(data: Dataset, channels: list[int] = [32, 64, 128], convs_per_block: int
     return Classifier(nn.Sequential(*layers), hidden, data.num_classes, data.mean, data.std)
 
 
+class OneHot(nn.Module):
+    """A table's categorical codes one-hot (kdx.data.tabular.one_hot), the continuous features as they are."""
+
+    def __init__(self, categories: dict[int, list[str]]):
+        super().__init__()
+        self.categories = categories
+
+    def forward(self, x):
+        return one_hot(x, self.categories)
+
+
 @MODELS.register(context=("data",))
 def mlp(data: Dataset, hidden: list[int] = [512, 256]) -> Classifier:
-    """Multi-layer perceptron on flattened inputs, ReLU between layers."""
-    data.require(("image", "signal"), "model 'mlp'", TEXT_MODELS)
+    """Multi-layer perceptron on flattened inputs (tables: categorical columns one-hot), ReLU between layers."""
+    data.require(CONTINUOUS, "model 'mlp'", TEXT_MODELS)
     layers, d = [nn.Flatten()], math.prod(data.input_shape)
+    if data.modality == "tabular" and data.categories:
+        layers, d = [OneHot(data.categories)], one_hot_width(d, data.categories)
     for h in hidden:
         layers += [nn.Linear(d, h), nn.ReLU(inplace=True)]
         d = h

@@ -17,7 +17,7 @@ from kdx.eval import heldout
 from kdx.io import read_parquet_meta, save_arrays, save_csv, save_parquet, write_json
 from kdx.models import predict
 from kdx.neighbors import Projection, kmeans, search
-from kdx.probes import deviation, maps, regions
+from kdx.probes import deviation, maps, regions, tokens
 from kdx.rundir import DEVIATION, DEVIATION_PLOT, DRAWS, MAP, MAP_ARRAYS, PROBES, REGIONS, STUDENT, SUMMARY, load_run
 from kdx.trackers import report_figures
 
@@ -125,8 +125,10 @@ def probe(run, opts: ProbeOptions | None = None, log=print) -> dict:
     opts = opts or ProbeOptions()
     run = run if hasattr(run, "teacher") else load_run(run)
     out_dir, data, seconds = run.dir / PROBES, run.data, {}
+    if data.modality == "lm":  # per-token deviation slopes (kdx.probes.tokens)
+        return tokens.probe_tokens(run, opts, log)
     data.require(("image", "signal", "text"), "kdx probe (per-class deviation slopes, regions, the map)",
-                 "metrics.json's per-token rows for a language-model run (token-level probes are not built yet)")
+                 "metrics.json's eval per held-out shift (probes of tables are not built yet; a study sets probe: false)")
     names = opts.on or DEFAULT_ON
     check_features(run.teacher.model, data.x_test, "teacher model")
     clock = time.perf_counter()

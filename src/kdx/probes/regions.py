@@ -14,7 +14,7 @@ def coverage(eval_features: np.ndarray, source_features: np.ndarray) -> np.ndarr
     return search(source_features, eval_features, 1)[0][:, 0]
 
 
-def _share(values: pd.Series, names=None, top: int = 3) -> str:
+def share(values: pd.Series, names=None, top: int = 3) -> str:
     """'Shirt 41%, Coat 30%, ...': the most common values and their shares."""
     counts = values.value_counts(normalize=True).head(top)
     return ", ".join(f"{names[v] if names is not None else v} {100 * s:.0f}%" for v, s in counts.items())
@@ -33,8 +33,8 @@ def region_table(points: pd.DataFrame, classes: list[str], examples: int = 5) ->
     for region, g in points.groupby("region"):
         rows.append({
             "region": int(region), "size": len(g),
-            "dominant_classes": _share(g["teacher_class"], classes),
-            "distributions": _share(g["source"]),
+            "dominant_classes": share(g["teacher_class"], classes),
+            "distributions": share(g["source"]),
             "teacher_acc": _labeled_mean(g, "teacher_class"), "student_acc": _labeled_mean(g, "student_class"),
             "agreement": float((g["teacher_class"] == g["student_class"]).mean()),
             "mean_deviation": float(g["deviation"].mean()),

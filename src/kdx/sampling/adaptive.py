@@ -179,6 +179,8 @@ class AdaptiveSource(Source):
                            f"pool without augmentation), got {type(candidates).__name__}"
                            + (f" with augment={candidates.view.name}" if isinstance(candidates, PoolSource) else ""))
         self.cand, self.score, self.pick = candidates, score, pick
+        # region scores cluster the teacher's penultimate features
+        self.needs_teacher_internals = candidates.needs_teacher_internals or score == "region"
         self.oversample, self.beta, self.k, self.floor = oversample, beta, regions, floor
         self.refresh_every, self.ema, self.pca_dim = refresh_every, ema, pca_dim
         self.has_labels, self.epoch_size = candidates.has_labels, candidates.epoch_size

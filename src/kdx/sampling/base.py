@@ -30,11 +30,18 @@ def step_generator(seed: int, step: int, device: torch.device, salt: str = "") -
     return torch.Generator(device=device).manual_seed(h & 0x7FFF_FFFF_FFFF_FFFF)
 
 
+# the registered sources that need a teacher's gradients or features (kdx.run.check_source_fits_teacher names
+# the others); adaptive needs them only for score=region or candidates from one of these
+GRADIENT_SOURCES = ("inversion", "adversarial", "langevin", "boundary", "hotflip")
+
+
 class Source:
     """Base class. Subclasses set `has_labels` and implement `batch`; pools also `state_dict`."""
 
     has_labels: bool = False
     epoch_size: int | None = None  # inputs per pass, for reporting epochs; None for endless generators
+    # needs the teacher's gradients or penultimate features, which a black-box (predict_proba) teacher lacks
+    needs_teacher_internals: bool = False
 
     def __init__(self, data: Dataset, seed: int):
         self.data, self.seed = data, seed

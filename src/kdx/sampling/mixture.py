@@ -18,6 +18,7 @@ class MixtureSource(Source):
     def __init__(self, data: Dataset, seed: int, parts: list[Source], weights: list[float]):
         super().__init__(data, seed)
         self.parts = parts
+        self.needs_teacher_internals = any(p.needs_teacher_internals for p in parts)
         self.weights = torch.tensor(weights, dtype=torch.float64) / sum(weights)
         self.has_labels = all(p.has_labels for p in parts)
 

@@ -13,7 +13,7 @@ from kdx.sampling.lm_corpus import lm_batch
 from kdx.sampling.text import random_sequences
 
 KINDS = {"image": ("uniform", "gaussian"), "signal": ("uniform", "gaussian"), "text": ("uniform", "unigram"),
-         "lm": ("uniform", "unigram")}
+         "lm": ("uniform", "unigram"), "tabular": ("uniform", "gaussian")}
 
 
 class NoiseSource(Source):

@@ -24,6 +24,7 @@ class SynthesisSource(Source):
     method = "synthesis"  # the registered name, for messages
     hint = "lower its step size"  # what to change when values go non-finite
     needs_student = False
+    needs_teacher_internals = True  # every synthesis method follows the teacher's gradients
     modalities: tuple[str, ...] = ("image", "signal")  # synthesis in a continuous input box
 
     def __init__(self, data: Dataset, seed: int, *, batch: int, pool_size: int, refresh_every: int,

@@ -14,6 +14,7 @@ from omegaconf import MISSING
 from kdx import config as kconfig
 from kdx.data import load_dataset
 from kdx.errors import KdxError
+from kdx.models.blackbox import is_black_box
 from kdx.run import build_source, validate
 
 
@@ -29,6 +30,7 @@ class StudyConfig:
     temperature: list[float] = dataclasses.field(default_factory=list)
     switch_at: list[Optional[float]] = dataclasses.field(default_factory=list)
     student: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # student.model specs, with a label
+    data: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # `data` specs, with a label; empty: the base's
     report: list[str] = dataclasses.field(default_factory=list)  # trackers for every run (empty: the base's `report`)
     probe: bool = True
     probe_on: list[str] = dataclasses.field(default_factory=lambda: ["train_subset", "test"])
@@ -41,8 +43,9 @@ class StudyConfig:
 
 # keys of a source spec that belong to the study, not to the source: `label` names the run;
 # `samples_scale` multiplies distill.samples for that source's runs (e.g. equal teacher forwards
-# for a source that scores 2 candidates per input trained on: samples_scale 0.5)
-STUDY_KEYS = ("label", "samples_scale")
+# for a source that scores 2 candidates per input trained on: samples_scale 0.5); `loss` sets
+# distill.loss for that source's runs (a subset of the source x loss grid, e.g. reverse KL for some sources)
+STUDY_KEYS = ("label", "samples_scale", "loss")
 
 
 @dataclasses.dataclass
@@ -71,12 +74,17 @@ def _check_axes(study: StudyConfig, study_path: Path) -> None:
     for axis in ("sources", "seeds"):
         if not getattr(study, axis):
             fail(axis, "is empty; give at least one")
-    for axis in ("sources", "student"):
+    for axis in ("sources", "student", "data"):
         for spec in getattr(study, axis):
             if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-                fail(axis, f"every entry needs a `name` (a registered {'source' if axis == 'sources' else 'model'}), got {spec!r}")
+                kind = {"sources": "source", "student": "model", "data": "dataset"}[axis]
+                fail(axis, f"every entry needs a `name` (a registered {kind}), got {spec!r}")
             if "samples_scale" in spec and not (number(spec["samples_scale"]) and spec["samples_scale"] > 0):
                 fail(axis, f"samples_scale must be a positive number, got {spec['samples_scale']!r}")
+            if "loss" in spec and not (axis == "sources" and isinstance(spec["loss"], str)):
+                fail(axis, f"`loss` in an entry must be a loss name, and only sources take one, got {spec['loss']!r}")
+    if study.loss and any("loss" in spec for spec in study.sources):
+        fail("loss", "is given both as the study's axis and in a source entry; use one of the two")
     checks = {"samples": (lambda v: isinstance(v, int) and not isinstance(v, bool), "whole numbers of samples"),
               "loss": (lambda v: isinstance(v, str), "loss names"),
               "temperature": (number, "numbers"), "switch_at": (lambda v: v is None or number(v), "fractions or null"),
@@ -100,13 +108,15 @@ def plan(study_path: str | Path, overrides: list[str] = (), *, build_sources: bo
         base_cfg = kconfig.load_config(base, study.overrides)
     except KdxError as e:  # name the study: its `base` or `overrides` are what to fix
         raise KdxError(f"{study_path}: base {study.base} with overrides {list(study.overrides)}: {e}") from None
-    axes = {"source": study.sources, "samples": study.samples or [None], "loss": study.loss or [None],
+    axes = {"data": study.data or [None], "source": study.sources, "samples": study.samples or [None], "loss": study.loss or [None],
             "temperature": study.temperature or [None], "switch_at": study.switch_at or ["base"], "student": study.student or [None], "seed": study.seeds}
     runs = []
     strip = lambda spec: {k: v for k, v in spec.items() if k not in STUDY_KEYS}  # noqa: E731
-    for source, samples, loss, temp, switch, student, seed in itertools.product(*axes.values()):
+    for data, source, samples, loss, temp, switch, student, seed in itertools.product(*axes.values()):
         distill = dataclasses.replace(base_cfg.distill, **{k: v for k, v in {"samples": samples, "loss": loss,
                                                                             "temperature": temp}.items() if v is not None})
+        if "loss" in source:
+            distill = dataclasses.replace(distill, loss=source["loss"])
         if "samples_scale" in source:
             distill = dataclasses.replace(distill, samples=max(1, round(distill.samples * float(source["samples_scale"]))))
         if switch != "base":
@@ -116,11 +126,14 @@ def plan(study_path: str | Path, overrides: list[str] = (), *, build_sources: bo
             cfg = dataclasses.replace(cfg, report=study.report or base_cfg.report, report_project=study.name)
         if student is not None:
             cfg = dataclasses.replace(cfg, student=kconfig.StudentConfig(model=strip(student)))
-        labels = {"source": _label(source)}
+        if data is not None:
+            cfg = dataclasses.replace(cfg, data=strip(data))
+        labels = {"data": _label(data)} if study.data else {}
+        labels["source"] = _label(source)
         if study.samples:
             labels["samples"] = samples
-        if study.loss:
-            labels["loss"] = loss
+        if study.loss or any("loss" in spec for spec in study.sources):
+            labels["loss"] = distill.loss
         if study.temperature:
             labels["temperature"] = temp
         if study.switch_at:
@@ -141,7 +154,24 @@ def plan(study_path: str | Path, overrides: list[str] = (), *, build_sources: bo
         raise KdxError(f"{study_path}: two runs would share a directory name; give sources or students a `label`")
     if build_sources:
         check_sources(study_path, runs)
+    if study.probe:
+        check_probes(study_path, runs, load_data=build_sources)
     return study, runs
+
+
+def check_probes(study_path: str | Path, runs: list[PlannedRun], *, load_data: bool) -> None:
+    """`probe: true` needs teachers with penultimate features (no black box, no ensemble) on images, signals or
+    text: refused now, not after the first run."""
+    modality = {}  # per distinct data config: each is loaded once
+    for r in runs:
+        teacher = r.cfg.teacher.model
+        key = json.dumps(r.cfg.data, sort_keys=True, default=str)
+        if load_data and key not in modality:
+            modality[key] = load_dataset(r.cfg.data).modality
+        what = (f"teacher '{teacher['name']}' has no penultimate features" if is_black_box(teacher) or teacher["name"] == "ensemble"
+                else "tables have no probes yet" if modality.get(key) == "tabular" else "")
+        if what:
+            raise KdxError(f"{study_path}: run {r.name}: probe is on, but {what}; set probe: false in the study file")
 
 
 def check_sources(study_path: str | Path, runs: list[PlannedRun]) -> None:

@@ -18,14 +18,23 @@ from kdx.study.plan import PlannedRun
 # the eval fields of metrics.json that summary.csv carries, per run and distribution
 METRIC_KEYS = ["n", "teacher_acc", "student_acc", "agreement", "kl_teacher_student", "tv", "teacher_nll", "student_nll",
                "teacher_ece", "student_ece", "acc_diff", "acc_diff_ci", "mcnemar_p"]
+# and those of causal-LM runs (kdx.eval.lm; per counted token), with their costs in tokens
+LM_METRIC_KEYS = ["kl_student_teacher", "student_ppl", "distinct_2"]
+LM_COST_KEYS = ["input_tokens", "trained_tokens", "teacher_generated_tokens", "student_generated_tokens"]
 ALPHA = 0.05
 
 
 def beats_loses(evals: list[dict]) -> tuple[int, int]:
     """Seeds whose student beats / loses to its teacher: accuracies differ with exact McNemar p < ALPHA on the
-    same inputs (`evals`: one eval entry of metrics.json per seed, or summary rows carrying its fields)."""
-    return (sum(1 for e in evals if e["mcnemar_p"] < ALPHA and e["acc_diff"] > 0),
-            sum(1 for e in evals if e["mcnemar_p"] < ALPHA and e["acc_diff"] < 0))
+    same inputs (`evals`: one eval entry of metrics.json per seed, or summary rows carrying its fields). LM
+    rows carry no McNemar test (positions of a sequence are not independent): there the 95% interval of the
+    next-token accuracy difference, resampling whole sequences, excludes 0."""
+    def differs(e, sign: int) -> bool:
+        if e.get("mcnemar_p") is not None:
+            return e["mcnemar_p"] < ALPHA and sign * e["acc_diff"] > 0
+        lo, hi = e["acc_diff_ci"] if "acc_diff_ci" in e else (e["acc_diff_lo"], e["acc_diff_hi"])
+        return lo is not None and (lo > 0 if sign > 0 else hi < 0)
+    return sum(1 for e in evals if differs(e, 1)), sum(1 for e in evals if differs(e, -1))
 
 
 def _slopes(run: Run) -> dict:
@@ -46,12 +55,16 @@ def collect(runs: list[Run]) -> list[dict]:
                     row["acc_diff_lo"], row["acc_diff_hi"] = e[k] if e[k] else (None, None)
                 else:
                     row[k] = e[k]
+            if "tokens" in e:  # a causal-LM row (kdx.eval.lm)
+                row.update({k: e.get(k) for k in LM_METRIC_KEYS})
             row["deviation_slope"] = slopes.get(dist)
             row["train_seconds"] = m["train"]["seconds"]
             row["anchor_test_acc"] = m["teacher"].get("anchor_test_acc")  # text: the TF-IDF + LR anchor
             cost = m["train"].get("accounting", {})  # runs written before kdx counted forwards lack it
             for k in ("teacher_queries", "teacher_forwards", "student_forwards"):
                 row[k] = cost.get(k)
+            if "tokens" in e:
+                row.update({k: cost.get("source", {}).get(k, 0) for k in LM_COST_KEYS})
             rows.append(row)
     return rows
 
@@ -81,14 +94,19 @@ def summary_blocks(study, rows: list[dict], axes: list[str]) -> list[tuple]:
     for row in rows:
         groups[_group_key(row, axes)][row["distribution"]].append(row)
     group_axes = [a for a in axes if a != "seed"]
-    teacher = {row["distribution"]: row["teacher_acc"] for row in rows}
+    if "kl_student_teacher" in rows[0]:
+        return lm_blocks(study, groups, group_axes)
+    teachers = defaultdict(dict)  # a teacher per dataset where the study has a data axis
+    for row in rows:
+        teachers[row.get("data")][row["distribution"]] = row["teacher_acc"]
     anchor = next((row.get("anchor_test_acc") for row in rows if row.get("anchor_test_acc") is not None), None)
     blocks = [("h1", f"Study `{study.name}`"),
               ("p", f"Mean and 95% t-interval over seeds ({', '.join(map(str, study.seeds))}); last-step numbers. "
                     f"`beats`/`loses`: seeds where the student's accuracy differs from the teacher's with exact McNemar "
                     f"p < {ALPHA} on the same inputs. Teacher accuracy: "
-                    + ", ".join(f"{d} {100 * teacher[d]:.1f}%" for d in study.report_distributions
-                                if teacher.get(d) is not None) + "."
+                    + "; ".join((f"{data}: " if data is not None else "")
+                                + ", ".join(f"{d} {100 * teacher[d]:.1f}%" for d in study.report_distributions
+                                            if teacher.get(d) is not None) for data, teacher in teachers.items()) + "."
                     + (f" TF-IDF + logistic-regression anchor (text), same split: test {100 * anchor:.1f}%." if anchor is not None else ""))]
     missing = [d for d in study.report_distributions if not any(d in by_dist for by_dist in groups.values())]
     if missing:
@@ -110,6 +128,52 @@ def summary_blocks(study, rows: list[dict], axes: list[str]) -> list[tuple]:
                           f"{beats} / {loses}" if labeled else "-",
                           fmt_interval([r["deviation_slope"] for r in rs], percent=False)])
         blocks += [("h2", dist), ("table", header, table)]
+    return blocks
+
+
+def lm_blocks(study, groups: dict, group_axes: list[str]) -> list[tuple]:
+    """The summary of causal-LM runs: per held-out distribution the per-token fidelity, and one table of
+    what each run cost in tokens (equal budgets are set in tokens trained; the costs differ by source)."""
+    first = next(iter(groups.values()))
+    teacher = {d: rs[0]["teacher_nll"] for d, rs in first.items()}
+    blocks = [("h1", f"Study `{study.name}`"),
+              ("p", f"Mean and 95% t-interval over seeds ({', '.join(map(str, study.seeds))}); last-step numbers, per "
+                    "counted token (a window's real next tokens; a sample's completion). `beats`/`loses`: seeds whose "
+                    "student's next-token accuracy differs from the teacher's, the 95% interval (resampling whole "
+                    "sequences) excluding 0. Teacher NLL per token: "
+                    + ", ".join(f"{d} {teacher[d]:.2f}" for d in study.report_distributions
+                                if d in teacher and d != "student_samples")
+                    + "; on `student_samples` it is the teacher's NLL of each student's own completions (a quality "
+                      "proxy: lower is better) and distinct-2 their diversity.")]
+    fmt = lambda rs, k, **kw: fmt_interval([r[k] for r in rs], **kw)  # noqa: E731
+    header = [*group_axes, "KL(t‖s)", "KL(s‖t)", "agreement %", "student NLL", "teacher NLL", "distinct-2",
+              "student − teacher acc (pp)", "beats / loses", "slope (top-1)"]
+    for dist in study.report_distributions:
+        table = []
+        for key, by_dist in groups.items():
+            if rs := by_dist.get(dist):
+                beats, loses = beats_loses(rs)
+                table.append([*map(str, key), fmt(rs, "kl_teacher_student", percent=False),
+                              fmt(rs, "kl_student_teacher", percent=False), fmt(rs, "agreement"),
+                              fmt(rs, "student_nll", percent=False), fmt(rs, "teacher_nll", percent=False),
+                              fmt(rs, "distinct_2", percent=False), fmt(rs, "acc_diff"), f"{beats} / {loses}",
+                              fmt(rs, "deviation_slope", percent=False)])
+        if table:
+            blocks += [("h2", dist), ("table", header, table)]
+    cost = []
+    for key, by_dist in groups.items():
+        rs = next(iter(by_dist.values()))  # the run's costs, the same on every distribution's row
+        mega = lambda k: fmt_interval([r[k] / 1e6 for r in rs], digits=3, percent=False)  # noqa: E731
+        cost.append([*map(str, key), mega("trained_tokens"), mega("input_tokens"),
+                     fmt_interval([r["teacher_queries"] for r in rs], digits=0, percent=False),
+                     mega("teacher_generated_tokens"), mega("student_generated_tokens"),
+                     fmt_interval([r["train_seconds"] for r in rs], digits=0, percent=False)])
+    blocks += [("h2", "cost"),
+               ("p", "Per run: tokens trained on (counted positions), tokens fed (the student's input, and the "
+                     "teacher's where it runs each batch), teacher queries (sequences it scored during training; a "
+                     "top-k cache scores the corpus once before), tokens generated by each model, training seconds."),
+               ("table", [*group_axes, "trained Mtok", "fed Mtok", "teacher queries", "teacher gen Mtok",
+                          "student gen Mtok", "train s"], cost)]
     return blocks
 
 
