@@ -15,12 +15,11 @@ from PIL import Image
 
 from conftest import run_fast
 
-pytest.importorskip("fiftyone", reason="FiftyOne is not installed (pip install 'kdx[fiftyone]', see README)")
-
 
 @pytest.fixture(scope="module")
 def fiftyone_db(tmp_path_factory):
     """FiftyOne on a database folder of this test's own; skipped, with its error, where mongod cannot start."""
+    pytest.importorskip("fiftyone", reason="FiftyOne is not installed (pip install 'kdx[fiftyone]', see README)")
     folder = tmp_path_factory.mktemp("fiftyone-db")
     env = {**os.environ, "FIFTYONE_DATABASE_DIR": str(folder), "FIFTYONE_DO_NOT_TRACK": "true",
            "FIFTYONE_DATABASE_VALIDATION": "false"}
@@ -76,3 +75,28 @@ def test_fiftyone_export_of_a_probed_run(fiftyone_db, tmp_path):
     first = test.first()
     stored = ho.x[int(first.item.split(":")[1])]
     assert np.array_equal(np.asarray(Image.open(first.filepath)), stored[0].numpy())
+
+
+def test_signals_and_texts_get_a_rendered_picture(tmp_path):
+    """The media of inputs that are no images: a signal's line plot follows it; a text's words are drawn."""
+    import io
+    from types import SimpleNamespace
+
+    from kdx.data import Dataset
+    from kdx.errors import KdxError
+    from kdx.export.fiftyone import SIGNAL_SIZE, TEXT_SIZE, media
+
+    t = torch.linspace(0, 1, 40)
+    x = torch.stack([torch.sin(6.28 * t), -torch.sin(6.28 * t)]).unsqueeze(1)  # (2, 1, 40): opposite waves
+    signal = Dataset("waves", x, torch.zeros(2), x, torch.zeros(2), ["a"])
+    pictures = [np.asarray(Image.open(io.BytesIO(b))) for b in media(SimpleNamespace(data=signal), x)]
+    assert all(p.shape == SIGNAL_SIZE[::-1] for p in pictures)
+    # the first wave's peak is in the plot's upper half where the second's trough is: the line is where it rises
+    col = SIGNAL_SIZE[0] // 4  # a quarter period in: sin at its peak
+    rows = [np.flatnonzero(p[:, col] > 0) for p in pictures]
+    assert rows[0].mean() < SIGNAL_SIZE[1] / 2 < rows[1].mean()
+    text = SimpleNamespace(modality="text", decode=lambda ids: ["the small server reads a file", ""])
+    cards = [np.asarray(Image.open(io.BytesIO(b))) for b in media(SimpleNamespace(data=text), torch.zeros(2, 4))]
+    assert all(c.shape == TEXT_SIZE[::-1] for c in cards) and (cards[0] < 128).sum() > (cards[1] < 128).sum() > 0
+    with pytest.raises(KdxError, match="a 'tabular' run has no per-input media"):
+        media(SimpleNamespace(data=SimpleNamespace(modality="tabular")), torch.zeros(2, 3))
