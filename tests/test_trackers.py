@@ -281,3 +281,22 @@ def test_a_damaged_trackers_json_warns_and_the_run_goes_on(tmp_path, monkeypatch
         run_dir = run_fast(tmp_path, "report=[broken]", "distill.samples=1000", overwrite=False, resume=True)
     assert json.loads((run_dir / "trackers.json").read_text()) == {"broken": {}}
     assert (run_dir / "metrics.json").exists()
+
+
+def test_under_torchrun_rank_0_alone_reports(digits_teacher, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from test_ddp import DDP_RUN
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "kdx",
+           "run", *DDP_RUN, "distill.device=cpu", "report=[tensorboard]", "--runs-dir", str(tmp_path), "--name", "two"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    events = list((tmp_path / "two" / "tensorboard").glob("events.out.tfevents.*"))
+    assert len({e.name.split(".")[-2] for e in events}) == 1  # one process's writer (pid in the name)
+    acc = EventAccumulator(str(tmp_path / "two" / "tensorboard"))
+    acc.Reload()
+    steps, _, _ = truth(tmp_path / "two")
+    assert [e.step for e in acc.Scalars("train/loss")] == [r["step"] for r in steps]  # each step once
