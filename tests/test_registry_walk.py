@@ -2,6 +2,7 @@
 line, validated before any work; every model trains as teacher and as student in a tiny `kdx run`."""
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from typer.testing import CliRunner
 
 from kdx.cli import app
 from kdx.config import load_config
-from kdx.registry import ALL, DATASETS, HELDOUT, LOSSES, MODELS, SOURCES
+from kdx.errors import KdxError
+from kdx.registry import ALL, DATASETS, HELDOUT, LOSSES, MODELS, SOURCES, TRACKERS
 from kdx.run import validate
 
 # Arguments an entry cannot do without (everything else takes the entry's defaults).
@@ -20,6 +22,7 @@ REQUIRED = {
     ("sources", "mixture"): {"components": [{"name": "train", "weight": 1}, {"name": "noise", "weight": 1}]},
     ("models", "hf"): {"path": "/nonexistent/hf-model"},
     ("models", "torchvision"): {"arch": "resnet18"},
+    ("models", "timm"): {"arch": "test_resnet"},
     ("models", "sklearn_file"): {"path": "/nonexistent/model.skops"},
     ("models", "ensemble"): {"members": [{"name": "mlp"}, {"name": "sklearn"}]},
 }
@@ -48,6 +51,8 @@ def as_yaml_and_overrides(kind: str, name: str) -> tuple[dict, list[str]]:
         return nested, overrides
     if kind == "losses":
         return {"distill": {"loss": name}}, [f"distill.loss={name}"]
+    if kind == "trackers":
+        return {"report": [name]}, [f"report=[{name}]"]
     dist = "downstream:fashion_mnist_upper" if name == "downstream" else name
     return {"eval": {"distributions": [dist]}}, [f"eval.distributions=[{dist}]"]
 
@@ -68,6 +73,12 @@ def test_every_entry_selected_from_yaml_and_command_line(kind, name, tmp_path):
             registry.validate(obj, section_of(kind, name))
         elif kind == "losses":
             assert cfg.distill.loss == name and LOSSES.get(name).name == name
+        elif kind == "trackers":  # validated with its package, or refused naming the pip extra
+            assert cfg.report == [name]
+            if importlib.util.find_spec(TRACKERS.get(name).fn.package) is None:
+                with pytest.raises(KdxError, match=rf"pip install 'kdx\[{TRACKERS.get(name).fn.extra}\]'"):
+                    validate(cfg)
+                continue
         else:
             assert HELDOUT.get(cfg.eval.distributions[0].split(":")[0].split("-")[0]).name == name
         if kind not in ("datasets", "models") or REQUIRED.get((kind, name)) is None:
@@ -77,7 +88,7 @@ def test_every_entry_selected_from_yaml_and_command_line(kind, name, tmp_path):
 
 def test_the_walk_covers_every_registry():
     kinds = {kind for kind, _ in entries()}
-    assert kinds == {"datasets", "models", "sources", "losses", "held-out"}
+    assert kinds == {"datasets", "models", "sources", "losses", "held-out", "trackers"}
     assert len(entries()) == sum(len(r.names()) for r in ALL.values())
 
 
@@ -89,6 +100,7 @@ IMAGE_MODELS = {  # each model's smallest sensible size on 8x8 digits
     "cnn": SMALL_CNN, "mlp": ["hidden=[32]"], "resnet18": [], "mobilenet_v3_small": ["width_mult=0.25"],
     "vit": ["patch_size=4", "hidden_size=32", "layers=1", "heads=2", "mlp_size=64"],
     "torchvision": ["arch=mobilenet_v3_small", "image_size=32", "normalize=data"],  # no weights: trained here
+    "timm": ["arch=test_resnet", "image_size=32"],  # timm's own tiny test network, untrained: trained here (kdx[timm])
 }
 
 
@@ -109,6 +121,8 @@ def test_every_trainable_model_has_a_tiny_run_here():
 
 @pytest.mark.parametrize("model", sorted(IMAGE_MODELS))
 def test_model_as_teacher_and_as_student(model, tmp_path):
+    if model == "timm":
+        pytest.importorskip("timm")
     args = IMAGE_MODELS[model]
     as_teacher = kdx_run(tmp_path, "t", [f"teacher.model.name={model}", *(f"teacher.model.{a}" for a in args),
                                          "student.model.name=cnn", *(f"student.model.{a}" for a in SMALL_CNN)])

@@ -107,6 +107,8 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     cache_dir: Optional[str] = None  # teacher cache; default $KDX_CACHE or ~/.cache/kdx
+    report: list[str] = field(default_factory=list)  # experiment trackers (kdx.trackers): tensorboard, mlflow, trackio, wandb
+    report_project: Optional[str] = None  # the trackers' project (experiment, group): a study sets its name; default kdx
 
 
 # Each numeric or enumerated field's domain, checked when the config loads, before any work starts.
@@ -271,6 +273,21 @@ def to_yaml(cfg) -> str:
 
 def to_dict(cfg) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cfg))
+
+
+def flatten(obj: dict, sep: str = ".", prefix: str = "", numeric: bool = False) -> dict:
+    """Nested mappings (a config, metrics.json) as one level of `a{sep}b` keys: numbers only (`numeric`),
+    else every leaf (lists kept); for the trackers' hyper-parameters and the study's runs table."""
+    out = {}
+    for key, value in obj.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            out.update(flatten(value, sep, name, numeric))
+        elif not numeric:
+            out[name] = value
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = value
+    return out
 
 
 def overrides_between(base, cfg) -> list[str]:

@@ -116,4 +116,6 @@ LOSSES = Registry("loss", "kdx.distill.losses", "losses")
 HELDOUT = Registry("held-out distribution", "kdx.eval.heldout")
 # Augmentations, one registry per modality: `source.augment` names one of the data's modality
 VIEWS = {m: Registry(f"{m} view", "kdx.sampling") for m in ("image", "signal", "text")}
-ALL = {"datasets": DATASETS, "models": MODELS, "sources": SOURCES, "losses": LOSSES, "held-out": HELDOUT}
+TRACKERS = Registry("tracker", "kdx.trackers")  # the run config's `report`
+ALL = {"datasets": DATASETS, "models": MODELS, "sources": SOURCES, "losses": LOSSES, "held-out": HELDOUT,
+       "trackers": TRACKERS}

@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 import kdx
 from kdx import config as kconfig
+from kdx import trackers
 from kdx.data import load_dataset
 from kdx.data.text import anchor_accuracy
 from kdx.device import resolve_device
@@ -44,6 +45,7 @@ def validate_training(cfg: kconfig.RunConfig) -> dict:
     for name in cfg.eval.distributions:
         if name != "default":
             HELDOUT.validate(heldout.parse(name), f"eval.distributions: '{name}'")
+    trackers.check(cfg.report)
     return {"name": cfg.source["name"], **SOURCES.validate(cfg.source, "source")}
 
 
@@ -217,8 +219,14 @@ def distill_and_evaluate(cfg: kconfig.RunConfig, data, teacher: Teacher, student
     torch.manual_seed(cfg.seed)
     desc = run_dir.name if run_dir else "distill"
     curve = learning_curve(teacher, data) if cfg.distill.curve_every else None
-    train_stats = distill(student, source, cfg.distill, teacher=teacher, run_dir=run_dir, resume=resume, desc=desc,
-                          ddp=ddp, curve=curve)
+    report = trackers.open_report(run_dir, cfg) if main else None  # rank 0 alone reports
+    try:
+        train_stats = distill(student, source, cfg.distill, teacher=teacher, run_dir=run_dir, resume=resume, desc=desc,
+                              ddp=ddp, curve=curve, on_log=report.step if report else None)
+    except BaseException:  # a diverged or interrupted run: its tracker runs end as failed (--resume reopens them)
+        if report:
+            report.close(failed=True)
+        raise
     if main and run_dir:
         save_torch(run_dir / STUDENT, {"model": student.state_dict(), "spec": cfg.student.model})
         draws = source.draw_log() if hasattr(source, "draw_log") else None
@@ -247,4 +255,6 @@ def distill_and_evaluate(cfg: kconfig.RunConfig, data, teacher: Teacher, student
     if run_dir:
         write_json(run_dir / METRICS, metrics)
         (run_dir / CHECKPOINT).unlink(missing_ok=True)
+    if report:
+        report.finish(metrics, artifacts=[run_dir / STUDENT])
     return metrics

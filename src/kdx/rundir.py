@@ -4,6 +4,7 @@
     log.jsonl      the loop's log; checkpoint.pt its resumable state, deleted once the run finishes
     student.pt     the trained student
     metrics.json   eval per held-out distribution, train stats, teacher; its presence marks a finished run
+    error.json     a study's run that failed: its error and traceback (removed once it finishes)
     probes/        what `kdx probe` writes: deviation.json (and deviation_<distribution>.png), regions.csv/png,
                    map.parquet/png, map_arrays.npz, summary.json
     ../.NAME.lock  held by the process writing the run (`locked`), its pid and host in .NAME.lock.json
@@ -36,6 +37,7 @@ from kdx.registry import SOURCES
 CONFIG = "config.yaml"
 STUDENT = "student.pt"
 METRICS = "metrics.json"
+ERROR = "error.json"
 PROBES = "probes"
 DEVIATION = "deviation.json"
 DRAWS = "draws.npz"  # an adaptive source's picks per pool row (kdx.sampling.adaptive), for the explorer
@@ -147,6 +149,14 @@ def read_config(run_dir: str | Path) -> dict:
         return raw
 
 
+def read_run_config(run_dir: str | Path) -> kconfig.RunConfig:
+    """config.yaml as the typed, validated run config it was written from."""
+    raw = read_config(run_dir)
+    raw.pop("kdx_version", None)
+    with reading(Path(run_dir) / CONFIG, redo(run_dir)):
+        return kconfig.load_config(None, [], layers=[(str(Path(run_dir) / CONFIG), raw)])
+
+
 @dataclasses.dataclass
 class FinishedRun:
     """Everything a finished run directory holds, rebuilt: for probes, studies and the explorer."""
@@ -180,10 +190,7 @@ def load_run(run_dir: str | Path) -> FinishedRun:
     if not (run_dir / METRICS).exists():
         raise KdxError(f"{run_dir} is not a finished kdx run (no metrics.json); run `kdx run` first"
                        + (", or `kdx run ... --resume` to finish it" if (run_dir / CONFIG).exists() else ""))
-    raw = read_config(run_dir)
-    raw.pop("kdx_version", None)
-    with reading(run_dir / CONFIG, redo(run_dir)):
-        cfg = kconfig.load_config(None, [], layers=[(str(run_dir / CONFIG), raw)])
+    cfg = read_run_config(run_dir)
     data = load_dataset(cfg.data)
     teacher = get_teacher(cfg, data)
     student = prepare_model(load_student(run_dir, cfg, data), resolve_device(cfg.distill.device), data.is_image).eval()

@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from kdx.cli.common import DATA_ROOT, split_args
+from kdx.cli.export import export_app
 from kdx.cli.probe import probe_app
 from kdx.cli.synth import synth_cmd
 from kdx.errors import KdxError
@@ -130,13 +131,32 @@ def study_cmd(config: Path = typer.Argument(..., help="study YAML (configs/studi
               workers: int = typer.Option(1, "--workers", help="independent runs in parallel processes"),
               executor: str = typer.Option("local", "--executor",
                                            help="local (processes here) or ray (Ray tasks over a cluster: kdx[ray])"),
-              cpus_per_run: int = typer.Option(1, "--cpus-per-run", help="with --executor ray: CPUs (threads) a run asks for")):
-    """Run (or resume) a grid of runs, probe them, write summary.csv, summary.md and report.html."""
-    from kdx.study import run_study
+              cpus_per_run: int = typer.Option(1, "--cpus-per-run", help="with --executor ray: CPUs (threads) a run asks for"),
+              fail_fast: bool = typer.Option(False, "--fail-fast", help="stop at the first run that fails (by default "
+                                             "a failed run is kept in runs.parquet with its error and the study goes on)"),
+              table: bool = typer.Option(False, "--table", help="print the table of every run (runs.parquet) as it "
+                                         "stands, running nothing")):
+    """Run (or resume) a grid of runs, probe them, write summary.csv, summary.md, report.html and runs.parquet."""
+    from kdx.study import plan, run_study
+    from kdx.study.table import TABLE, failures, runs_table
 
-    out = run_study(config, runs_dir, workers, overrides or [], executor, cpus_per_run)
-    print((out / "summary.md").read_text())
-    print(f"wrote {out}/summary.csv, summary.md, report.html")
+    if table:
+        study, runs = plan(config, overrides or [], build_sources=False)
+        out = runs_dir / "studies" / study.name
+        frame = runs_table(runs, out)
+        with_values = frame.dropna(axis=1, how="all")
+        print(with_values[[c for c in with_values.columns if not c.startswith("config.")]].to_string(index=False))
+        print(f"{len(frame)} rows; the config columns too in {out / TABLE}")
+        return
+    out = run_study(config, runs_dir, workers, overrides or [], executor, cpus_per_run, fail_fast=fail_fast)
+    if (out / "summary.md").exists():
+        print((out / "summary.md").read_text())
+    print(f"wrote {out}/summary.csv, summary.md, report.html, {TABLE}, runs.csv")
+    failed = failures(out)
+    for name, error in failed.items():
+        print(f"kdx: run {name} failed: {error}", file=sys.stderr)
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command("findings")
@@ -194,6 +214,7 @@ def list_cmd():
 
 app.command("synth", help="Write a pool of N synthesised inputs with the teacher's outputs (a HF dataset on disk).")(synth_cmd)
 
+app.add_typer(export_app, name="export", help="A run for other tools: `kdx export student RUN --format F`, `kdx export fiftyone RUN`.")
 app.add_typer(probe_app, name="probe", help="Where the student deviates: `kdx probe RUN` and `kdx probe eigen`.")
 
 

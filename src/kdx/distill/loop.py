@@ -98,11 +98,12 @@ def rank_batch(source: Source, step: int, batch_size: int, rank: int, world: int
 
 def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, *, teacher=None,
             run_dir: Path | None = None, resume: bool = False, desc: str = "distill", ddp: bool = False,
-            curve=None) -> dict:
+            curve=None, on_log=None) -> dict:
     """Train `student` on `source` for cfg.samples inputs; the config was checked by kdx.run.validate.
     `teacher` (a kdx.distill.teacher.Teacher: model and cached logits) is needed by every loss but
     one-hot; the checkpoint and the log go to run_dir. `curve(student) -> dict` (eval mode, no
-    gradients, no randomness: training is unchanged) is logged every cfg.curve_every samples."""
+    gradients, no randomness: training is unchanged) is logged every cfg.curve_every samples; `on_log(record)`
+    gets each record appended to log.jsonl (the run's experiment trackers, kdx.trackers)."""
     device = resolve_device(cfg.device)
     image = source.data.is_image
     steps = max(1, math.ceil(cfg.samples / cfg.batch_size))
@@ -143,6 +144,12 @@ def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, *, tea
                                          "counts": dict(counts)}))
 
     log = run_dir / LOG if run_dir and rank == 0 else None  # appended through kdx.io: a full disk is named
+
+    def write_log(record: dict) -> None:
+        append_text(log, json.dumps(record) + "\n")
+        if on_log:
+            on_log(record)
+
     bar = tqdm(total=steps, initial=start, desc=desc, disable=rank > 0 or not sys.stderr.isatty(), leave=False)
     t_start = t_last = time.perf_counter()
     last_logged, value = start, None
@@ -189,13 +196,13 @@ def distill(student: torch.nn.Module, source: Source, cfg: DistillConfig, *, tea
             bar.set_postfix(loss=f"{value:.4f}", rate=f"{rate:,.0f}/s")
             if log:
                 epoch = done * cfg.batch_size / source.epoch_size if source.epoch_size else None
-                append_text(log, json.dumps({"step": done, "epoch": epoch, "loss": value, "loss_name": loss_name,
-                                             "lr": sched.get_last_lr()[0], "samples_per_s": rate}) + "\n")
+                write_log({"step": done, "epoch": epoch, "loss": value, "loss_name": loss_name,
+                           "lr": sched.get_last_lr()[0], "samples_per_s": rate})
             if done % cfg.checkpoint_every == 0 and done < steps and rank == 0:
                 save_checkpoint(done)
         if log and curve and cfg.curve_every and (done * cfg.batch_size // cfg.curve_every
                                                   > step * cfg.batch_size // cfg.curve_every or done == steps):
-            append_text(log, json.dumps({"step": done, "samples": done * cfg.batch_size, "curve": curve(student)}) + "\n")
+            write_log({"step": done, "samples": done * cfg.batch_size, "curve": curve(student)})
     bar.close()
     seconds = time.perf_counter() - t_start
     trained = (steps - start) * cfg.batch_size

@@ -109,8 +109,9 @@ def get_teacher(cfg: RunConfig, data: Dataset, progress_desc: str = "teacher") -
         ckpt = Path(cfg.teacher.checkpoint)
         load_weights(model, ckpt, "teacher.checkpoint")
         out_dir = cache_root(cfg) / "teachers" / f"user-{user_teacher_key(cfg, hashlib.sha256(ckpt.read_bytes()).hexdigest())}"
-    elif getattr(model, "arrives_trained", False):  # hf, or torchvision with weights: used as is, never trained here
-        ckpt = Path(cfg.teacher.model.get("path") or cfg.teacher.model.get("weights"))
+    elif getattr(model, "arrives_trained", False):  # hf, torchvision or timm with weights: used as is, never trained here
+        spec = cfg.teacher.model
+        ckpt = Path(spec.get("path") or spec.get("weights") or spec.get("checkpoint_file"))  # hf, torchvision, timm
         out_dir = cache_root(cfg) / "teachers" / f"user-{user_teacher_key(cfg, model.weights_digest)}"
         out_dir.mkdir(parents=True, exist_ok=True)
     elif getattr(model, "black_box", False):  # fit by kdx, cached as skops

@@ -30,11 +30,11 @@ def images(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> np.ndarray:
     return line_plots(x.float().numpy(), lo.float().numpy(), hi.float().numpy())
 
 
-def line_plots(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """(N, C, L) signals -> (N, h, w, 1) white line plots, one polyline per channel, drawn with PIL."""
+def line_plots(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, size: tuple[int, int] = LINE_SIZE) -> np.ndarray:
+    """(N, C, L) signals -> (N, h, w, 1) white line plots of `size` (w, h), one polyline per channel, drawn with PIL."""
     from PIL import Image, ImageDraw
 
-    w, h = LINE_SIZE
+    w, h = size
     span = np.maximum(hi - lo, 1e-6)[None, :, None]
     ys = (h - 2) - np.clip((x - lo[None, :, None]) / span, 0, 1) * (h - 3)  # rows: top is high
     xs = np.linspace(1, w - 2, x.shape[2])

@@ -19,6 +19,7 @@ from kdx.models import predict
 from kdx.neighbors import Projection, kmeans, search
 from kdx.probes import deviation, maps, regions, tokens
 from kdx.rundir import DEVIATION, DEVIATION_PLOT, DRAWS, MAP, MAP_ARRAYS, PROBES, REGIONS, STUDENT, SUMMARY, load_run
+from kdx.trackers import report_figures
 
 DEFAULT_ON = ["train_subset", "test"]
 MAP_FORMAT = 3  # bump when map.parquet's columns change meaning, so stale maps are recomputed
@@ -178,6 +179,7 @@ def probe(run, opts: ProbeOptions | None = None, log=print) -> dict:
         lap("map")
     summary["seconds"] = seconds
     write_json(out_dir / SUMMARY, summary)
+    report_figures(run.dir, run.cfg, sorted(out_dir.glob("*.png")))  # to the run's trackers (`report`), if any
     return summary
 
 

@@ -31,6 +31,7 @@ class StudyConfig:
     switch_at: list[Optional[float]] = dataclasses.field(default_factory=list)
     student: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # student.model specs, with a label
     data: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # `data` specs, with a label; empty: the base's
+    report: list[str] = dataclasses.field(default_factory=list)  # trackers for every run (empty: the base's `report`)
     probe: bool = True
     probe_on: list[str] = dataclasses.field(default_factory=lambda: ["train_subset", "test"])
     # distillation inputs whose teacher features measure coverage (`kdx probe --source-n`): a whole
@@ -121,6 +122,8 @@ def plan(study_path: str | Path, overrides: list[str] = (), *, build_sources: bo
         if switch != "base":
             distill = dataclasses.replace(distill, switch_at=switch)
         cfg = dataclasses.replace(base_cfg, source=strip(source), seed=seed, distill=distill)
+        if study.report or base_cfg.report:  # the trackers group the study's runs under its name
+            cfg = dataclasses.replace(cfg, report=study.report or base_cfg.report, report_project=study.name)
         if student is not None:
             cfg = dataclasses.replace(cfg, student=kconfig.StudentConfig(model=strip(student)))
         if data is not None:
