@@ -62,14 +62,17 @@ chromium:
 	  apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium); \
 	else echo "chromium: missing (sudo apt-get install chromium); the explorer's browser tests will skip"; fi
 
-# the ray extra too, so that CI runs the `kdx study --executor ray` test
+# the ray, tracker, ONNX and timm extras too, so that CI runs their tests (`kdx study --executor ray`, every
+# tracker read back with its own reader, the ONNX export, a timm teacher); FiftyOne stays out (its database
+# package downloads MongoDB when it installs: README), and its test skips saying so
+TEST_EXTRAS = dev,ray,trackers,onnx,timm
 test: install chromium
-	$(BIN)/pip install -q -e '.[dev,ray]'
+	$(BIN)/pip install -q -e '.[$(TEST_EXTRAS)]'
 	$(BIN)/python -m pytest
 
 # the same suite in a random order (pytest-randomly); the seed is printed first: `make test-random SEED=N` replays it
 test-random: install chromium
-	$(BIN)/pip install -q -e '.[dev,ray]'
+	$(BIN)/pip install -q -e '.[$(TEST_EXTRAS)]'
 	@seed=$${SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; echo "pytest-randomly seed $$seed (replay: make test-random SEED=$$seed)"; \
 	$(BIN)/python -m pytest -p randomly --randomly-seed=$$seed
 
