@@ -389,8 +389,10 @@ def test_every_lm_source_gives_valid_ids_labels_and_masks(lm_setting, spec):
     source.setup(torch.device("cpu"), None, teacher=teacher.model, student=student)
     k = data.extra["prompts_train"][0].shape[1]
     prompts = {tuple(r) for r in data.extra["prompts_train"][0].tolist()}
+    counted = 0
     for step in range(4):
         b = source.batch(step, 10)
+        counted += int(b.mask.sum())
         assert b.x.shape == b.y.shape == b.mask.shape == (10, data.max_length) and b.mask.dtype == torch.bool
         assert int(b.x.min()) >= 0 and int(b.x.max()) < data.vocab_size
         assert torch.equal(b.y[:, :-1], b.x[:, 1:]) and not b.mask[:, -1].any() and b.mask.any()
@@ -399,9 +401,8 @@ def test_every_lm_source_gives_valid_ids_labels_and_masks(lm_setting, spec):
             assert all(tuple(r) in prompts for r in b.x[:, :k].tolist()) and not b.mask[:, :k - 1].any()
     if spec["name"] == "lm_downstream":  # the train documents' synopses
         assert data.decode(b.x[:1])[0] in {t for t in [r["short"] for r in corpus_docs()]}
-    if spec["name"] != "noise":
-        costs = source.accounting()
-        assert costs["trained_tokens"] > 0 and costs["input_tokens"] == 40 * data.max_length
+    costs = source.accounting()  # every source counts what it served: the positions the loss counts
+    assert costs["trained_tokens"] == counted > 0 and costs["input_tokens"] == 40 * data.max_length
     if spec["name"] == "lm_mixture":  # lambda as a weight: exactly 10 of the 40 examples were on-policy
         assert source.accounting()["student_generated_tokens"] == 10 * (data.max_length - k)
 

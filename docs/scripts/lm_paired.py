@@ -1,6 +1,7 @@
 """docs/lm.md's tables from a finished `kdx study configs/studies/sources_lm.yaml` (its summary.csv):
 per held-out distribution, each source's KL(t||s) and its difference from the corpus source with the same
-loss, paired by seed (mean and 95% t-interval over seeds).
+loss (for a loss the corpus did not run with: from the same source with forward KL), paired by seed (mean
+and 95% t-interval over seeds).
 
   python docs/scripts/lm_paired.py runs/studies/sources_lm/summary.csv
 """
@@ -30,15 +31,17 @@ def main(path: str, metric: str = "kl_teacher_student") -> None:
             rows = df[(df.source == source) & (df.loss == loss)]
             if rows.empty:
                 continue
+            base_source, base_loss = ("corpus", loss) if ((df.source == "corpus") & (df.loss == loss)).any() \
+                else (source, "forward_kl")
             cells, diffs = [], []
             for d in dists:
                 r = rows[rows.distribution == d].set_index("seed")[metric]
-                base = df[(df.source == "corpus") & (df.loss == loss) & (df.distribution == d)].set_index("seed")[metric]
+                base = df[(df.source == base_source) & (df.loss == base_loss) & (df.distribution == d)]
                 cells.append(cell(r))
-                diffs.append("" if source == "corpus" else cell((r - base).dropna()))
+                diffs.append(cell((r - base.set_index("seed")[metric]).dropna()))
             print(f"| {source} | {loss} | " + " | ".join(cells) + " |")
-            if source != "corpus":
-                print(f"| − corpus | | " + " | ".join(diffs) + " |")
+            if (source, loss) != (base_source, base_loss):
+                print(f"| − {base_source} {base_loss} | | " + " | ".join(diffs) + " |")
 
 
 if __name__ == "__main__":

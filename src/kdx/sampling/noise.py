@@ -24,13 +24,17 @@ class NoiseSource(Source):
             raise KdxError(f"source 'noise': kind must be {' or '.join(kinds)} for {data.modality} data "
                            f"(dataset '{data.name}'), got '{kind}'")
         self.kind, self.clip = kind, clip
+        self.tokens = {"input_tokens": 0, "trained_tokens": 0} if data.modality == "lm" else None  # LM costs
 
     def batch(self, step: int, n: int) -> Batch:
         d, g = self.data, step_generator(self.seed, step, self.device, "noise")
         if d.is_text:
             return Batch(random_sequences(d, n, g, self.device, self.kind))
         if d.modality == "lm":  # random token windows at the corpus's window lengths, every real position counted
-            return lm_batch(random_sequences(d, n, g, self.device, self.kind), d)
+            batch = lm_batch(random_sequences(d, n, g, self.device, self.kind), d)
+            self.tokens["input_tokens"] += batch.x.numel()
+            self.tokens["trained_tokens"] += int(batch.mask.sum())
+            return batch
         if self.kind == "uniform":
             return Batch(d.uniform_in_box(n, g, self.device))
         x = d.channel_view(d.mean).to(self.device) + d.channel_view(d.std).to(self.device) * torch.randn(
@@ -39,6 +43,17 @@ class NoiseSource(Source):
 
     def skip(self, step: int, n: int) -> None:
         pass  # each draw is a function of (seed, step) alone: nothing to advance
+
+    def state_dict(self) -> dict:
+        return {} if self.tokens is None else {"tokens": dict(self.tokens)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.tokens is not None:
+            self.tokens = dict(state["tokens"])
+
+    def accounting(self) -> dict:
+        """LM: tokens fed and next-token targets trained on (like the corpus source's)."""
+        return {} if self.tokens is None else dict(self.tokens)
 
 
 @SOURCES.register(context=("data", "seed"))
