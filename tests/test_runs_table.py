@@ -73,7 +73,8 @@ def test_runs_table_keeps_a_failed_run_and_the_study_goes_on(digits_teacher, stu
     assert got == pytest.approx(expected, rel=1e-12)
     assert set(done.distribution) == {"test", "train_subset", "gaussian_noise-2", "blur-1", "uniform_noise"}
     assert (done.status == "finished").all() and done.error.isna().all()
-    assert (done.seconds == metrics["train"]["seconds"]).all() and (done.samples == metrics["train"]["samples"]).all()
+    assert (done.train_seconds == metrics["train"]["seconds"]).all()
+    assert (done.samples_trained == metrics["train"]["samples"]).all()
     assert (done.teacher_queries == metrics["train"]["accounting"]["teacher_queries"]).all()
     # the resolved config as columns, and the study's axes
     assert (done["config.distill.samples"] == 2000).all() and (done["config.data.name"] == "digits").all()
@@ -89,3 +90,18 @@ def test_runs_table_keeps_a_failed_run_and_the_study_goes_on(digits_teacher, stu
     assert sum("train-cnn-s0" in line and "finished" in line for line in lines) == len(done)
     assert any("train-broken-s0" in line and "negative dimension" in line for line in lines)
     assert f"{len(table)} rows" in lines[-1]
+
+
+def test_a_study_with_a_samples_axis_tables_its_budgets_beside_each_runs_cost(tmp_path):
+    """The `samples` axis (a budget) and the cost column `samples_trained` are two columns (they once collided
+    in the merge and the table could not be written); planned runs not started are `pending`."""
+    from kdx.study import plan
+    from kdx.study.table import runs_table
+
+    f = tmp_path / "budgets.yaml"
+    f.write_text(STUDY.format(base=os.path.abspath("configs/fashion_mnist.yaml"), overrides=json.dumps(FAST))
+                 .replace("student: [", "samples: [512, 1024]\nstudent: [").replace("{name: mlp, hidden: [-3], label: broken}, ", ""))
+    _, runs = plan(f, build_sources=False)
+    table = runs_table(runs, tmp_path / "out")
+    assert sorted(table["samples"]) == [512, 1024] and table["samples_trained"].isna().all()
+    assert (table["status"] == "pending").all() and (table["config.distill.samples"] == table["samples"]).all()

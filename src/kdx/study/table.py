@@ -15,7 +15,9 @@ from kdx.rundir import CONFIG, ERROR, METRICS, read_metrics
 from kdx.study.plan import PlannedRun
 
 TABLE, TABLE_CSV = "runs.parquet", "runs.csv"
-COLUMNS = ["run", "status", "distribution", "metric", "value", "seconds", "teacher_queries", "samples", "error"]
+# the cost columns are named apart from the study's axes (a `samples` axis is a budget, not this run's count)
+COLUMNS = ["run", "status", "distribution", "metric", "value", "train_seconds", "teacher_queries", "samples_trained",
+           "error"]
 
 
 def status(run_dir: Path) -> str:
@@ -31,14 +33,14 @@ def status(run_dir: Path) -> str:
 def run_rows(planned: PlannedRun, run_dir: Path) -> list[dict]:
     """The run's rows: one per distribution x metric of its metrics.json, or one without metrics."""
     base = {"run": planned.name, "status": status(run_dir), "distribution": None, "metric": None, "value": None,
-            "seconds": None, "teacher_queries": None, "samples": None, "error": None}
+            "train_seconds": None, "teacher_queries": None, "samples_trained": None, "error": None}
     if base["status"] == "failed":
         base["error"] = read_json(run_dir / ERROR, f"delete {run_dir / ERROR}")["error"]
     if not (run_dir / METRICS).exists():
         return [base]
     metrics = read_metrics(run_dir)
     train = metrics["train"]
-    base.update(seconds=train.get("seconds"), samples=train.get("samples"),
+    base.update(train_seconds=train.get("seconds"), samples_trained=train.get("samples"),
                 teacher_queries=train.get("accounting", {}).get("teacher_queries"))
     rows = []
     for dist, values in metrics["eval"].items():
