@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdx.errors import KdxError, first_line
+from kdx.errors import DiskFullError, KdxError, first_line
 
 
 def _umask_mode() -> int:
@@ -35,10 +35,10 @@ def disk_full(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno in DISK_FULL
 
 
-def disk_full_error(path: str | Path | None, e: OSError) -> KdxError:
+def disk_full_error(path: str | Path | None, e: OSError) -> DiskFullError:
     """The one-line error for a file that a full disk (or quota) kept from being written."""
     what = f"{Path(path).name} in {Path(path).parent}" if path else "a file"
-    return KdxError(f"cannot write {what}: the disk is full ({e.strerror}). Free space there, or write elsewhere "
+    return DiskFullError(f"cannot write {what}: the disk is full ({e.strerror}). Free space there, or write elsewhere "
                     "(--runs-dir, --out, $KDX_CACHE), and run the command again (`kdx run ... --resume` continues a "
                     "run, a study resumes by itself)")
 

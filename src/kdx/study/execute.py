@@ -14,7 +14,7 @@ from pathlib import Path
 from kdx import config as kconfig
 from kdx.data import load_dataset
 from kdx.distill.teacher import get_teacher
-from kdx.errors import KdxError, first_line
+from kdx.errors import DiskFullError, KdxError, first_line
 from kdx.io import write_json
 from kdx.probes import ProbeOptions, probe
 from kdx.run import execute
@@ -37,6 +37,8 @@ def _run_one(cfg: kconfig.RunConfig, run_dir: Path, threads: int, probe_options:
             execute(cfg, run_dir, resume=True)
             if probe_options:
                 probe(run_dir, probe_options)
+        except DiskFullError:  # the next run, error.json and the table would fail the same way: stop, naming the file
+            raise
         except Exception as e:  # noqa: BLE001 - any failure of one run is kept in the table, the study goes on
             error = str(e) if isinstance(e, KdxError) else f"{type(e).__name__}: {first_line(e, 300, 'no message')}"
             write_json(run_dir / ERROR, {"error": error, "traceback": traceback.format_exc()})
@@ -132,8 +134,12 @@ def _run_locked(study, runs: list[PlannedRun], out: Path, t0: float, workers: in
     probe_options = ProbeOptions(on=study.probe_on, source_n=study.probe_source_n, map=False) if study.probe else None
     try:
         _run_todo(todo, out, workers, executor, cpus_per_run, probe_options, fail_fast)
-    finally:  # the table of every run as it stands, also when fail_fast (or Ctrl-C) stops the study
-        write_runs_table(runs, out)
+    except DiskFullError:  # not the table too: the error names the first file the disk refused
+        raise
+    except BaseException:
+        write_runs_table(runs, out)  # the table of every run as it stands, also when fail_fast (or Ctrl-C) stops it
+        raise
+    write_runs_table(runs, out)
     finished = [r for r in runs if (out / "runs" / r.name / METRICS).exists()]
     if finished:
         write_reports(study, finished, out)
