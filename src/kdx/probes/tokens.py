@@ -38,16 +38,17 @@ CONTEXT_TOKENS = 8  # tokens of context shown before the position in a region's 
 @torch.no_grad()
 def token_points(teacher, student, x: torch.Tensor, mask: torch.Tensor, token_counts: torch.Tensor,
                  batch_size: int = 16) -> dict[str, dict[str, np.ndarray]]:
-    """Per counted position, for each class choice: x, y, the sequence and position, the chosen token's
-    train count, the teacher's entropy (nats) and KL(t||s); under "positions": the teacher's last hidden
-    state (`features`), both models' top-1 tokens, the actual next token and the total variation."""
+    """Per counted position, for each class choice: x, y and the chosen token's train count; under
+    "positions", what both choices share: the sequence and position, the teacher's entropy (nats), KL(t||s),
+    the teacher's last hidden state (`features`), both models' top-1 tokens, the actual next token and the
+    total variation."""
     device = next(student.parameters()).device
     was = teacher.training, student.training
     teacher.eval()
     student.eval()
-    cols = {c: {k: [] for k in ("x", "y", "sequence", "position", "count", "entropy", "kl")}
-            for c in deviation.CLASS_CHOICES}
-    cols["positions"] = {k: [] for k in ("features", "teacher_class", "student_class", "class", "disagreement")}
+    cols = {c: {k: [] for k in ("x", "y", "count")} for c in deviation.CLASS_CHOICES}
+    cols["positions"] = {k: [] for k in ("sequence", "position", "entropy", "kl", "features", "teacher_class",
+                                         "student_class", "class", "disagreement")}
     for i in range(0, len(x), batch_size):
         xb, mb = x[i:i + batch_size].to(device), mask[i:i + batch_size].to(device)
         rows, positions = mb.nonzero(as_tuple=True)
@@ -56,22 +57,20 @@ def token_points(teacher, student, x: torch.Tensor, mask: torch.Tensor, token_co
         zt, zs = zt[rows, positions].double(), student(xb)[rows, positions].double()
         lt, ls = torch.log_softmax(zt, -1), torch.log_softmax(zs, -1)
         per = cols["positions"]
+        per["sequence"].append((rows + i).cpu().numpy())
+        per["position"].append(positions.cpu().numpy())
+        per["entropy"].append(-(lt.exp() * lt).sum(-1).cpu().numpy())
+        per["kl"].append((lt.exp() * (lt - ls)).sum(-1).cpu().numpy())
         per["features"].append(hidden[rows, positions].float().cpu().numpy())
         per["teacher_class"].append(zt.argmax(-1).cpu().numpy())
         per["student_class"].append(zs.argmax(-1).cpu().numpy())
         per["class"].append(nxt.cpu().numpy())
         per["disagreement"].append((0.5 * (lt.exp() - ls.exp()).abs().sum(-1)).cpu().numpy())
-        entropy = -(lt.exp() * lt).sum(-1).cpu().numpy()
-        kl = (lt.exp() * (lt - ls)).sum(-1).cpu().numpy()
         for choice, cls in (("teacher_top1", zt.argmax(-1)), ("ground_truth", nxt)):
             c = cols[choice]
             c["x"].append(deviation.phi(zt, cls))
             c["y"].append(deviation.phi(zs, cls))
-            c["sequence"].append((rows + i).cpu().numpy())
-            c["position"].append(positions.cpu().numpy())
             c["count"].append(token_counts[cls.cpu()].numpy())
-            c["entropy"].append(entropy)
-            c["kl"].append(kl)
     teacher.train(was[0])
     student.train(was[1])
     return {choice: {k: np.concatenate(v) if v else np.zeros(0) for k, v in c.items()} for choice, c in cols.items()}
@@ -85,9 +84,9 @@ def context_regions(run, sets: dict[str, tuple[torch.Tensor, dict]], k: int, pca
     for name, (ids, points) in sets.items():
         top, per = points["teacher_top1"], points["positions"]
         frames.append(pd.DataFrame({
-            "item": [f"{name}:{q}:{p}" for q, p in zip(top["sequence"], top["position"])], "source": name,
+            "item": [f"{name}:{q}:{p}" for q, p in zip(per["sequence"], per["position"])], "source": name,
             "class": per["class"], "teacher_class": per["teacher_class"], "student_class": per["student_class"],
-            "disagreement": per["disagreement"], "deviation": top["y"] - top["x"], "kl": top["kl"],
+            "disagreement": per["disagreement"], "deviation": top["y"] - top["x"], "kl": per["kl"],
             "coverage": np.nan}))
         feats.append(per["features"])
     frame = pd.concat(frames, ignore_index=True)
@@ -193,7 +192,7 @@ def probe_tokens(run, opts, log=print) -> dict:
         x, mask = heldout_tokens(name, run.data, run.cfg.eval, run.teacher.model, run.student)
         points = token_points(run.teacher.model, run.student, x, mask, run.data.token_counts)
         sets[name] = (x, points)
-        points = {c: points[c] for c in deviation.CLASS_CHOICES}
+        points = {c: {**points["positions"], **points[c]} for c in deviation.CLASS_CHOICES}
         fits = {choice: summarize(p, opts.resamples, opts.seed) for choice, p in points.items()}
         report["distributions"][name] = fits
         deviation.plot(run.dir / PROBES / DEVIATION_PLOT.format(name), name,

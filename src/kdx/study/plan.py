@@ -112,6 +112,7 @@ def plan(study_path: str | Path, overrides: list[str] = (), *, build_sources: bo
             "temperature": study.temperature or [None], "switch_at": study.switch_at or ["base"], "student": study.student or [None], "seed": study.seeds}
     runs = []
     strip = lambda spec: {k: v for k, v in spec.items() if k not in STUDY_KEYS}  # noqa: E731
+    loss_labelled = bool(study.loss) or any("loss" in spec for spec in study.sources)  # the run names carry the loss
     for data, source, samples, loss, temp, switch, student, seed in itertools.product(*axes.values()):
         distill = dataclasses.replace(base_cfg.distill, **{k: v for k, v in {"samples": samples, "loss": loss,
                                                                             "temperature": temp}.items() if v is not None})
@@ -132,7 +133,7 @@ def plan(study_path: str | Path, overrides: list[str] = (), *, build_sources: bo
         labels["source"] = _label(source)
         if study.samples:
             labels["samples"] = samples
-        if study.loss or any("loss" in spec for spec in study.sources):
+        if loss_labelled:
             labels["loss"] = distill.loss
         if study.temperature:
             labels["temperature"] = temp

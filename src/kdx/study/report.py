@@ -55,15 +55,14 @@ def collect(runs: list[Run]) -> list[dict]:
                     row["acc_diff_lo"], row["acc_diff_hi"] = e[k] if e[k] else (None, None)
                 else:
                     row[k] = e[k]
-            if "tokens" in e:  # a causal-LM row (kdx.eval.lm)
-                row.update({k: e.get(k) for k in LM_METRIC_KEYS})
             row["deviation_slope"] = slopes.get(dist)
             row["train_seconds"] = m["train"]["seconds"]
             row["anchor_test_acc"] = m["teacher"].get("anchor_test_acc")  # text: the TF-IDF + LR anchor
             cost = m["train"].get("accounting", {})  # runs written before kdx counted forwards lack it
             for k in ("teacher_queries", "teacher_forwards", "student_forwards"):
                 row[k] = cost.get(k)
-            if "tokens" in e:
+            if "tokens" in e:  # a causal-LM row (kdx.eval.lm): its per-token metrics and its costs in tokens
+                row.update({k: e.get(k) for k in LM_METRIC_KEYS})
                 row.update({k: cost.get("source", {}).get(k, 0) for k in LM_COST_KEYS})
             rows.append(row)
     return rows
