@@ -842,6 +842,8 @@ def test_kdx_probe_on_an_lm_run_fits_token_slopes_that_an_independent_computatio
         assert f["n"] == len(px) and f["sequences"] == len(np.unique(rows))
         assert f["slope"] == pytest.approx(np.polyfit(px, py, 1)[0], rel=1e-4, abs=1e-5)
         assert f["slope_ci"][0] <= f["slope"] <= f["slope_ci"][1]
+        _, vecs = np.linalg.eigh(np.cov(px, py))  # the orthogonal fit: the principal axis of (x, y)
+        assert f["robust"]["orthogonal"]["slope"] == pytest.approx(vecs[1, 1] / vecs[0, 1], rel=1e-4)
         first = np.argsort(px, kind="stable")[: int(np.ceil(len(px) / 10))]  # the least confident tenth
         assert f["deciles"][0]["mean_deviation"] == pytest.approx((py - px)[first].mean(), rel=1e-3, abs=1e-4)
         by_pos = {k: v["n"] for k, v in f["by_position"].items()}

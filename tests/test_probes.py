@@ -47,6 +47,29 @@ def test_slope_estimator_recovers_a_known_slope_and_its_interval():
     assert covered >= 88
 
 
+def test_robust_slopes_agree_with_independent_estimators_and_undo_attenuation():
+    rng = np.random.default_rng(3)
+    true = rng.normal(0, 2, 6000)  # both phis measure `true` with unit noise: least squares is attenuated to 0.8
+    x, y = true + rng.normal(0, 1, 6000), true + rng.normal(0, 1, 6000)
+    r = deviation.robust(x, y, resamples=300)
+    assert deviation.fit_line(x, y, resamples=50)["slope"] == pytest.approx(0.8, abs=0.03)
+    assert r["orthogonal"]["slope"] == pytest.approx(1.0, abs=0.04)  # the errors-in-variables fit undoes it
+    _, vecs = np.linalg.eigh(np.cov(x, y))  # independently: the principal axis of the (x, y) covariance
+    assert r["orthogonal"]["slope"] == pytest.approx(vecs[1, 1] / vecs[0, 1], rel=1e-9)
+    lo, hi = r["orthogonal"]["slope_ci"]
+    assert lo < r["orthogonal"]["slope"] < hi and hi - lo < 0.1
+    tenths = np.array_split(np.argsort(x, kind="stable"), 10)  # independently: medians of the x-sorted tenths
+    mx, my = [np.median(x[t]) for t in tenths], [np.median(y[t]) for t in tenths]
+    assert r["binned_medians"]["teacher_phi"] == pytest.approx(mx) and r["binned_medians"]["student_phi"] == pytest.approx(my)
+    assert r["binned_medians"]["slope"] == pytest.approx(np.polyfit(mx, my, 1)[0])
+    lo, hi = r["binned_medians"]["slope_ci"]
+    assert lo < r["binned_medians"]["slope"] < hi
+    # grouped: one group is one draw, so every resample is the data itself (a degenerate interval, not a narrow one)
+    one = deviation.robust(x[:300], y[:300], np.zeros(300, int), resamples=100)
+    for fit in one.values():
+        assert fit["slope_ci"][0] == fit["slope_ci"][1] == pytest.approx(fit["slope"])
+
+
 def test_deciles_find_a_student_below_the_diagonal_on_the_least_confident_tenth():
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(0, 3, 900), np.full(100, deviation.PHI_MAX)])  # 10% tied at the clip
@@ -136,6 +159,8 @@ def test_probe_writes_deviation_regions_and_a_reusable_map(digits_run):
     assert dev["distributions"]["uniform_noise"]["ground_truth"] is None  # noise has no labels
     f = test["teacher_top1"]
     assert f["slope_ci"][0] <= f["slope"] <= f["slope_ci"][1]
+    # positively correlated phis: the orthogonal slope is at least the least-squares one
+    assert f["robust"]["orthogonal"]["slope"] >= f["slope"] and len(f["robust"]["binned_medians"]["teacher_phi"]) == 10
     for name in ("test", "train_subset", "uniform_noise"):
         assert (out / f"deviation_{name}.png").stat().st_size > 10_000
 

@@ -18,7 +18,7 @@ import torch.distributed as dist
 import kdx
 from kdx import config as kconfig
 from kdx import trackers
-from kdx.data import load_dataset
+from kdx.data import difficulty, load_dataset
 from kdx.data.text import anchor_accuracy
 from kdx.device import resolve_device
 from kdx.distill.loop import distill
@@ -33,7 +33,7 @@ from kdx.models.blackbox import is_black_box
 from kdx.models.ensemble import check_ensemble
 from kdx.models.gpt import check_vocabularies
 from kdx.registry import DATASETS, HELDOUT, LOSSES, MODELS, SOURCES
-from kdx.rundir import CHECKPOINT, CONFIG, DRAWS, METRICS, STUDENT, locked, read_config, write_config
+from kdx.rundir import CHECKPOINT, CONFIG, DRAWS, METRICS, STUDENT, TRAIN_LABELS, locked, read_config, write_config
 from kdx.sampling.base import GRADIENT_SOURCES, Source
 
 
@@ -51,7 +51,7 @@ def validate_training(cfg: kconfig.RunConfig) -> dict:
 
 def validate(cfg: kconfig.RunConfig) -> dict:
     """Check every value, file and registry reference before any work starts; return the source spec."""
-    DATASETS.validate(cfg.data, "data")
+    DATASETS.validate(difficulty.split_spec(cfg.data)[0], "data")  # train_size, label_noise: any dataset's
     MODELS.validate(cfg.teacher.model, "teacher.model")
     check_black_boxes(cfg)  # before the student's arguments: a black box named as student is refused for that
     MODELS.validate(cfg.student.model, "student.model")
@@ -232,6 +232,8 @@ def distill_and_evaluate(cfg: kconfig.RunConfig, data, teacher: Teacher, student
         draws = source.draw_log() if hasattr(source, "draw_log") else None
         if draws is not None:
             save_arrays(run_dir / DRAWS, steps=train_stats["steps"], **draws)
+        if data.train_labels is not None:  # the subset and noisy labels every model of the run trained on
+            save_arrays(run_dir / TRAIN_LABELS, **data.train_labels)
     if data.modality == "lm":  # per-token fidelity on held-out text and on the models' own samples
         eval_results = evaluate_lm(teacher.model, student, data, cfg.eval)
     else:

@@ -4,6 +4,7 @@
     log.jsonl      the loop's log; checkpoint.pt its resumable state, deleted once the run finishes
     student.pt     the trained student
     metrics.json   eval per held-out distribution, train stats, teacher; its presence marks a finished run
+    train_labels.npz  with data.train_size or data.label_noise: the train index, clean and noisy labels
     error.json     a study's run that failed: its error and traceback (removed once it finishes)
     probes/        what `kdx probe` writes: deviation.json (and deviation_<distribution>.png), regions.csv/png,
                    map.parquet/png, map_arrays.npz, summary.json
@@ -40,6 +41,7 @@ METRICS = "metrics.json"
 ERROR = "error.json"
 PROBES = "probes"
 DEVIATION = "deviation.json"
+TRAIN_LABELS = "train_labels.npz"  # a train subset or noisy labels (kdx.data.difficulty): index, clean, noisy
 DRAWS = "draws.npz"  # an adaptive source's picks per pool row (kdx.sampling.adaptive), for the explorer
 # probes/ holds DEVIATION and these (kdx.probes.probe writes them; the explorer, studies and `kdx probe` read them)
 DEVIATION_PLOT = "deviation_{}.png"  # .format(distribution)

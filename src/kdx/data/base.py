@@ -65,6 +65,8 @@ class Dataset:
     # tabular only: column -> its category names (the column holds codes 0..K-1); every feature's name
     categories: dict[int, list[str]] = dataclasses.field(default_factory=dict)
     feature_names: list[str] = dataclasses.field(default_factory=list)
+    # a train subset or noisy labels (kdx.data.difficulty): train_index, clean and noisy train labels
+    train_labels: dict | None = dataclasses.field(default=None, repr=False)
     mean: torch.Tensor | None = dataclasses.field(init=False, default=None)
     std: torch.Tensor | None = dataclasses.field(init=False, default=None)
     lo: torch.Tensor | None = dataclasses.field(init=False, default=None)

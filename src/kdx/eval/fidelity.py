@@ -34,6 +34,9 @@ def fidelity_metrics(teacher_logits: torch.Tensor, student_logits: torch.Tensor,
         "agreement": float((t_pred == s_pred).mean()),
         "kl_teacher_student": float((pt * (lt - ls)).sum(1).mean()),
         "tv": float(0.5 * np.abs(pt - ps).sum(1).mean()),
+        # how unsure the teacher is here: its mean top-1 probability and mean entropy (nats)
+        "teacher_confidence": float(pt.max(1).mean()),
+        "teacher_entropy": float(-(pt * np.where(pt > 0, lt, 0.0)).sum(1).mean()),
     }
     keys = ["teacher_acc", "student_acc", "teacher_nll", "student_nll", "teacher_ece", "student_ece",
             "acc_diff", "acc_diff_ci", "mcnemar_p"]

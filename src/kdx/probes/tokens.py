@@ -6,7 +6,8 @@ phi(p) = log(p / (1 - p)), p on the teacher's top-1 next token and on the actual
 probe's two class choices, `teacher_top1` and `ground_truth`). The least-squares slope of y on x, the
 mean deviation y - x by teacher-confidence decile and by teacher-entropy decile, and the slope by
 position in the sequence and by the token's train frequency (rare / middle / common thirds of the
-positions). Every interval resamples whole sequences, never positions: the positions of one sequence
+positions). Beside least squares, the robust estimators (deviation.robust: the slope through the decile medians and
+the orthogonal fit). Every interval resamples whole sequences, never positions: the positions of one sequence
 are not independent, so a one-sequence set gets a degenerate (zero-width) interval, not a narrow one.
 Context regions: faiss k-means over the teacher's last hidden state at every counted position of all
 sets (PCA first, as for classifiers), each region with its mean KL(t||s), mean deviation, agreement,
@@ -111,19 +112,9 @@ def context_regions(run, sets: dict[str, tuple[torch.Tensor, dict]], k: int, pca
     return table
 
 
-def _resample_counts(sequences: int, resamples: int, seed: int) -> np.ndarray:
-    """(resamples, sequences) counts: how often each sequence is drawn in each bootstrap resample."""
-    return np.random.default_rng(seed).multinomial(sequences, np.full(sequences, 1 / sequences), size=resamples)
-
-
-def _interval(values: np.ndarray, level: float = 0.95) -> list[float]:
-    a = (1 - level) / 2
-    return [float(np.nanquantile(values, a)), float(np.nanquantile(values, 1 - a))]
-
-
 def _line(stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Least squares of y on x from summed (n, x, y, xx, xy) rows; NaN where x is constant."""
-    n, sx, sy, sxx, sxy = np.moveaxis(stats, -1, 0)
+    """Least squares of y on x from summed moments (n, x, y, xx, xy, yy rows); NaN where x is constant."""
+    n, sx, sy, sxx, sxy, _ = np.moveaxis(stats, -1, 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         slope = (sxy - sx * sy / n) / (sxx - sx * sx / n)
         return slope, (sy - slope * sx) / n
@@ -131,14 +122,12 @@ def _line(stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def sequence_fit(x: np.ndarray, y: np.ndarray, sequence: np.ndarray, resamples: int = 1000, seed: int = 0) -> dict:
     """Slope and intercept of y on x over all positions, with intervals resampling whole sequences."""
-    ids, inv = np.unique(sequence, return_inverse=True)
-    per_seq = np.stack([np.bincount(inv, weights=w, minlength=len(ids))
-                        for w in (np.ones_like(x), x, y, x * x, x * y)], 1)
+    per_seq = deviation.moments(x, y, sequence)
     slope, intercept = _line(per_seq.sum(0))
-    boot_slope, boot_intercept = _line(_resample_counts(len(ids), resamples, seed) @ per_seq)
-    return {"n": int(len(x)), "sequences": int(len(ids)), "slope": float(slope), "slope_ci": _interval(boot_slope),
-            "intercept": float(intercept), "intercept_ci": _interval(boot_intercept),
-            "frac_below_diagonal": float((y < x).mean())}
+    boot_slope, boot_intercept = _line(deviation.resample_counts(len(per_seq), resamples, seed) @ per_seq)
+    return {"n": int(len(x)), "sequences": int(len(per_seq)), "slope": float(slope),
+            "slope_ci": deviation.interval(boot_slope), "intercept": float(intercept),
+            "intercept_ci": deviation.interval(boot_intercept), "frac_below_diagonal": float((y < x).mean())}
 
 
 def sequence_deciles(key: np.ndarray, gap: np.ndarray, sequence: np.ndarray, resamples: int = 1000, seed: int = 0,
@@ -151,11 +140,11 @@ def sequence_deciles(key: np.ndarray, gap: np.ndarray, sequence: np.ndarray, res
     sums, counts = np.zeros((len(ids), bins)), np.zeros((len(ids), bins))
     np.add.at(sums, (inv, group), gap)
     np.add.at(counts, (inv, group), 1)
-    draws = _resample_counts(len(ids), resamples, seed)
+    draws = deviation.resample_counts(len(ids), resamples, seed)
     with np.errstate(invalid="ignore", divide="ignore"):
         boot = (draws @ sums) / (draws @ counts)
     return [{"decile": b + 1, "n": int(counts[:, b].sum()), "key": [float(key[group == b].min()), float(key[group == b].max())],
-             "mean_deviation": float(sums[:, b].sum() / counts[:, b].sum()), "ci": _interval(boot[:, b])}
+             "mean_deviation": float(sums[:, b].sum() / counts[:, b].sum()), "ci": deviation.interval(boot[:, b])}
             for b in range(bins) if counts[:, b].sum() > 0]
 
 
@@ -163,7 +152,7 @@ def summarize(points: dict[str, np.ndarray], resamples: int, seed: int) -> dict:
     """One class choice's entry: the fit, deciles by teacher confidence and by entropy, slopes by position
     bucket and by frequency band."""
     x, y, seq = points["x"], points["y"], points["sequence"]
-    out = {**sequence_fit(x, y, seq, resamples, seed),
+    out = {**sequence_fit(x, y, seq, resamples, seed), "robust": deviation.robust(x, y, seq, resamples=resamples, seed=seed),
            "deciles": sequence_deciles(x, y - x, seq, resamples, seed),
            "entropy_deciles": sequence_deciles(points["entropy"], y - x, seq, resamples, seed),
            "mean_kl_teacher_student": float(points["kl"].mean()), "by_position": {}, "by_frequency": {}}

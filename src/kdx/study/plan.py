@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import json
 import re
 from pathlib import Path
@@ -45,7 +46,7 @@ class StudyConfig:
 # `samples_scale` multiplies distill.samples for that source's runs (e.g. equal teacher forwards
 # for a source that scores 2 candidates per input trained on: samples_scale 0.5); `loss` sets
 # distill.loss for that source's runs (a subset of the source x loss grid, e.g. reverse KL for some sources)
-STUDY_KEYS = ("label", "samples_scale", "loss")
+STUDY_KEYS = ("label", "samples_scale", "loss", "overrides")
 
 
 @dataclasses.dataclass
@@ -81,6 +82,9 @@ def _check_axes(study: StudyConfig, study_path: Path) -> None:
                 fail(axis, f"every entry needs a `name` (a registered {kind}), got {spec!r}")
             if "samples_scale" in spec and not (number(spec["samples_scale"]) and spec["samples_scale"] > 0):
                 fail(axis, f"samples_scale must be a positive number, got {spec['samples_scale']!r}")
+            if "overrides" in spec and not (isinstance(spec["overrides"], list)
+                                            and all(isinstance(o, str) and "=" in o for o in spec["overrides"])):
+                fail(axis, f"`overrides` in an entry must be a list of dotted key=value strings, got {spec['overrides']!r}")
             if "loss" in spec and not (axis == "sources" and isinstance(spec["loss"], str)):
                 fail(axis, f"`loss` in an entry must be a loss name, and only sources take one, got {spec['loss']!r}")
     if study.loss and any("loss" in spec for spec in study.sources):
@@ -104,22 +108,31 @@ def plan(study_path: str | Path, overrides: list[str] = (), *, build_sources: bo
     study = kconfig.load_config(study_path, overrides, schema=StudyConfig)
     _check_axes(study, study_path)
     base = (study_path.parent / study.base) if not Path(study.base).is_absolute() else Path(study.base)
-    try:
-        base_cfg = kconfig.load_config(base, study.overrides)
-    except KdxError as e:  # name the study: its `base` or `overrides` are what to fix
-        raise KdxError(f"{study_path}: base {study.base} with overrides {list(study.overrides)}: {e}") from None
+    base_cfgs = {}  # per combination of the entries' own `overrides`, after the study's
+
+    def base_config(*entries) -> kconfig.RunConfig:
+        extra = tuple(o for e in entries if e for o in e.get("overrides", ()))
+        if extra not in base_cfgs:
+            try:
+                base_cfgs[extra] = kconfig.load_config(base, [*study.overrides, *extra])
+            except KdxError as e:  # name the study: its `base` or `overrides` are what to fix
+                raise KdxError(f"{study_path}: base {study.base} with overrides {[*study.overrides, *extra]}: {e}") from None
+        return base_cfgs[extra]
+    base_config()
     axes = {"data": study.data or [None], "source": study.sources, "samples": study.samples or [None], "loss": study.loss or [None],
             "temperature": study.temperature or [None], "switch_at": study.switch_at or ["base"], "student": study.student or [None], "seed": study.seeds}
     runs = []
     strip = lambda spec: {k: v for k, v in spec.items() if k not in STUDY_KEYS}  # noqa: E731
     loss_labelled = bool(study.loss) or any("loss" in spec for spec in study.sources)  # the run names carry the loss
     for data, source, samples, loss, temp, switch, student, seed in itertools.product(*axes.values()):
+        base_cfg = base_config(data, source, student)
         distill = dataclasses.replace(base_cfg.distill, **{k: v for k, v in {"samples": samples, "loss": loss,
                                                                             "temperature": temp}.items() if v is not None})
         if "loss" in source:
             distill = dataclasses.replace(distill, loss=source["loss"])
-        if "samples_scale" in source:
-            distill = dataclasses.replace(distill, samples=max(1, round(distill.samples * float(source["samples_scale"]))))
+        scale = math.prod(float(e.get("samples_scale", 1)) for e in (data, source, student) if e)
+        if scale != 1:
+            distill = dataclasses.replace(distill, samples=max(1, round(distill.samples * scale)))
         if switch != "base":
             distill = dataclasses.replace(distill, switch_at=switch)
         cfg = dataclasses.replace(base_cfg, source=strip(source), seed=seed, distill=distill)
