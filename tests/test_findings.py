@@ -17,7 +17,8 @@ from kdx.study.findings import load_manifest
 from kdx.study.folders import load_study
 from kdx.study.sections import fraction_recovered as _fraction
 
-STUDIES = load_manifest("configs/findings.yaml").names  # the findings studies, in the order `make findings` runs them
+MANIFEST = load_manifest("configs/findings.yaml")
+STUDIES = [s.name for s in MANIFEST.studies if s.role != "tokens"]  # the findings studies the fixture builds
 
 SELF_RUN = """data: {name: digits}
 teacher:
@@ -71,6 +72,17 @@ sources:
 probe: false
 report_distributions: [test, gaussian_noise-2, uniform_noise]
 """
+DIFFICULTY_STUDY = """name: difficulty_mnist1d
+base: ../self.yaml
+overrides: [distill.curve_every=0]
+seeds: [0, 1]
+switch_at: [0.0, 0.5, 1.0]
+probe_source_n: 200
+report_distributions: [test, train_subset]
+data:
+  - {name: digits, label: all-noise0}
+  - {name: digits, label: n600-noise30, train_size: 600, label_noise: 0.3, overrides: [teacher.train.epochs=30]}
+"""
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +91,10 @@ def findings(tmp_path_factory):
     root = tmp_path_factory.mktemp("findings")
     configs, runs = root / "configs", root / "runs"
     (configs / "studies").mkdir(parents=True)
-    shutil.copy("configs/findings.yaml", configs)  # the page's list of studies
+    # the page's list of studies, less the LM one (tests/test_lm.py renders its section from a tiny LM study)
+    shipped = open("configs/findings.yaml").read().splitlines()
+    (configs / "findings.yaml").write_text("\n".join(line for line in shipped if "role: tokens" not in line) + "\n")
+    (configs / "studies" / "difficulty_mnist1d.yaml").write_text(DIFFICULTY_STUDY)
     (configs / "self.yaml").write_text(SELF_RUN)
     # the puzzle's base: the FAST setting (the digits_teacher fixture's teacher) as a YAML file
     puzzle = kconfig.load_config(None, FAST)
@@ -139,6 +154,49 @@ def test_findings_gain_and_fraction_agree_with_the_metrics_files(findings):
     assert np.isclose(f, frac) and (lo <= f <= hi or not np.isfinite(frac))
 
 
+def test_the_difficulty_map_agrees_with_the_run_folders_and_re_renders_in_place(findings):
+    configs, runs, out, _ = findings
+    page = out.read_text()
+    assert "## 6. Where the teacher is unsure" in page and (out.parent / "findings" / "difficulty.png").stat().st_size > 5000
+    folder = runs / "studies" / "difficulty_mnist1d" / "runs"
+
+    def read(run, name="metrics.json"):
+        return json.loads((folder / run / name).read_text())
+
+    for cell in ("all-noise0", "n600-noise30"):
+        kd = [read(f"{cell}-train-sw0.0-s{s}")["eval"]["test"]["student_acc"] for s in (0, 1)]
+        oh = [read(f"{cell}-train-sw1.0-s{s}")["eval"]["test"]["student_acc"] for s in (0, 1)]
+        teacher = read(f"{cell}-train-sw0.0-s0")["eval"]["test"]["teacher_acc"]
+        slopes = [read(f"{cell}-train-sw0.0-s{s}", "probes/deviation.json")["distributions"]["test"]["teacher_top1"]["slope"]
+                  for s in (0, 1)]
+        base = [read(f"{cell}-train-sw1.0-s{s}", "probes/deviation.json")["distributions"]["test"]["teacher_top1"]["slope"]
+                for s in (0, 1)]
+        row = next(line for line in page.splitlines() if line.startswith(f"| {cell} | {100 * teacher:.1f} ("))
+        assert f"| {100 * np.mean(np.subtract(kd, oh)):.2f} [" in row  # the gain, paired by seed
+        slope_row = next(line for line in page.splitlines() if line.startswith(f"| {cell} | test | teacher_top1 |"))
+        cols = [c.strip() for c in slope_row.split("|")]
+        assert cols[4].startswith(f"{np.mean(slopes):.2f} [") and cols[5].startswith(f"{np.mean(base):.2f} [")
+        assert cols[6].startswith(f"{np.mean(np.subtract(slopes, base)):.2f} [")  # the excess over one-hot
+    noisy = np.load(folder / "n600-noise30-train-sw1.0-s0" / "train_labels.npz")
+    assert (noisy["noisy"] != noisy["clean"]).sum() == 180  # 30% of 600, stored with the run
+    # --only re-renders the section in place from its study alone; the rest of the page is left as it is
+    edited = page.replace("## 5. Eigenspace theory", "## 5. Eigenspace theory (edited by hand)")
+    section = page[page.index("<!-- kdx findings: difficulty body -->"):]
+    out.write_text(edited.replace(section, section.replace("## 6. Where", "## 6. Stale: where")))
+    res = CliRunner().invoke(app, ["findings", "--only", "difficulty", "--runs-dir", str(runs), "--configs", str(configs),
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert out.read_text() == edited
+    res = CliRunner().invoke(app, ["findings", "--only", "gain", "--runs-dir", str(runs), "--configs", str(configs),
+                                   "--out", str(out)])
+    assert isinstance(res.exception, KdxError) and "only difficulty, tokens re-render in place" in str(res.exception)
+    out.write_text(page.replace("<!-- kdx findings: difficulty body -->", ""))
+    res = CliRunner().invoke(app, ["findings", "--only", "difficulty", "--runs-dir", str(runs), "--configs", str(configs),
+                                   "--out", str(out)])
+    assert isinstance(res.exception, KdxError) and "without --only" in str(res.exception)
+    out.write_text(page)
+
+
 def test_learning_curve_ends_at_the_evaluated_accuracy(findings):
     _, runs, _, _ = findings
     run = runs / "studies" / "selfdistill_mnist1d" / "runs" / "train-sw0.0-s0"
@@ -166,9 +224,9 @@ def test_every_row_command_rebuilds_its_run_config(findings):
         assert kconfig.load_config(cmd[2], args) == r.planned.cfg
 
 
-@pytest.mark.parametrize("name", STUDIES)
+@pytest.mark.parametrize("name", MANIFEST.names)
 def test_shipped_findings_studies_rebuild_from_their_commands(name):
-    study, planned = plan(f"configs/studies/{name}.yaml")
+    study, planned = plan(f"configs/studies/{name}.yaml", build_sources=False)  # the LM corpus may not be built here
     base = kconfig.load_config(f"configs/{study.base.removeprefix('../')}")
     for r in planned:
         assert kconfig.load_config(f"configs/{study.base.removeprefix('../')}",

@@ -166,11 +166,14 @@ def findings_cmd(runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
                  configs: Path = typer.Option(Path("configs"), "--configs", help="the folder holding studies/ and findings.yaml"),
                  run: bool = typer.Option(False, "--run", help="first run (or resume) every findings study and the "
                                           "eigen simulation"),
-                 workers: int = typer.Option(1, "--workers", help="with --run: independent runs in parallel processes")):
+                 workers: int = typer.Option(1, "--workers", help="with --run: independent runs in parallel processes"),
+                 only: str = typer.Option("", "--only", help="comma-separated standalone sections (difficulty, tokens): "
+                                          "run/read just their studies and re-render them in the existing page")):
     """docs/findings.md: the seed paper's claims at full budget, from the findings studies' run folders."""
     from kdx.study.findings import write_findings
 
-    print(f"wrote {write_findings(runs_dir, out, configs, run=run, workers=workers)}")
+    parts = [o.strip() for o in only.split(",") if o.strip()] or None
+    print(f"wrote {write_findings(runs_dir, out, configs, run=run, workers=workers, only=parts)}")
 
 
 @app.command("explore")

@@ -66,3 +66,44 @@ def copy_figure(src: Path, dst: Path) -> bool:
         return False
     shutil.copyfile(src, dst)
     return True
+
+
+def difficulty_figure(cells: list[dict], path: Path) -> None:
+    """One row per dataset: the distillation gain (pp) and the deviation slope on test (teacher top-1; filled:
+    distilled, hollow: the one-hot baseline) against the teacher's test accuracy, one point per cell of label
+    noise (marker) x train size (colour), 95% t-intervals over seeds."""
+    plt = pyplot()
+    datasets = list(dict.fromkeys(c["dataset"] for c in cells))
+    fig, axes = plt.subplots(len(datasets), 2, figsize=(11, 4.2 * len(datasets)), squeeze=False)
+    sizes = sorted({c["train_size"] for c in cells})
+    colors = dict(zip(sizes, ["tab:red", "tab:orange", "tab:blue", "tab:green", "tab:purple"]))
+    markers = dict(zip(sorted({c["label_noise"] for c in cells}), "osD^v"))
+
+    def point(ax, x, values, c, filled=True, offset=0.0):
+        m, lo, hi = mean_interval(values)
+        err = None if np.isnan(lo) else [[m - lo], [hi - m]]
+        ax.errorbar(x + offset, m, yerr=err, fmt=markers[c["label_noise"]], color=colors[c["train_size"]], capsize=3,
+                    mfc=colors[c["train_size"]] if filled else "white", ms=7)
+
+    for row, dataset in zip(axes, datasets):
+        mine = [c for c in cells if c["dataset"] == dataset]
+        for c in mine:
+            x = 100 * c["teacher_acc"]
+            point(row[0], x, 100 * np.asarray(c["gain"]), c)
+            v = c["slopes"][("test", "teacher_top1")]
+            point(row[1], x, v["distilled"], c)
+            point(row[1], x, v["onehot"], c, filled=False, offset=0.3)
+        row[0].axhline(0, color="k", lw=1)
+        row[1].axhline(1, color="k", ls="--", lw=1)
+        row[0].set_ylabel("gain: distilled − one-hot test accuracy (pp)")
+        row[1].set_ylabel("deviation slope on test, teacher top-1")
+        for ax in row:
+            ax.set_xlabel("teacher test accuracy %")
+            ax.set_title(f"{dataset}: {mine[0]['seeds']} seeds a cell", fontsize=10)
+        handles = [plt.Line2D([], [], color=colors[n], marker="o", ls="", label=f"{n:,} train inputs") for n in sizes]
+        handles += [plt.Line2D([], [], color="grey", marker=m, ls="", label=f"{100 * q:.0f}% label noise")
+                    for q, m in markers.items()]
+        handles.append(plt.Line2D([], [], color="grey", marker="o", mfc="white", ls="", label="one-hot student (baseline)"))
+        row[1].legend(handles=handles, fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)

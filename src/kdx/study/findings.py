@@ -31,7 +31,13 @@ ROLES = {"self": "self-distillation at convergence over switch_at (sections 1-3)
          "puzzle": "train inputs with a share of uniform noise, over budgets (section 4)",
          "budget": "the self study's recipe over distill.samples budgets (section 1)",
          "longer": "the same seeds at a larger budget (section 1, the convergence check)",
-         "temperature": "distilled students over distill.temperature (section 3, the control)"}
+         "temperature": "distilled students over distill.temperature (section 3, the control)",
+         "difficulty": "self-distillation over data.label_noise x data.train_size cells (section 6, the map)",
+         "tokens": "an LM study's sources and losses, each run token-probed (section 7)"}
+# the sections that stand alone: rendered from templates/NAME.md.j2 (macros verdicts() and body()) between the
+# page's markers, so `kdx findings --only NAME` re-renders them in place from their studies alone
+SPLICED = ("difficulty", "tokens")
+MARK = "<!-- kdx findings: {} {} -->", "<!-- /kdx findings: {} {} -->"
 
 
 @dataclasses.dataclass
@@ -71,7 +77,7 @@ def load_manifest(path: str | Path) -> FindingsConfig:
     for s in manifest.studies:
         if s.role not in ROLES:
             raise KdxError(f"{path}: study {s.name}: role '{s.role}' is none of {', '.join(ROLES)}; pick one")
-        if s.role not in ("self", "puzzle") and s.dataset not in selfs:
+        if s.role not in ("self", "puzzle", *SPLICED) and s.dataset not in selfs:
             raise KdxError(f"{path}: study {s.name} ({s.role}) is read beside the self study of {s.dataset}, and "
                            f"none is listed; add one with role: self, dataset: {s.dataset}")
     for role in ("self", "puzzle"):
@@ -97,18 +103,59 @@ def _environment() -> jinja2.Environment:
     return env
 
 
+def _spliced(name: str, role: dict, fig_dir: Path) -> dict[str, str]:
+    """A standalone section's two parts, rendered: {"verdicts": ..., "body": ...} (empty without its studies)."""
+    if not role[name]:
+        return {"verdicts": "", "body": ""}
+    part = sections.difficulty(role[name], fig_dir) if name == "difficulty" else sections.tokens(role[name])
+    module = _environment().get_template(f"{name}.md.j2").make_module({**part.shows, "verdicts": part.verdicts,
+                                                                               "figures": fig_dir.name})
+    return {"verdicts": str(module.verdicts()).strip(), "body": str(module.body()).strip()}
+
+
+def marked(name: str, which: str, text: str) -> str:
+    opening, closing = MARK
+    return f"{opening.format(name, which)}\n{text}\n{closing.format(name, which)}"
+
+
+def splice(page: str, name: str, parts: dict[str, str], out: Path) -> str:
+    """The page with section `name`'s marked parts replaced by `parts`."""
+    for which, text in parts.items():
+        opening, closing = (m.format(name, which) for m in MARK)
+        start, end = page.find(opening), page.find(closing)
+        if start < 0 or end < start:
+            raise KdxError(f"findings: {out} has no {opening} ... {closing} block to re-render; run `kdx findings` "
+                           "without --only (every study's folder is needed then) to write the whole page")
+        page = page[:start] + marked(name, which, text) + page[end + len(closing):]
+    return page
+
+
 def write_findings(runs_dir: str | Path = "runs", out: str | Path = "docs/findings.md", configs: str | Path = "configs",
-                   *, run: bool = False, workers: int = 1) -> Path:
+                   *, run: bool = False, workers: int = 1, only: list[str] | None = None) -> Path:
     """The page `out` and its figures (in the folder named after it) from the studies configs/findings.yaml
-    lists; with `run`, first run or resume them."""
+    lists; with `run`, first run or resume them. `only` (a subset of SPLICED): run and read just those
+    sections' studies and re-render them in the existing page, leaving the rest of it as it is."""
     runs_dir, out, configs = Path(runs_dir), Path(out), Path(configs)
     manifest = load_manifest(configs / "findings.yaml")
+    if only:
+        bad = [o for o in only if o not in SPLICED]
+        if bad:
+            raise KdxError(f"findings --only {','.join(bad)}: only {', '.join(SPLICED)} re-render in place; drop the others")
+        if not out.exists():
+            raise KdxError(f"findings --only: {out} does not exist; run `kdx findings` without --only first")
+        manifest = dataclasses.replace(manifest, studies=[s for s in manifest.studies if s.role in only])
     if run:
         run_all(runs_dir, configs, manifest, workers=workers)
     studies = {name: load_study(name, runs_dir, configs) for name in manifest.names}
     role = {r: {dataset: studies[n] for dataset, n in manifest.by_role(r).items()} for r in ROLES}
     fig_dir = out.parent / out.stem
     fig_dir.mkdir(parents=True, exist_ok=True)
+    if only:
+        page = out.read_text(encoding="utf-8")
+        for name in only:
+            page = splice(page, name, _spliced(name, role, fig_dir), out)
+        write_text(out, page)
+        return out
     parts = {"gain": sections.gain(role["self"], role["budget"], role["longer"], fig_dir),
              "late": sections.late(role["self"]),
              "slope": sections.slope(role["self"], role["temperature"], fig_dir),
@@ -116,6 +163,7 @@ def write_findings(runs_dir: str | Path = "runs", out: str | Path = "docs/findin
              "eigen": sections.eigen(runs_dir / manifest.eigen.dir, manifest.eigen.seeds, fig_dir)}
     page = _environment().get_template("findings.md.j2").render(
         studies=[{"name": n, "timing": s.timing()} for n, s in studies.items()], figures=fig_dir.name,
+        spliced=[{"name": n, **{w: marked(n, w, t) for w, t in _spliced(n, role, fig_dir).items()}} for n in SPLICED],
         verdicts={claim: v for p in parts.values() for claim, v in p.verdicts.items()},
         **{name: p.shows for name, p in parts.items()})
     write_text(out, page)

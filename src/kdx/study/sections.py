@@ -8,16 +8,17 @@ from pathlib import Path
 
 import numpy as np
 
+from kdx.data import load_dataset
 from kdx.errors import KdxError
 from kdx.eval.statistics import mean_interval
 from kdx.rundir import load_run
 from kdx.study import measure
-from kdx.study.figures import copy_figure, curve_figure, noise_share_figure
+from kdx.study.figures import copy_figure, curve_figure, difficulty_figure, noise_share_figure
 from kdx.study.folders import KD, ONEHOT, Run, Study, curves
 from kdx.study.report import ALPHA, beats_loses, fmt_interval, to_markdown
 from kdx.theory.eigen import EIGEN_JSON, EIGEN_PNG
 
-CURVES_PNG, NOISE_PNG = "curves.png", "noise_fraction.png"  # the page's own figures, beside it
+CURVES_PNG, NOISE_PNG, DIFFICULTY_PNG = "curves.png", "noise_fraction.png", "difficulty.png"  # the page's own figures
 CLASS_CHOICES = ("teacher_top1", "ground_truth")  # the class a deviation fit takes p on
 
 
@@ -321,3 +322,146 @@ def eigen(eigen_dir: Path, seeds: int, fig_dir: Path) -> Section:
                                     "test error at matched progress: one-hot / distilled"], rows),
                     "figure": EIGEN_PNG, "seeds": seeds, "low_less": low_less, "n": len(lows), "ratio_gap": max(ratio_gaps)},
                    {"eigen": {"linear simulation": "**reproduced**" if low_less == len(lows) else "**not reproduced**"}})
+
+
+# -- 6: the map: where the teacher is unsure ---------------------------------------------------------
+
+def _word(values, above: float = 0.0) -> str:
+    """Where the t-interval over seeds of `values` lies against `above`."""
+    m, lo, hi = mean_interval(values)
+    return "not resolved" if np.isnan(lo) or lo <= above <= hi else ("above" if lo > above else "below")
+
+
+def _slopes(runs: list[Run], dist: str, cls: str, key: str | None = None) -> list[float]:
+    """Each run's deviation slope on `dist`, class choice `cls`: least squares, or a robust estimator's."""
+    fits = [r.deviation()[dist][cls] for r in runs]
+    return [f["slope"] if key is None else f["robust"][key]["slope"] for f in fits]
+
+
+def _cell(dataset: str, s: Study, label: str) -> dict:
+    """One cell of the map: the teacher, the gain, late distillation and the slopes of distilled and one-hot."""
+    kd, oh, late = (s.select(data=label, switch_at=sw) for sw in (KD, ONEHOT, 0.5))
+    spec = kd[0].planned.cfg.data
+    test = kd[0].metrics["eval"]["test"]
+    gain = paired(kd, oh)
+    cell = {"dataset": dataset, "label": label, "train_size": spec.get("train_size") or len(load_dataset(spec).x_train),
+            "label_noise": float(spec.get("label_noise", 0.0)), "teacher_acc": test["teacher_acc"],
+            "teacher_confidence": test.get("teacher_confidence"), "seeds": len(kd),
+            "onehot": accs(oh), "distilled": accs(kd), "gain": gain, "gain_word": _word(gain),
+            "command": s.command(kd[0]), "slopes": {}}
+    if late:
+        frac = fraction_recovered(paired(late, oh), gain)
+        cell["late"] = {"acc": accs(late), "verdict": _late_verdict(*frac, interval_sign(gain))}
+    for dist in ("test", "train_subset"):
+        for cls in CLASS_CHOICES:
+            if kd[0].deviation()[dist][cls] is None:
+                continue
+            ls_kd, ls_oh = _slopes(kd, dist, cls), _slopes(oh, dist, cls)
+            by_seed = {r.axes["seed"]: v for r, v in zip(oh, ls_oh)}
+            excess = [v - by_seed[r.axes["seed"]] for r, v in zip(kd, ls_kd)]
+            cell["slopes"][(dist, cls)] = {
+                "distilled": ls_kd, "onehot": ls_oh, "excess": excess, "word": _word(ls_kd, 1.0),
+                "excess_word": _word(excess), "orthogonal": _slopes(kd, dist, cls, "orthogonal"),
+                "binned_medians": _slopes(kd, dist, cls, "binned_medians")}
+    return cell
+
+
+def difficulty(studies: dict[str, Study], fig_dir: Path) -> Section:
+    """Self-distillation over label noise x train size: per cell the teacher's accuracy and confidence, the
+    gain over one-hot, late distillation where a gain is resolved, and the slope by every estimator with the
+    one-hot student's slope as the baseline; the map as grids and a figure; a verdict per cell."""
+    cells, shows = [], {"datasets": []}
+    for dataset, s in studies.items():
+        labels = list(dict.fromkeys(r.axes["data"] for r in s.runs))
+        mine = [_cell(dataset, s, label) for label in labels]
+        cells += mine
+        sizes = sorted({c["train_size"] for c in mine})
+        noises = sorted({c["label_noise"] for c in mine})
+        at = {(c["train_size"], c["label_noise"]): c for c in mine}
+
+        def grid(value) -> str:
+            return table(["label noise \\ train size", *(f"{n:,}" for n in sizes)],
+                         [[f"{100 * q:.0f}%", *(value(at[(n, q)]) if (n, q) in at else "-" for n in sizes)] for q in noises])
+
+        top1 = ("test", "teacher_top1")
+        shows["datasets"].append({
+            "dataset": dataset, "name": s.name, "timing": s.timing(), "seeds": len(s.config.seeds),
+            "teacher_grid": grid(lambda c: f"{100 * c['teacher_acc']:.1f}% (conf. {c['teacher_confidence']:.2f})"),
+            "gain_grid": grid(lambda c: fmt_interval(c["gain"], 2)),
+            "slope_grid": grid(lambda c: fmt_interval(c["slopes"][top1]["distilled"], 2, percent=False)),
+            "excess_grid": grid(lambda c: fmt_interval(c["slopes"][top1]["excess"], 2, percent=False)),
+            "table": table(
+                ["cell", "teacher test % (mean confidence)", "one-hot test %", "distilled test %", "gain (pp, paired)",
+                 "late (switch_at 0.5)", "command"],
+                [[c["label"], f"{100 * c['teacher_acc']:.1f} ({c['teacher_confidence']:.2f})", fmt_interval(c["onehot"]),
+                  fmt_interval(c["distilled"]), fmt_interval(c["gain"], 2),
+                  c["late"]["verdict"] if c["gain_word"] == "above" and "late" in c else "-", c["command"]] for c in mine]),
+            "slope_table": table(
+                ["cell", "inputs", "class p is taken on", "distilled slope (least squares)", "one-hot slope (baseline)",
+                 "excess over one-hot (paired)", "binned medians", "orthogonal"],
+                [[c["label"], dist, cls, fmt_interval(v["distilled"], 2, percent=False), fmt_interval(v["onehot"], 2, percent=False),
+                  fmt_interval(v["excess"], 2, percent=False), fmt_interval(v["binned_medians"], 2, percent=False),
+                  fmt_interval(v["orthogonal"], 2, percent=False)] for c in mine for (dist, cls), v in c["slopes"].items()])})
+    shows["figure"] = DIFFICULTY_PNG
+    difficulty_figure(cells, fig_dir / DIFFICULTY_PNG)
+    word = {"above": "**reproduced**", "below": "**reversed**", "not resolved": "**not resolved**"}
+    verdicts = {"difficulty_gain": {}, "difficulty_slope": {}}
+    for c in cells:
+        where = f"{c['dataset']} {c['label']} (teacher {100 * c['teacher_acc']:.1f}%)"
+        verdicts["difficulty_gain"][where] = f"{word[c['gain_word']]} ({fmt_interval(c['gain'], 2)} pp)"
+        v = c["slopes"][("test", "teacher_top1")]
+        verdicts["difficulty_slope"][where] = (f"{word[v['word']]} (slope {fmt_interval(v['distilled'], 2, percent=False)}; "
+                                               f"excess over one-hot {fmt_interval(v['excess'], 2, percent=False)})")
+    shows["cells"] = [{**c, "gain_interval": fmt_interval(c["gain"], 2),
+                       "slope_interval": fmt_interval(c["slopes"][("test", "teacher_top1")]["distilled"], 2, percent=False),
+                       "slope_word": c["slopes"][("test", "teacher_top1")]["word"],
+                       "excess_word": c["slopes"][("test", "teacher_top1")]["excess_word"]} for c in cells]
+    name = lambda c: f"{c['dataset']} {c['label']}"  # noqa: E731
+    shows["gain_cells"] = [name(c) for c in shows["cells"] if c["gain_word"] == "above"]
+    shows["slope_cells"] = [name(c) for c in shows["cells"] if c["slope_word"] == "above"]
+    shows["excess_cells"] = [name(c) for c in shows["cells"] if c["excess_word"] == "above"]
+    shows["verdict_word"] = {"above": "**reproduced**", "below": "**reversed**", "not resolved": "**not resolved**"}
+    return Section(shows, verdicts)
+
+
+# -- 7: the slope asked of next tokens ---------------------------------------------------------------
+
+def tokens(studies: dict[str, Study]) -> Section:
+    """The token deviation slope (probes/tokens.py) of every source x loss of an LM study, over seeds, on each
+    held-out set and class choice: least squares with its robust companions, and the excess over the
+    one-hot-trained student (loss onehot: next-token cross-entropy on the corpus) of the same seed when the
+    study has one. Verdicts on held-out corpus text, teacher top-1."""
+    shows, verdicts = {"datasets": []}, {"tokens_slope": {}}
+    word = {"above": "**reproduced** (slope > 1)", "below": "**not reproduced** (slope < 1)",
+            "not resolved": "**not resolved**"}
+    for dataset, s in studies.items():
+        groups = {}
+        for r in s.runs:
+            groups.setdefault((r.axes["source"], r.planned.cfg.distill.loss), []).append(r)
+        base = next((runs for (_, loss), runs in groups.items() if loss == "onehot"), None)
+        sets = list(s.runs[0].deviation())
+        rows = []
+        for (source, loss), runs in groups.items():
+            for dist in sets:
+                for cls in CLASS_CHOICES:
+                    ls = _slopes(runs, dist, cls)
+                    excess = "-"
+                    if base is not None and loss != "onehot":
+                        by_seed = {r.axes["seed"]: v for r, v in zip(base, _slopes(base, dist, cls))}
+                        excess = fmt_interval([v - by_seed[r.axes["seed"]] for r, v in zip(runs, ls)], 2, percent=False)
+                    low = [r.deviation()[dist][cls]["deciles"][0]["mean_deviation"] for r in runs]
+                    rows.append([source, loss, dist, cls, fmt_interval(ls, 2, percent=False),
+                                 fmt_interval(_slopes(runs, dist, cls, "binned_medians"), 2, percent=False),
+                                 fmt_interval(_slopes(runs, dist, cls, "orthogonal"), 2, percent=False), excess,
+                                 fmt_interval(low, 2, percent=False), s.command(runs[0])])
+                    if dist == sets[0] and cls == "teacher_top1":
+                        verdicts["tokens_slope"][f"{dataset}, {source}, {loss}"] = (
+                            f"{word[_word(ls, 1.0)]}: {fmt_interval(ls, 2, percent=False)}"
+                            + (f", excess over one-hot {excess}" if excess != "-" else ""))
+        shows["datasets"].append({
+            "dataset": dataset, "name": s.name, "timing": s.timing(), "seeds": len(s.config.seeds), "sets": sets,
+            "baseline": base is not None,
+            "table": table(["source", "loss", "held-out set", "class p is taken on", "slope (least squares)",
+                            "binned medians", "orthogonal", "excess over one-hot (paired)",
+                            "least-confident decile mean y − x", "command"], rows)})
+    return Section(shows, verdicts)
