@@ -137,7 +137,7 @@ def test_hovering_a_token_shows_both_models_top_next_tokens(page, arrays, finish
     assert tip.get_attribute("data-id") == str(i)
     s, p = arrays["sequence"][i], arrays["position"][i]
     row = x[arrays["row"][s]]
-    assert el.inner_text() == tok.decode([[int(row[p + 1])]])[0]  # the token whose slot it is
+    assert el.inner_text() == tok.decode([[int(row[p + 1])]])[0].replace("\n", "↵")  # the token whose slot it is
     for who, model in (("teacher", finished.teacher.model), ("student", finished.student)):
         probs = _probs(model, row)[p]
         shown = page.evaluate(f"Array.from(document.querySelectorAll('#tip .top.{who} tr[data-token]'), "
@@ -176,7 +176,8 @@ def test_clicking_a_map_point_opens_its_sequence_with_the_position_marked(page, 
     text = page.locator("#sequence .seq").inner_text()
     ids = arrays["vocab_id"][arrays["ids"][s, :arrays["length"][s]]]
     tok = finished.data.tokenizer  # each token decoded alone (a sample may split a character), the eos marked
-    assert text == "".join("⟨eos⟩" if t == tok.eos_id else tok.decode([[int(t)]])[0] for t in ids)
+    expected = "".join("⟨eos⟩" if t == tok.eos_id else tok.decode([[int(t)]])[0] for t in ids)
+    assert text == expected.replace("\n", "↵")  # newlines shown, one line per sequence
     # its sequence's positions are selected on the map
     assert page.evaluate("kdx.selected()") == np.flatnonzero(arrays["sequence"] == s).tolist()
 
@@ -207,3 +208,16 @@ def test_an_lm_study_gets_a_page_per_run_and_a_run_selector(lm_run, browser, tmp
     pg.locator("#run").select_option("b-s0")
     pg.wait_for_function("window.kdx && kdx.ready && kdx.data.name == 'b-s0'", timeout=60_000)
     pg.close()
+
+
+def test_explore_probe_keeps_the_sets_of_a_run_probed_without_the_explorer(lm_run, tmp_path):
+    import kdx
+
+    run = tmp_path / "study-run"  # as a study probes its runs: no map, so no tokens.npz
+    shutil.copytree(lm_run[0], run, ignore=shutil.ignore_patterns("probes"))
+    kdx.probe(run, on=["test_subset", "student_samples"], map=False, resamples=50)
+    assert (run / "probes" / "deviation.json").exists() and not (run / "probes" / "tokens.npz").exists()
+    build(run, tmp_path / "out", probe=True, log=lambda _: None)
+    with np.load(run / "probes" / "tokens.npz") as f:
+        assert f["sets"].tolist() == ["test_subset", "student_samples"]
+    assert (tmp_path / "out" / "index.html").exists()

@@ -41,6 +41,20 @@ const kdxCommon = (() => {
     $("run-pick").hidden = false;
   }
 
+  // The regions table (#regions): the columns page.py chose, in its order; a click on a row calls onClick(region).
+  function regionsTable(onClick) {
+    if (!D.regions.length) return;
+    const cols = Object.keys(D.regions[0]);
+    const rows = D.regions.map(r => {
+      const tr = html("tr", {}, ...cols.map(c => html("td", {}, typeof r[c] === "number" && !Number.isInteger(r[c])
+        ? fmt(r[c]) : String(r[c]))));
+      tr.dataset.region = r.region;
+      tr.onclick = () => onClick(r.region);
+      return tr;
+    });
+    $("regions").replaceChildren(html("tr", {}, ...cols.map(c => html("th", {}, c.replace(/_/g, " ")))), ...rows);
+  }
+
   const plotView = model => Bokeh.index.find_one(model);
 
   // The point drawn nearest to screen position (sx, sy) of a plot, among the first n of X, Y, within
@@ -62,5 +76,5 @@ const kdxCommon = (() => {
     return [r.left + pv.frame.x_scale.compute(x), r.top + pv.frame.y_scale.compute(y)];
   }
 
-  return {D, $, fmt, sleep, frame, decode, html, bokehDoc, runPicker, plotView, nearest, screen};
+  return {D, $, fmt, sleep, frame, decode, html, bokehDoc, runPicker, regionsTable, plotView, nearest, screen};
 })();

@@ -6,13 +6,14 @@
 // selection; this file decodes the data, renders the sequences, the generations and the regions, and
 // links them to the map. window.kdx is also the tests' hook (screen, openSequence, select).
 window.kdx = (() => {
-  const {D, $, fmt, frame, decode, html, bokehDoc, runPicker, nearest, screen} = kdxCommon;
+  const {D, $, fmt, frame, decode, html, bokehDoc, runPicker, regionsTable, nearest, screen} = kdxCommon;
   const C = {};  // typed arrays: per position (id = index), and per sequence (seq_*, ids: n_seq x width)
   const kdx = {data: D, cols: C, ready: false, lastHover: null};
   let models = null, colorBy = "kl", scale = null;
   let slot = null;  // slot[s * width + j]: the position predicting token j of sequence s, or -1
 
   const tokenText = t => t < 0 ? "" : D.vocab[t];
+  const shown = t => tokenText(t).replace(/\n/g, "↵");  // a token in running text: one line per sequence
   const quoted = t => JSON.stringify(tokenText(t));  // a token in a list: its spaces and newlines visible
   const seqName = s => `${D.sets[C.seq_set[s]]}:${C.seq_row[s]}`;
   const token = (s, j) => C.ids[s * D.width + j];
@@ -60,7 +61,7 @@ window.kdx = (() => {
   function tokens(s, lo = 0, hi = C.seq_length[s]) {
     const out = [];
     for (let j = lo; j < hi; j++) {
-      const el = html("span", {className: "tok", textContent: tokenText(token(s, j))});
+      const el = html("span", {className: "tok", textContent: shown(token(s, j))});
       el.dataset.seq = s;
       el.dataset.j = j;
       const id = j > 0 ? slot[s * D.width + j] : -1;
@@ -89,7 +90,7 @@ window.kdx = (() => {
   function card(id) {
     const s = C.sequence[id], p = C.position[id], lo = Math.max(0, p - 7);
     let context = "";
-    for (let j = lo; j <= p; j++) context += tokenText(token(s, j));
+    for (let j = lo; j <= p; j++) context += shown(token(s, j));
     return html("div", {className: "card"},
       html("div", {className: "item"}, html("b", {}, seqName(s)), ` position ${p} (point ${id})`),
       html("div", {className: "ctx"}, `«${lo > 0 ? "…" : ""}${context}» → `, html("b", {}, quoted(token(s, p + 1)))),
@@ -165,7 +166,7 @@ window.kdx = (() => {
     const head = html("tr", {}, ...["prompt", "teacher's completion", "student's completion"].map(h => html("th", {}, h)));
     const rows = D.generations.map(([t, s]) => {
       let prompt = "";
-      for (let j = 0; j <= C.seq_start[t]; j++) prompt += tokenText(token(t, j));
+      for (let j = 0; j <= C.seq_start[t]; j++) prompt += shown(token(t, j));
       const tr = html("tr", {}, html("td", {className: "prompt"}, prompt),
         html("td", {className: "seq teacher"}, ...tokens(t, C.seq_start[t] + 1)),
         html("td", {className: "seq student"}, ...tokens(s, C.seq_start[s] + 1)));
@@ -176,18 +177,6 @@ window.kdx = (() => {
     $("generations").replaceChildren(head, ...rows);
   }
 
-  function regionsTable() {
-    if (!D.regions.length) return;
-    const cols = Object.keys(D.regions[0]);
-    const rows = D.regions.map(r => {
-      const tr = html("tr", {}, ...cols.map(c => html("td", {}, typeof r[c] === "number" && !Number.isInteger(r[c])
-        ? fmt(r[c]) : String(r[c]))));
-      tr.dataset.region = r.region;
-      tr.onclick = () => kdx.selectRegion(r.region);
-      return tr;
-    });
-    $("regions").replaceChildren(html("tr", {}, ...cols.map(c => html("th", {}, c.replace(/_/g, " ")))), ...rows);
-  }
   kdx.selectRegion = r => {
     const ids = [];
     for (let i = 0; i < D.n; i++) if (C.region[i] === r) ids.push(i);
@@ -227,7 +216,7 @@ window.kdx = (() => {
     setScale();
     sequences();
     generations();
-    regionsTable();
+    regionsTable(r => kdx.selectRegion(r));
     tokenEvents();
     recolor();
     if (D.n) kdx.openSequence(C.sequence[0], -1, false);  // something to read before the first click

@@ -4,7 +4,7 @@
 // points, and draws what Bokeh does not: the hover card, the neighbour lists, the selection grid and
 // table, and the regions table. window.kdx is also the tests' hook (select, neighbours, screen).
 window.kdx = (() => {
-  const {D, $, fmt, frame, decode, html, bokehDoc, runPicker, plotView: view, nearest: near, screen: at} = kdxCommon;
+  const {D, $, fmt, frame, decode, html, bokehDoc, runPicker, regionsTable, plotView: view, nearest: near, screen: at} = kdxCommon;
   const C = {};  // columns as typed arrays, point id = index; evaluation points first, then distillation inputs
   const GRID_MAX = 300;  // thumbnails and table rows shown of a selection
   const kdx = {data: D, cols: C, ready: false, lastHover: null};
@@ -158,18 +158,6 @@ window.kdx = (() => {
     kdx.drawn = performance.now();
   }
 
-  function regionsTable() {
-    const cols = ["rank", "region", "size", "dominant_classes", "distributions", "agreement", "mean_deviation",
-      "mean_disagreement", "coverage_median"];
-    const rows = D.regions.map(r => {
-      const tr = html("tr", {}, ...cols.map(c => html("td", {}, typeof r[c] === "number" && !Number.isInteger(r[c])
-        ? fmt(r[c]) : String(r[c]))));
-      tr.dataset.region = r.region;
-      tr.onclick = () => kdx.selectRegion(r.region);
-      return tr;
-    });
-    $("regions").replaceChildren(html("tr", {}, ...cols.map(c => html("th", {}, c.replace(/_/g, " ")))), ...rows);
-  }
   kdx.selectRegion = r => {
     const ids = [];
     for (let i = 0; i < D.n_eval; i++) if (C.region[i] === r) ids.push(i);
@@ -192,7 +180,7 @@ window.kdx = (() => {
       kdx.selectionChanged();
     };
     runPicker();
-    regionsTable();
+    regionsTable(r => kdx.selectRegion(r));
   }
 
   async function start() {

@@ -26,7 +26,7 @@ COLOR_BY = {"disagreement": "disagreement (total variation)", "deviation": "devi
             "source": "source", "teacher_class": "class (teacher's top)", "class": "class (label)",
             "teacher_prob": "teacher confidence"}
 DRAWN = {"drawn": "adaptive source: times drawn", "drawn_when": "adaptive source: when drawn (0 start, 1 end)"}
-LM_COLOR_BY = {"kl": "KL(teacher || student)", "deviation": "deviation phi(student) - phi(teacher), teacher's top-1",
+LM_COLOR_BY = {"kl": "KL(teacher || student)", "deviation": "deviation phi_s - phi_t (teacher's top-1)",
                "set": "held-out set", "region": "context region"}
 CLASSIFIER_CONTROLS = '<label><input type="checkbox" id="show-distill" checked> distillation inputs</label>'
 

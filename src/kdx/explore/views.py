@@ -14,11 +14,11 @@ from kdx import probes
 from kdx.errors import KdxError
 from kdx.eval import heldout
 from kdx.explore import thumbs as th
-from kdx.io import read_parquet_meta, reading
+from kdx.io import read_json, read_parquet_meta, reading
 from kdx.data import load_dataset
 from kdx.probes.probe import MAP_FORMAT
 from kdx.probes.tokens import TOKENS_FORMAT
-from kdx.rundir import MAP, MAP_ARRAYS, METRICS, PROBES, REGIONS, TOKENS, load_run, read_run_config
+from kdx.rundir import DEVIATION, MAP, MAP_ARRAYS, METRICS, PROBES, REGIONS, TOKENS, load_run, read_run_config
 
 
 TEXT_CHARS = 400  # of each decoded text input, what the page keeps
@@ -58,7 +58,9 @@ def load_lm_view(run_dir: Path, probe: bool = False, log=print) -> LmView:
     if fmt != TOKENS_FORMAT:
         _probe_or_explain(run_dir, f"has no {PROBES}/{TOKENS}" if fmt is None else
                           f"has a {PROBES}/{TOKENS} from an older kdx probe", probe, log)
-        probes.probe(run_dir)
+        dev = run_dir / PROBES / DEVIATION  # probed before (a study: without the map): the same sets again
+        on = read_json(dev, fix).get("options", {}).get("on") if dev.exists() else None
+        probes.probe(run_dir, probes.ProbeOptions(on=on))
     with reading(path, fix):
         with np.load(path) as f:
             arrays = {k: f[k] for k in f.files}

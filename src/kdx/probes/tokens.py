@@ -245,8 +245,8 @@ def summarize(points: dict[str, np.ndarray], resamples: int, seed: int) -> dict:
 
 
 def probe_tokens(run, opts, log=print) -> dict:
-    """Write RUN/probes/deviation.json, deviation_{set}.png, regions.csv and tokens.npz for an LM run;
-    return the report."""
+    """Write RUN/probes/deviation.json, deviation_{set}.png, regions.csv and (opts.map) tokens.npz for an
+    LM run; return the report."""
     names, start = opts.on or DEFAULT_ON, time.perf_counter()
     report = {"phi": {"definition": "log(p / (1 - p)), computed from logits as z_c - logsumexp_{j != c} z_j",
                       "prob_clip": [deviation.PROB_CLIP, 1 - deviation.PROB_CLIP], "phi_max": deviation.PHI_MAX},
@@ -268,7 +268,8 @@ def probe_tokens(run, opts, log=print) -> dict:
     table, region = context_regions(run, sets, opts.regions, opts.pca_dim, opts.seed)
     save_csv(table, run.dir / PROBES / REGIONS)
     report["seconds"]["regions"] = round(time.perf_counter() - start - sum(report["seconds"].values()), 3)
-    save_arrays(run.dir / PROBES / TOKENS, **explorer_arrays(run, sets, region, opts.pca_dim, opts.seed, opts.map_epochs))
-    report["seconds"]["explorer"] = round(time.perf_counter() - start - sum(report["seconds"].values()), 3)
+    if opts.map:  # the explorer's arrays and their UMAP, as the map of a classifier run (studies probe without)
+        save_arrays(run.dir / PROBES / TOKENS, **explorer_arrays(run, sets, region, opts.pca_dim, opts.seed, opts.map_epochs))
+        report["seconds"]["explorer"] = round(time.perf_counter() - start - sum(report["seconds"].values()), 3)
     write_json(run.dir / PROBES / DEVIATION, report)
     return report
