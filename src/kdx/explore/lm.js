@@ -132,6 +132,7 @@ window.kdx = (() => {
     box.replaceChildren(html("div", {className: "item"}, html("b", {}, seqName(s)),
       ` (${C.seq_length[s]} tokens${D.sets[C.seq_set[s]].endsWith("samples") ? `, prompt of ${C.seq_start[s] + 1}` : ""})`), body);
     const marked = id >= 0 ? body.querySelector(`.tok[data-id="${id}"]`) : null;
+    models.marked.data = id >= 0 ? {x: [C.x[id]], y: [C.y[id]]} : {x: [], y: []};
     if (marked) {
       marked.classList.add("marked");
       marked.scrollIntoView({block: "nearest"});
@@ -205,7 +206,7 @@ window.kdx = (() => {
     slot = new Int32Array(D.n_seq * D.width).fill(-1);
     for (let i = 0; i < D.n; i++) slot[C.sequence[i] * D.width + C.position[i] + 1] = i;
     const get = await bokehDoc("map");
-    models = {src: get("src"), mapper: get("mapper"), plot: get("map")};
+    models = {src: get("src"), mapper: get("mapper"), plot: get("map"), marked: get("marked")};
     models.view = Bokeh.index.find_one(models.plot);
     $("title").textContent = D.name;
     const color = $("color");

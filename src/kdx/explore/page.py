@@ -163,6 +163,8 @@ def lm_plots(view: LmView):
     f.toolbar.active_scroll = next(t for t in f.tools if type(t).__name__ == "WheelZoomTool")
     f.scatter("x", "y", source=src, name="points", size=4, line_color=None, fill_alpha=0.75,
               fill_color={"field": "c", "transform": mapper}, nonselection_fill_alpha=0.08)
+    marked = ColumnDataSource({"x": [], "y": []}, name="marked")  # the position of the opened sequence's marked token
+    f.scatter("x", "y", source=marked, size=14, fill_color=None, line_color="black", line_width=2)
     f.js_on_event("mousemove", CustomJS(code="window.kdx && kdx.hover(cb_obj)"))
     f.js_on_event("mouseleave", CustomJS(code="window.kdx && kdx.unhover()"))
     f.js_on_event("tap", CustomJS(code="window.kdx && kdx.tap(cb_obj)"))
