@@ -221,3 +221,16 @@ def test_explore_probe_keeps_the_sets_of_a_run_probed_without_the_explorer(lm_ru
     with np.load(run / "probes" / "tokens.npz") as f:
         assert f["sets"].tolist() == ["test_subset", "student_samples"]
     assert (tmp_path / "out" / "index.html").exists()
+
+
+def test_tokens_npz_keeps_at_most_page_sequences_of_each_set(lm_run, tmp_path, monkeypatch):
+    import kdx
+    import kdx.probes.tokens as tokens
+
+    monkeypatch.setattr(tokens, "PAGE_SEQUENCES", 5)  # the tiny run's sets hold 24 sequences
+    run = tmp_path / "capped"
+    shutil.copytree(lm_run[0], run, ignore=shutil.ignore_patterns("probes"))
+    kdx.probe(run, on=["test_subset", "teacher_samples"], resamples=50)
+    with np.load(run / "probes" / "tokens.npz") as f:
+        assert np.bincount(f["set"]).tolist() == [5, 5] and f["row"].tolist() == [0, 1, 2, 3, 4] * 2
+        assert set(f["sequence"].tolist()) == set(range(10))
