@@ -8,6 +8,7 @@
     error.json     a study's run that failed: its error and traceback (removed once it finishes)
     probes/        what `kdx probe` writes: deviation.json (and deviation_<distribution>.png), regions.csv/png,
                    map.parquet/png, map_arrays.npz, summary.json
+                   (an LM run: deviation.json, deviation_<distribution>.png, regions.csv, tokens.npz)
     ../.NAME.lock  held by the process writing the run (`locked`), its pid and host in .NAME.lock.json
 """
 from __future__ import annotations
@@ -48,6 +49,7 @@ DEVIATION_PLOT = "deviation_{}.png"  # .format(distribution)
 REGIONS = "regions.csv"
 MAP = "map.parquet"
 MAP_ARRAYS = "map_arrays.npz"  # each map row's projected teacher features and the distillation inputs shown
+TOKENS = "tokens.npz"  # an LM run's sequences and per-position probe results for the explorer (kdx.probes.tokens)
 SUMMARY = "summary.json"
 
 

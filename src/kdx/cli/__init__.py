@@ -180,7 +180,7 @@ def findings_cmd(runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
 def explore_cmd(target: Path = typer.Argument(..., help="a probed run directory, or a study's (DIR/studies/NAME)"),
                 port: int = typer.Option(8050, "--port", help="port on 127.0.0.1 (0: any free one)"),
                 out: Optional[Path] = typer.Option(None, "--out", help="write the page(s) here and exit, without serving"),
-                probe: bool = typer.Option(False, "--probe", help="run `kdx probe` first on runs without a map")):
+                probe: bool = typer.Option(False, "--probe", help="run `kdx probe` first on runs without a map (LM runs: tokens.npz)")):
     """A self-contained explorer page of a probed run or study (Bokeh), served on 127.0.0.1."""
     from kdx.explore import build
     from kdx.explore.serve import server

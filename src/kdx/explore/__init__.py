@@ -1,9 +1,10 @@
 """`kdx explore RUN_OR_STUDY`: a static, self-contained explorer page of a probed run (or one page
 per run of a study), served on 127.0.0.1.
 
-views.py  what a page shows of a run: map.parquet, input thumbnails, regions
+views.py  what a page shows of a run: map.parquet, input thumbnails, regions (an LM run: tokens.npz, regions)
 thumbs.py thumbnails of images and 1-D signals, packed in sprite sheets
-page.py   the Bokeh plots and the page (page.html, page.css, page.js inlined)
+page.py   the Bokeh plots and the page, inlined: the shell page.html, page.css and common.js, with the
+          classifier body (classes.html, page.js) or the language-model body (lm.html, lm.js)
 serve.py  the local server: GET/HEAD of files under the page directory only
 """
 from __future__ import annotations

@@ -4,24 +4,14 @@
 // points, and draws what Bokeh does not: the hover card, the neighbour lists, the selection grid and
 // table, and the regions table. window.kdx is also the tests' hook (select, neighbours, screen).
 window.kdx = (() => {
-  const D = JSON.parse(document.getElementById("kdx-data").textContent);
+  const {D, $, fmt, frame, decode, html, bokehDoc, runPicker, regionsTable, plotView: view, nearest: near, screen: at} = kdxCommon;
   const C = {};  // columns as typed arrays, point id = index; evaluation points first, then distillation inputs
-  const TYPES = {float32: Float32Array, int16: Int16Array, int32: Int32Array, uint8: Uint8Array};
   const GRID_MAX = 300;  // thumbnails and table rows shown of a selection
-  const $ = id => document.getElementById(id);
   const kdx = {data: D, cols: C, ready: false, lastHover: null};
   let models = null, showDistill = true, colorBy = "disagreement", pending = false;
 
-  async function decode(col) {
-    const s = atob(col.b64), bytes = new Uint8Array(s.length);
-    for (let i = 0; i < s.length; i++) bytes[i] = s.charCodeAt(i);
-    const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
-    return new TYPES[col.dtype](await new Response(stream).arrayBuffer());
-  }
-
   const item = id => `${D.sources[C.source[id]]}:${C.row[id]}`;
   const className = c => c >= 0 ? D.classes[c] : "none";
-  const fmt = (v, d = 3) => Number(v).toFixed(d);
 
   // Thumbnails: a CSS background offset into the point's sprite sheet (one .sN class per sheet).
   function thumb(id, scale) {
@@ -44,13 +34,6 @@ window.kdx = (() => {
     return el;
   }
   const scaleFor = px => Math.max(1, Math.round(px / Math.max(D.thumb.w, D.thumb.h)));
-
-  function html(tag, attrs, ...children) {
-    const el = document.createElement(tag);
-    Object.assign(el, attrs || {});
-    el.append(...children);
-    return el;
-  }
 
   // Colour: one LinearColorMapper; categories are integer codes mapped onto a discrete palette.
   function colors() {
@@ -93,21 +76,11 @@ window.kdx = (() => {
     }
   }
 
-  const plotView = name => Bokeh.index.find_one(models.plots[name]);
+  const plotView = name => view(models.plots[name]);
+  const xy = plot => plot === "map" ? [C.x, C.y] : [C.teacher_phi, C.student_phi];
 
   // The point drawn nearest to screen position (sx, sy) of a plot, within maxPx pixels; -1 if none.
-  function nearest(plot, sx, sy, maxPx) {
-    const f = plotView(plot).frame, xs = f.x_scale, ys = f.y_scale;
-    const bx = xs.compute(0), ax = xs.compute(1) - bx, by = ys.compute(0), ay = ys.compute(1) - by;
-    const [X, Y] = plot === "map" ? [C.x, C.y] : [C.teacher_phi, C.student_phi];
-    const n = showDistill ? D.n : D.n_eval;
-    let best = -1, bd = maxPx * maxPx;
-    for (let i = 0; i < n; i++) {
-      const dx = ax * X[i] + bx - sx, dy = ay * Y[i] + by - sy, d = dx * dx + dy * dy;
-      if (d < bd) { bd = d; best = i; }
-    }
-    return best;
-  }
+  const nearest = (plot, sx, sy, maxPx) => near(models.plots[plot], ...xy(plot), showDistill ? D.n : D.n_eval, sx, sy, maxPx);
 
   function card(id) {
     const label = C.class[id];
@@ -185,18 +158,6 @@ window.kdx = (() => {
     kdx.drawn = performance.now();
   }
 
-  function regionsTable() {
-    const cols = ["rank", "region", "size", "dominant_classes", "distributions", "agreement", "mean_deviation",
-      "mean_disagreement", "coverage_median"];
-    const rows = D.regions.map(r => {
-      const tr = html("tr", {}, ...cols.map(c => html("td", {}, typeof r[c] === "number" && !Number.isInteger(r[c])
-        ? fmt(r[c]) : String(r[c]))));
-      tr.dataset.region = r.region;
-      tr.onclick = () => kdx.selectRegion(r.region);
-      return tr;
-    });
-    $("regions").replaceChildren(html("tr", {}, ...cols.map(c => html("th", {}, c.replace(/_/g, " ")))), ...rows);
-  }
   kdx.selectRegion = r => {
     const ids = [];
     for (let i = 0; i < D.n_eval; i++) if (C.region[i] === r) ids.push(i);
@@ -204,11 +165,7 @@ window.kdx = (() => {
   };
 
   // Screen position (client coordinates) of a point in a plot: for tests and benchmarks.
-  kdx.screen = (id, plot = "map") => {
-    const pv = plotView(plot), r = pv.el.getBoundingClientRect();
-    const [X, Y] = plot === "map" ? [C.x, C.y] : [C.teacher_phi, C.student_phi];
-    return [r.left + pv.frame.x_scale.compute(X[id]), r.top + pv.frame.y_scale.compute(Y[id])];
-  };
+  kdx.screen = (id, plot = "map") => { const [X, Y] = xy(plot); return at(models.plots[plot], X[id], Y[id]); };
 
   function controls() {
     $("title").textContent = D.name;
@@ -222,29 +179,18 @@ window.kdx = (() => {
       if (!showDistill) models.distill.selected.indices = [];
       kdx.selectionChanged();
     };
-    if (D.runs.length > 1) {
-      const run = $("run");
-      for (const r of D.runs) run.append(html("option", {value: r}, r));
-      run.value = D.name;
-      run.onchange = () => { location.href = `${encodeURIComponent(run.value)}.html`; };
-      $("run-pick").hidden = false;
-    }
-    regionsTable();
+    runPicker();
+    regionsTable(r => kdx.selectRegion(r));
   }
-
-  const sleep = ms => new Promise(r => setTimeout(r, ms));
-  const frame = () => new Promise(r => requestAnimationFrame(r));
 
   async function start() {
     for (const [name, col] of Object.entries(D.cols)) C[name] = await decode(col);
     const style = document.createElement("style");
     style.textContent = D.thumb.sheets.map((u, i) => `.s${i}{background-image:url(${u})}`).join("\n");
     document.head.append(style);
-    while (!(window.Bokeh && Bokeh.documents && Bokeh.documents.length)) await sleep(10);
-    const doc = Bokeh.documents[0], get = n => doc.get_model_by_name(n);
+    const get = await bokehDoc("map");
     models = {eval: get("src_eval"), distill: get("src_distill"), mapper: get("mapper"),
       plots: {map: get("map"), phi: get("phi")}, renderers: {map: get("map_distill"), phi: get("phi_distill")}};
-    while (!Bokeh.index.find_one(models.plots.map)) await sleep(10);
     controls();
     fill();
     await frame();

@@ -1,7 +1,11 @@
 """One run's explorer page: two Bokeh scatter plots (the UMAP map, teacher-vs-student phi) sharing
 their data sources, so a selection in one is a selection in the other, and page.js for what Bokeh
 does not do (hover with thumbnails, the selection grid, neighbour lists, regions). Everything is
-inlined: BokehJS, the data (typed arrays, gzipped, base64) and the thumbnail sheets."""
+inlined: BokehJS, the data (typed arrays, gzipped, base64) and the thumbnail sheets.
+
+A language-model run's page (LmView) is the same shell (page.html, common.js) with its own body
+(lm.html, lm.js): the probed sequences with every token coloured, both models' top next tokens on
+hover, the UMAP of the teacher's context states linked to them, the generations and the regions."""
 from __future__ import annotations
 
 import base64
@@ -14,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from kdx.explore import thumbs as th
-from kdx.explore.views import View
+from kdx.explore.views import LmView, View
 from kdx.io import write_text
 
 HERE = Path(__file__).parent
@@ -22,6 +26,9 @@ COLOR_BY = {"disagreement": "disagreement (total variation)", "deviation": "devi
             "source": "source", "teacher_class": "class (teacher's top)", "class": "class (label)",
             "teacher_prob": "teacher confidence"}
 DRAWN = {"drawn": "adaptive source: times drawn", "drawn_when": "adaptive source: when drawn (0 start, 1 end)"}
+LM_COLOR_BY = {"kl": "KL(teacher || student)", "deviation": "deviation phi_s - phi_t (teacher's top-1)",
+               "set": "held-out set", "region": "context region"}
+CLASSIFIER_CONTROLS = '<label><input type="checkbox" id="show-distill" checked> distillation inputs</label>'
 
 
 def _array(a: np.ndarray) -> dict:
@@ -120,17 +127,65 @@ def plots(view: View):
     return row(figs["map"], figs["phi"])
 
 
-def write_page(view: View, path: Path, runs: list[str] | None = None) -> Path:
+def lm_page_data(view: LmView, runs: list[str]) -> dict:
+    """A language-model page's data: tokens.npz's arrays, typed (positions, and sequences: `seq_*`), the
+    vocabulary, the generations (pairs of a teacher's and a student's sequence of one prompt) and regions."""
+    a = view.arrays
+    sets = a["sets"].tolist()
+    cols = {k: a[k] for k in ("x", "y", "kl", "deviation", "sequence", "position", "region", "teacher_top",
+                              "teacher_top_prob", "student_top", "student_top_prob")}
+    cols.update({f"seq_{k}": a[k] for k in ("set", "row", "start", "length")}, ids=a["ids"])
+    generations = []
+    if {"teacher_samples", "student_samples"} <= set(sets):  # completions of one prompt: the same row of both
+        by = {(int(s), int(r)): i for i, (s, r) in enumerate(zip(a["set"], a["row"]))}
+        t, s = sets.index("teacher_samples"), sets.index("student_samples")
+        generations = [[i, by[s, r]] for (k, r), i in by.items() if k == t and (s, r) in by]
+    regions = view.regions[[c for c in ("rank", "region", "size", "mean_kl_teacher_student", "mean_deviation",
+                                        "agreement", "dominant_next_tokens", "examples") if c in view.regions]]
+    return {"name": view.name, "runs": runs, "lm": True, "n": int(len(a["x"])), "n_seq": int(len(a["row"])),
+            "width": int(a["ids"].shape[1]), "top_k": int(a["teacher_top"].shape[1]), "sets": sets,
+            "vocab": a["vocab"].tolist(), "generations": generations,
+            "cols": {c: _array(np.ascontiguousarray(v).ravel()) for c, v in cols.items()},
+            "regions": json.loads(regions.to_json(orient="records")), "color_by": LM_COLOR_BY, "palettes": _palettes()}
+
+
+def lm_plots(view: LmView):
+    """The UMAP of the teacher's context states; page.js fills its source."""
+    from bokeh.models import ColumnDataSource, CustomJS, LinearColorMapper, Range1d
+    from bokeh.plotting import figure
+
+    a = view.arrays
+    mapper = LinearColorMapper(name="mapper", palette=_palettes()["continuous"], low=0, high=1)
+    src = ColumnDataSource({c: [] for c in ("x", "y", "c")}, name="src")
+    f = figure(name="map", title="UMAP of the teacher's context states (one point per position)", width=640,
+               height=600, x_range=Range1d(*_span(a["x"])), y_range=Range1d(*_span(a["y"])),
+               tools="pan,wheel_zoom,box_select,lasso_select,reset", output_backend="webgl")
+    f.toolbar.active_scroll = next(t for t in f.tools if type(t).__name__ == "WheelZoomTool")
+    f.scatter("x", "y", source=src, name="points", size=4, line_color=None, fill_alpha=0.75,
+              fill_color={"field": "c", "transform": mapper}, nonselection_fill_alpha=0.08)
+    marked = ColumnDataSource({"x": [], "y": []}, name="marked")  # the position of the opened sequence's marked token
+    f.scatter("x", "y", source=marked, size=14, fill_color=None, line_color="black", line_width=2)
+    f.js_on_event("mousemove", CustomJS(code="window.kdx && kdx.hover(cb_obj)"))
+    f.js_on_event("mouseleave", CustomJS(code="window.kdx && kdx.unhover()"))
+    f.js_on_event("tap", CustomJS(code="window.kdx && kdx.tap(cb_obj)"))
+    return f
+
+
+def write_page(view: View | LmView, path: Path, runs: list[str] | None = None) -> Path:
     """The page of one view at `path` (runs: the study's run names, for the run selector)."""
     from bokeh.embed import components
     from bokeh.resources import INLINE
 
-    script, div = components(plots(view))
-    data = json.dumps(page_data(view, runs or []), separators=(",", ":")).replace("</", "<\\/")
+    lm = isinstance(view, LmView)
+    script, div = components(lm_plots(view) if lm else plots(view))
+    data = json.dumps((lm_page_data if lm else page_data)(view, runs or []), separators=(",", ":")).replace("</", "<\\/")
     parts = {"TITLE": html.escape(f"kdx explore {view.name}"), "BOKEH": INLINE.render(),
              "CSS": (HERE / "page.css").read_text(), "PLOTS": div, "DATA": data,
-             "JS": (HERE / "page.js").read_text(), "BOKEH_SCRIPT": script}
+             "CONTROLS": "" if lm else CLASSIFIER_CONTROLS,
+             "JS": (HERE / "common.js").read_text() + (HERE / ("lm.js" if lm else "page.js")).read_text(),
+             "BOKEH_SCRIPT": script}
+    shell = (HERE / "page.html").read_text().replace("{{MAIN}}", (HERE / ("lm.html" if lm else "classes.html")).read_text())
     # one pass, so that nothing inserted is itself taken for a placeholder
-    page = re.sub(r"\{\{(\w+)\}\}", lambda m: parts[m.group(1)], (HERE / "page.html").read_text())
+    page = re.sub(r"\{\{(\w+)\}\}", lambda m: parts[m.group(1)], shell)
     write_text(path, page)
     return path

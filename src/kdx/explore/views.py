@@ -1,5 +1,6 @@
 """What the explorer shows of one probed run: map.parquet's points, a thumbnail of each point's
-input, the regions table and the class names."""
+input, the regions table and the class names; of a language-model run (LmView), the token probe's
+tokens.npz and its context regions."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,9 +14,11 @@ from kdx import probes
 from kdx.errors import KdxError
 from kdx.eval import heldout
 from kdx.explore import thumbs as th
-from kdx.io import read_parquet_meta, reading
+from kdx.io import read_json, read_parquet_meta, reading
+from kdx.data import load_dataset
 from kdx.probes.probe import MAP_FORMAT
-from kdx.rundir import MAP, MAP_ARRAYS, METRICS, PROBES, REGIONS, load_run
+from kdx.probes.tokens import TOKENS_FORMAT
+from kdx.rundir import DEVIATION, MAP, MAP_ARRAYS, METRICS, PROBES, REGIONS, TOKENS, load_run, read_run_config
 
 
 TEXT_CHARS = 400  # of each decoded text input, what the page keeps
@@ -32,6 +35,40 @@ class View:
     texts: list[str] | None = None  # text data: point i's decoded input, shown instead of a thumbnail
 
 
+@dataclasses.dataclass
+class LmView:
+    """A language-model run: tokens.npz's arrays (kdx.probes.tokens.explorer_arrays) and regions.csv."""
+    name: str
+    arrays: dict[str, np.ndarray]
+    regions: pd.DataFrame
+
+
+def _probe_or_explain(run_dir: Path, why: str, probe: bool, log) -> None:
+    if not probe:
+        raise KdxError(f"{run_dir} {why}: run `kdx probe {run_dir}` first (about a minute on Fashion-MNIST), "
+                       "or pass --probe to have kdx explore run it")
+    log(f"{run_dir} {why}: running `kdx probe {run_dir}` first")
+
+
+def load_lm_view(run_dir: Path, probe: bool = False, log=print) -> LmView:
+    """A current RUN/probes/tokens.npz (or the token probe run now when `probe`) and regions.csv."""
+    path, fix = run_dir / PROBES / TOKENS, f"run `kdx probe {run_dir}` again"
+    with reading(path, fix):
+        fmt = int(np.load(path)["format"]) if path.exists() else None
+    if fmt != TOKENS_FORMAT:
+        _probe_or_explain(run_dir, f"has no {PROBES}/{TOKENS}" if fmt is None else
+                          f"has a {PROBES}/{TOKENS} from an older kdx probe", probe, log)
+        dev = run_dir / PROBES / DEVIATION  # probed before (a study: without the map): the same sets again
+        on = read_json(dev, fix).get("options", {}).get("on") if dev.exists() else None
+        probes.probe(run_dir, probes.ProbeOptions(on=on))
+    with reading(path, fix):
+        with np.load(path) as f:
+            arrays = {k: f[k] for k in f.files}
+    with reading(run_dir / PROBES / REGIONS, fix):
+        regions = pd.read_csv(run_dir / PROBES / REGIONS)
+    return LmView(run_dir.name, arrays, regions)
+
+
 def check_probed(run_dir: Path, probe: bool = False, log=print) -> None:
     """A current map.parquet in RUN/probes, or probe the run now when `probe`, or say how to get one."""
     path = run_dir / PROBES / MAP
@@ -41,15 +78,14 @@ def check_probed(run_dir: Path, probe: bool = False, log=print) -> None:
     if have:
         return
     why = f"has no {PROBES}/{MAP}" if meta is None else "has a map from an older kdx probe"
-    if not probe:
-        raise KdxError(f"{run_dir} {why}: run `kdx probe {run_dir}` first (about a minute on Fashion-MNIST), "
-                       "or pass --probe to have kdx explore run it")
-    log(f"{run_dir} {why}: running `kdx probe {run_dir}` first")
+    _probe_or_explain(run_dir, why, probe, log)
     probes.probe(run_dir, probes.ProbeOptions(on=meta["on"]) if meta else None)
 
 
-def load_view(run_dir, probe: bool = False, log=print) -> View:
+def load_view(run_dir, probe: bool = False, log=print) -> View | LmView:
     run_dir = Path(run_dir)
+    if load_dataset(read_run_config(run_dir).data).modality == "lm":
+        return load_lm_view(run_dir, probe, log)
     check_probed(run_dir, probe, log)
     probes_dir = run_dir / PROBES
     with reading(probes_dir / MAP, f"run `kdx probe {run_dir} --remap` again"):

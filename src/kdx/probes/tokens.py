@@ -14,6 +14,9 @@ sets (PCA first, as for classifiers), each region with its mean KL(t||s), mean d
 the next tokens that dominate it and example contexts, ranked by mean KL.
 Writes RUN/probes/deviation.json (the image probe's layout: distributions -> class choice -> fit),
 deviation_{set}.png and regions.csv; the study summary reads the slopes as it does for classifiers.
+For `kdx explore`, tokens.npz (`explorer_arrays`): the first PAGE_SEQUENCES sequences of each set (a bound
+on the page's size, whatever eval.n is), their tokens, and per counted position KL(t||s), the deviation,
+both models' top-TOP_K next tokens, the region and a 2-D UMAP of the teacher's context state.
 """
 from __future__ import annotations
 
@@ -25,15 +28,18 @@ import pandas as pd
 import torch
 
 from kdx.eval.lm import heldout_tokens
-from kdx.io import save_csv, write_json
-from kdx.neighbors import Projection, kmeans
-from kdx.probes import deviation, regions
-from kdx.rundir import DEVIATION, DEVIATION_PLOT, PROBES, REGIONS
+from kdx.io import save_arrays, save_csv, write_json
+from kdx.neighbors import Projection, kmeans, self_neighbors
+from kdx.probes import deviation, maps, regions
+from kdx.rundir import DEVIATION, DEVIATION_PLOT, PROBES, REGIONS, TOKENS
 
 DEFAULT_ON = ["test_subset", "teacher_samples", "student_samples"]
 POSITION_EDGES = (0, 16, 32, 64)  # buckets [0, 16), [16, 32), [32, 64), [64, context)
 FREQUENCY_BANDS = ("rare", "middle", "common")
 CONTEXT_TOKENS = 8  # tokens of context shown before the position in a region's examples
+TOP_K = 5  # next tokens of each model kept per position for the explorer
+PAGE_SEQUENCES = 64  # sequences of each held-out set in tokens.npz (the explorer page's size bound)
+TOKENS_FORMAT = 1  # bump when tokens.npz's arrays change meaning, so `kdx explore --probe` recomputes it
 
 
 @torch.no_grad()
@@ -41,15 +47,17 @@ def token_points(teacher, student, x: torch.Tensor, mask: torch.Tensor, token_co
                  batch_size: int = 16) -> dict[str, dict[str, np.ndarray]]:
     """Per counted position, for each class choice: x, y and the chosen token's train count; under
     "positions", what both choices share: the sequence and position, the teacher's entropy (nats), KL(t||s),
-    the teacher's last hidden state (`features`), both models' top-1 tokens, the actual next token and the
-    total variation."""
+    the teacher's last hidden state (`features`), both models' top-1 tokens, the actual next token, the
+    total variation, and each model's TOP_K next tokens and their probabilities (`teacher_top`,
+    `teacher_top_prob`, `student_top`, `student_top_prob`: (positions, TOP_K), most probable first)."""
     device = next(student.parameters()).device
     was = teacher.training, student.training
     teacher.eval()
     student.eval()
     cols = {c: {k: [] for k in ("x", "y", "count")} for c in deviation.CLASS_CHOICES}
     cols["positions"] = {k: [] for k in ("sequence", "position", "entropy", "kl", "features", "teacher_class",
-                                         "student_class", "class", "disagreement")}
+                                         "student_class", "class", "disagreement", "teacher_top", "teacher_top_prob",
+                                         "student_top", "student_top_prob")}
     for i in range(0, len(x), batch_size):
         xb, mb = x[i:i + batch_size].to(device), mask[i:i + batch_size].to(device)
         rows, positions = mb.nonzero(as_tuple=True)
@@ -67,6 +75,10 @@ def token_points(teacher, student, x: torch.Tensor, mask: torch.Tensor, token_co
         per["student_class"].append(zs.argmax(-1).cpu().numpy())
         per["class"].append(nxt.cpu().numpy())
         per["disagreement"].append((0.5 * (lt.exp() - ls.exp()).abs().sum(-1)).cpu().numpy())
+        for who, logp in (("teacher", lt), ("student", ls)):
+            top = logp.topk(min(TOP_K, logp.shape[-1]), -1)
+            per[f"{who}_top"].append(top.indices.cpu().numpy())
+            per[f"{who}_top_prob"].append(top.values.exp().float().cpu().numpy())
         for choice, cls in (("teacher_top1", zt.argmax(-1)), ("ground_truth", nxt)):
             c = cols[choice]
             c["x"].append(deviation.phi(zt, cls))
@@ -77,10 +89,12 @@ def token_points(teacher, student, x: torch.Tensor, mask: torch.Tensor, token_co
     return {choice: {k: np.concatenate(v) if v else np.zeros(0) for k, v in c.items()} for choice, c in cols.items()}
 
 
-def context_regions(run, sets: dict[str, tuple[torch.Tensor, dict]], k: int, pca_dim: int, seed: int) -> pd.DataFrame:
+def context_regions(run, sets: dict[str, tuple[torch.Tensor, dict]], k: int, pca_dim: int,
+                    seed: int) -> tuple[pd.DataFrame, np.ndarray]:
     """regions.csv for an LM run: k-means over the teacher's hidden states at the counted positions of all
     sets (`sets`: name -> (ids, token_points' result)), the region table of the classifier probe (tokens
-    as classes) with each region's mean KL(t||s), ranked by it; examples are decoded contexts."""
+    as classes) with each region's mean KL(t||s), ranked by it; examples are decoded contexts. Also each
+    position's region, the sets' positions concatenated in order."""
     frames, feats = [], []
     for name, (ids, points) in sets.items():
         top, per = points["teacher_top1"], points["positions"]
@@ -109,7 +123,57 @@ def context_regions(run, sets: dict[str, tuple[torch.Tensor, dict]], k: int, pca
     table["examples"] = [" | ".join(context(i) for i in frame.loc[frame.region == r, "item"].head(3)) for r in table["region"]]
     table = table.sort_values("mean_kl_teacher_student", ascending=False, kind="stable").reset_index(drop=True)
     table["rank"] = np.arange(1, len(table) + 1)
-    return table
+    return table, frame["region"].to_numpy()
+
+
+def explorer_arrays(run, sets: dict[str, tuple[torch.Tensor, dict]], region: np.ndarray, pca_dim: int, seed: int,
+                    epochs: int | None = None) -> dict[str, np.ndarray]:
+    """tokens.npz for `kdx explore`: the first PAGE_SEQUENCES sequences of each set (`sets` as for
+    context_regions, `region` its per-position labels) with a counted position. Tokens are indices into
+    `vocab` (each token decoded alone; only the tokens the page shows); sequence s is ids[s, :length[s]],
+    row `row[s]` of set `set[s]`, its first counted position `start[s]` (a sample's prompt ends there). Per
+    position: its sequence and position, KL(t||s), the deviation phi_s - phi_t on the teacher's top-1
+    token, both models' TOP_K next tokens and probabilities, the region, and x, y: a UMAP of the teacher's
+    context states (PCA to pca_dim first, as for the regions)."""
+    per_seq, per_pos, offset = {k: [] for k in ("set", "row", "start", "length", "ids")}, [], 0
+    width = max(len(ids[0]) for ids, _ in sets.values())
+    for s, (name, (ids, points)) in enumerate(sets.items()):
+        pos, top = points["positions"], points["teacher_top1"]
+        n = len(pos["sequence"])
+        rows = np.unique(pos["sequence"])[:PAGE_SEQUENCES]
+        keep = np.isin(pos["sequence"], rows)
+        seq_index = len(per_seq["row"]) + np.searchsorted(rows, pos["sequence"][keep])
+        per_pos.append({"sequence": seq_index, "position": pos["position"][keep], "kl": pos["kl"][keep],
+                        "deviation": (top["y"] - top["x"])[keep], "region": region[offset:offset + n][keep],
+                        "features": pos["features"][keep],
+                        **{k: pos[k][keep] for k in ("teacher_top", "teacher_top_prob", "student_top", "student_top_prob")}})
+        offset += n
+        for r in rows:
+            counted = pos["position"][pos["sequence"] == r]
+            length = int(counted.max()) + 2  # up to the last predicted token
+            row = np.full(width, -1, np.int64)
+            row[:length] = ids[r, :length].numpy()
+            for k, v in (("set", s), ("row", int(r)), ("start", int(counted.min())), ("length", length), ("ids", row)):
+                per_seq[k].append(v)
+    cols = {k: np.concatenate([p[k] for p in per_pos]) for k in per_pos[0]}
+    tokens = np.stack(per_seq["ids"])
+    used = np.unique(np.concatenate([tokens.ravel(), cols["teacher_top"].ravel(), cols["student_top"].ravel()]))
+    used = used[used >= 0]
+    remap = lambda a: np.searchsorted(used, a).astype(np.int32)  # noqa: E731 - token id -> index into vocab
+    tok = run.data.tokenizer
+    names = tok.decode([[int(i)] for i in used])
+    specials = {tok.eos_id: "⟨eos⟩", run.data.pad_id: "⟨pad⟩"}
+    vocab = [specials.get(int(i), t) for i, t in zip(used, names)]
+    feats = Projection(cols["features"], pca_dim)(cols["features"])
+    xy = maps.embed(feats, *self_neighbors(feats, min(maps.UMAP_NEIGHBORS, len(feats) - 1)), seed, epochs)
+    return {"format": np.array(TOKENS_FORMAT), "sets": np.array(list(sets)), "vocab": np.array(vocab),
+            "vocab_id": used.astype(np.int64), "ids": np.where(tokens >= 0, remap(tokens), -1).astype(np.int32),
+            **{k: np.array(v, np.int32) for k, v in per_seq.items() if k != "ids"},
+            "sequence": cols["sequence"].astype(np.int32), "position": cols["position"].astype(np.int32),
+            "kl": cols["kl"].astype(np.float32), "deviation": cols["deviation"].astype(np.float32),
+            "region": cols["region"].astype(np.int32), "x": xy[:, 0], "y": xy[:, 1],
+            **{k: remap(cols[k]) for k in ("teacher_top", "student_top")},
+            **{k: cols[k].astype(np.float32) for k in ("teacher_top_prob", "student_top_prob")}}
 
 
 def _line(stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -170,7 +234,8 @@ def summarize(points: dict[str, np.ndarray], resamples: int, seed: int) -> dict:
 
 
 def probe_tokens(run, opts, log=print) -> dict:
-    """Write RUN/probes/deviation.json and deviation_{set}.png for an LM run; return the report."""
+    """Write RUN/probes/deviation.json, deviation_{set}.png, regions.csv and (opts.map) tokens.npz for an
+    LM run; return the report."""
     names, start = opts.on or DEFAULT_ON, time.perf_counter()
     report = {"phi": {"definition": "log(p / (1 - p)), computed from logits as z_c - logsumexp_{j != c} z_j",
                       "prob_clip": [deviation.PROB_CLIP, 1 - deviation.PROB_CLIP], "phi_max": deviation.PHI_MAX},
@@ -189,7 +254,11 @@ def probe_tokens(run, opts, log=print) -> dict:
         log(f"{name}: {fits['teacher_top1']['n']} positions of {fits['teacher_top1']['sequences']} sequences, slope "
             f"(teacher top-1) {fits['teacher_top1']['slope']:.3f} {fits['teacher_top1']['slope_ci']}")
     report["seconds"] = {"deviation": round(time.perf_counter() - start, 3)}
-    save_csv(context_regions(run, sets, opts.regions, opts.pca_dim, opts.seed), run.dir / PROBES / REGIONS)
-    report["seconds"]["regions"] = round(time.perf_counter() - start - report["seconds"]["deviation"], 3)
+    table, region = context_regions(run, sets, opts.regions, opts.pca_dim, opts.seed)
+    save_csv(table, run.dir / PROBES / REGIONS)
+    report["seconds"]["regions"] = round(time.perf_counter() - start - sum(report["seconds"].values()), 3)
+    if opts.map:  # the explorer's arrays and their UMAP, as the map of a classifier run (studies probe without)
+        save_arrays(run.dir / PROBES / TOKENS, **explorer_arrays(run, sets, region, opts.pca_dim, opts.seed, opts.map_epochs))
+        report["seconds"]["explorer"] = round(time.perf_counter() - start - sum(report["seconds"].values()), 3)
     write_json(run.dir / PROBES / DEVIATION, report)
     return report
