@@ -871,3 +871,48 @@ def test_token_slope_intervals_resample_whole_sequences():
     order = np.argsort(x, kind="stable")
     assert [r["n"] for r in d] == [40] * 10
     assert d[3]["mean_deviation"] == pytest.approx((y - x)[order[120:160]].mean())
+
+
+def test_findings_token_section_reads_each_runs_slopes_and_pairs_them_with_the_one_hot_baseline(lm_setting, tmp_path):
+    """`kdx findings --only tokens --run`: a tiny LM study (forward KL and the one-hot corpus baseline, 2 seeds,
+    every run token-probed) rendered into section 7 of an existing page, in place."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from kdx.cli import app
+
+    overrides, _, _, _ = lm_setting
+    configs = tmp_path / "configs"
+    (configs / "studies").mkdir(parents=True)
+    (configs / "studies" / "tokens_lm.yaml").write_text(
+        "name: tokens_lm\nbase: " + str(Path("configs/lm_tiny.yaml").resolve()) + "\n"
+        f"overrides: {json.dumps([*overrides, 'distill.samples=128', 'eval.distributions=[test_subset]'])}\n"
+        "seeds: [0, 1]\nprobe: true\nprobe_on: [test_subset]\nreport_distributions: [test_subset]\n"
+        "sources:\n  - {name: corpus, label: corpus}\n  - {name: corpus, label: corpus, loss: onehot}\n")
+    (configs / "findings.yaml").write_text(  # the other roles are listed, never read with --only
+        "studies:\n  - {name: s, role: self, dataset: A}\n  - {name: p, role: puzzle, dataset: A}\n"
+        "  - {name: tokens_lm, role: tokens, dataset: tiny LM}\n")
+    page = tmp_path / "findings.md"
+    before = "# Findings\n\n<!-- kdx findings: tokens verdicts -->\n<!-- /kdx findings: tokens verdicts -->\n\nkept\n"
+    page.write_text(before + "<!-- kdx findings: tokens body -->\n<!-- /kdx findings: tokens body -->\n")
+    res = CliRunner().invoke(app, ["findings", "--only", "tokens", "--run", "--runs-dir", str(tmp_path / "runs"),
+                                   "--configs", str(configs), "--out", str(page)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    text = page.read_text()
+    assert text.startswith("# Findings") and "\nkept\n" in text and "## 7. Deviation slope on next tokens" in text
+    runs = tmp_path / "runs" / "studies" / "tokens_lm" / "runs"
+
+    def fit(run):
+        return json.loads((runs / run / "probes" / "deviation.json").read_text())["distributions"]["test_subset"]["teacher_top1"]
+
+    kd = [fit(f"corpus-forward_kl-s{s}") for s in (0, 1)]
+    oh = [fit(f"corpus-onehot-s{s}") for s in (0, 1)]
+    row = next(line for line in text.splitlines() if line.startswith("| corpus | forward_kl | test_subset | teacher_top1 |"))
+    cols = [c.strip() for c in row.split("|")]
+    assert cols[5].startswith(f"{np.mean([f['slope'] for f in kd]):.2f} [")
+    assert cols[6].startswith(f"{np.mean([f['robust']['binned_medians']['slope'] for f in kd]):.2f} [")
+    assert cols[7].startswith(f"{np.mean([f['robust']['orthogonal']['slope'] for f in kd]):.2f} [")
+    assert cols[8].startswith(f"{np.mean([a['slope'] - b['slope'] for a, b in zip(kd, oh)]):.2f} [")  # paired by seed
+    verdict = next(line for line in text.splitlines() if line.startswith("| tiny LM, corpus, forward_kl |"))
+    assert "slope" in verdict and "excess over one-hot" in verdict

@@ -86,10 +86,10 @@ def load_manifest(path: str | Path) -> FindingsConfig:
     return manifest
 
 
-def run_all(runs_dir: Path, configs: Path, manifest: FindingsConfig, *, workers: int) -> None:
+def run_all(runs_dir: Path, configs: Path, manifest: FindingsConfig, *, workers: int, eigen_too: bool = True) -> None:
     """Every findings study (resuming finished runs) and the eigen simulation."""
     eigen = runs_dir / manifest.eigen.dir
-    if not (eigen / EIGEN_JSON).exists():
+    if eigen_too and not (eigen / EIGEN_JSON).exists():
         write_simulations(eigen, manifest.eigen.seeds)
     for name in manifest.names:
         run_study(configs / "studies" / f"{name}.yaml", runs_dir, workers)
@@ -108,7 +108,7 @@ def _spliced(name: str, role: dict, fig_dir: Path) -> dict[str, str]:
     if not role[name]:
         return {"verdicts": "", "body": ""}
     part = sections.difficulty(role[name], fig_dir) if name == "difficulty" else sections.tokens(role[name])
-    module = _environment().get_template(f"{name}.md.j2").make_module({**part.shows, "verdicts": part.verdicts,
+    module = _environment().get_template(f"{name}.md.j2").make_module({**part.shows, "verdict_lines": part.verdicts,
                                                                                "figures": fig_dir.name})
     return {"verdicts": str(module.verdicts()).strip(), "body": str(module.body()).strip()}
 
@@ -145,7 +145,7 @@ def write_findings(runs_dir: str | Path = "runs", out: str | Path = "docs/findin
             raise KdxError(f"findings --only: {out} does not exist; run `kdx findings` without --only first")
         manifest = dataclasses.replace(manifest, studies=[s for s in manifest.studies if s.role in only])
     if run:
-        run_all(runs_dir, configs, manifest, workers=workers)
+        run_all(runs_dir, configs, manifest, workers=workers, eigen_too=not only)
     studies = {name: load_study(name, runs_dir, configs) for name in manifest.names}
     role = {r: {dataset: studies[n] for dataset, n in manifest.by_role(r).items()} for r in ROLES}
     fig_dir = out.parent / out.stem
