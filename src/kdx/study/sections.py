@@ -404,14 +404,6 @@ def difficulty(studies: dict[str, Study], fig_dir: Path) -> Section:
                   fmt_interval(v["orthogonal"], 2, percent=False)] for c in mine for (dist, cls), v in c["slopes"].items()])})
     shows["figure"] = DIFFICULTY_PNG
     difficulty_figure(cells, fig_dir / DIFFICULTY_PNG)
-    word = {"above": "**reproduced**", "below": "**reversed**", "not resolved": "**not resolved**"}
-    verdicts = {"difficulty_gain": {}, "difficulty_slope": {}}
-    for c in cells:
-        where = f"{c['dataset']} {c['label']} (teacher {100 * c['teacher_acc']:.1f}%)"
-        verdicts["difficulty_gain"][where] = f"{word[c['gain_word']]} ({fmt_interval(c['gain'], 2)} pp)"
-        v = c["slopes"][("test", "teacher_top1")]
-        verdicts["difficulty_slope"][where] = (f"{word[v['word']]} (slope {fmt_interval(v['distilled'], 2, percent=False)}; "
-                                               f"excess over one-hot {fmt_interval(v['excess'], 2, percent=False)})")
     shows["cells"] = [{**c, "gain_interval": fmt_interval(c["gain"], 2),
                        "slope_interval": fmt_interval(c["slopes"][("test", "teacher_top1")]["distilled"], 2, percent=False),
                        "slope_word": c["slopes"][("test", "teacher_top1")]["word"],
@@ -421,7 +413,7 @@ def difficulty(studies: dict[str, Study], fig_dir: Path) -> Section:
     shows["slope_cells"] = [name(c) for c in shows["cells"] if c["slope_word"] == "above"]
     shows["excess_cells"] = [name(c) for c in shows["cells"] if c["excess_word"] == "above"]
     shows["verdict_word"] = {"above": "**reproduced**", "below": "**reversed**", "not resolved": "**not resolved**"}
-    return Section(shows, verdicts)
+    return Section(shows)  # its verdicts are the cells' words, in the template's own table
 
 
 # -- 7: the slope asked of next tokens ---------------------------------------------------------------
