@@ -407,10 +407,15 @@ def difficulty(studies: dict[str, Study], fig_dir: Path) -> Section:
     shows["cells"] = [{**c, "gain_interval": fmt_interval(c["gain"], 2),
                        "slope_interval": fmt_interval(c["slopes"][("test", "teacher_top1")]["distilled"], 2, percent=False),
                        "slope_word": c["slopes"][("test", "teacher_top1")]["word"],
-                       "excess_word": c["slopes"][("test", "teacher_top1")]["excess_word"]} for c in cells]
+                       "excess_word": c["slopes"][("test", "teacher_top1")]["excess_word"],
+                       "train_slope_interval": fmt_interval(c["slopes"][("train_subset", "teacher_top1")]["distilled"], 2,
+                                                            percent=False),
+                       "train_slope_word": c["slopes"][("train_subset", "teacher_top1")]["word"],
+                       "train_excess_word": c["slopes"][("train_subset", "teacher_top1")]["excess_word"]} for c in cells]
     name = lambda c: f"{c['dataset']} {c['label']}"  # noqa: E731
     shows["gain_cells"] = [name(c) for c in shows["cells"] if c["gain_word"] == "above"]
     shows["slope_cells"] = [name(c) for c in shows["cells"] if c["slope_word"] == "above"]
+    shows["train_slope_cells"] = [name(c) for c in shows["cells"] if c["train_slope_word"] == "above"]
     shows["excess_cells"] = [name(c) for c in shows["cells"] if c["excess_word"] == "above"]
     shows["verdict_word"] = {"above": "**reproduced**", "below": "**reversed**", "not resolved": "**not resolved**"}
     return Section(shows)  # its verdicts are the cells' words, in the template's own table
