@@ -97,9 +97,17 @@ def binned_medians(x: np.ndarray, y: np.ndarray, bins: int = 10) -> tuple[np.nda
     return np.array([np.median(x[p]) for p in parts]), np.array([np.median(y[p]) for p in parts])
 
 
-def _median_line(x: np.ndarray, y: np.ndarray, bins: int) -> float:
-    mx, my = binned_medians(x, y, bins)
+def _median_line(mx: np.ndarray, my: np.ndarray) -> float:
+    """The least-squares slope through the binned medians."""
     return float(_ols(mx[None], my[None])[0][0]) if len(mx) > 1 else float("nan")
+
+
+def ols_from_moments(stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least squares of y on x (slope, intercept) from summed moments (..., 6); NaN where x is constant."""
+    n, sx, sy, sxx, sxy, _ = np.moveaxis(stats, -1, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slope = (sxy - sx * sy / n) / (sxx - sx * sx / n)
+        return slope, (sy - slope * sx) / n
 
 
 def robust(x: np.ndarray, y: np.ndarray, group: np.ndarray | None = None, *, resamples: int = 1000, seed: int = 0,
@@ -107,11 +115,11 @@ def robust(x: np.ndarray, y: np.ndarray, group: np.ndarray | None = None, *, res
     """The orthogonal slope and the slope through the decile medians, each with a percentile bootstrap that
     resamples groups (`group`: the sequence of each position; None: the inputs themselves)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
-    stats = moments(x, y, group)
+    inv = np.arange(len(x)) if group is None else np.unique(group, return_inverse=True)[1]  # group ids 0..G-1
+    stats = moments(x, y, None if group is None else inv)
     counts = resample_counts(len(stats), resamples, seed)
     ortho = orthogonal_slope(counts @ stats)
     # the points of each group, contiguous: group g is order[starts[g]:starts[g] + sizes[g]]
-    inv = np.arange(len(x)) if group is None else np.unique(group, return_inverse=True)[1]
     order, sizes = np.argsort(inv, kind="stable"), np.bincount(inv)
     starts = np.cumsum(sizes) - sizes
     rng = np.random.default_rng(seed + 1)
@@ -121,10 +129,10 @@ def robust(x: np.ndarray, y: np.ndarray, group: np.ndarray | None = None, *, res
         n = sizes[draw]
         offset = np.repeat(starts[draw] - (np.cumsum(n) - n), n)  # each drawn group's start, minus where it lands
         idx = order[offset + np.arange(n.sum())]
-        boot.append(_median_line(x[idx], y[idx], bins))
+        boot.append(_median_line(*binned_medians(x[idx], y[idx], bins)))
     mx, my = binned_medians(x, y, bins)
     return {"orthogonal": {"slope": float(orthogonal_slope(stats.sum(0))), "slope_ci": interval(ortho)},
-            "binned_medians": {"slope": _median_line(x, y, bins), "slope_ci": interval(np.array(boot)),
+            "binned_medians": {"slope": _median_line(mx, my), "slope_ci": interval(np.array(boot)),
                                "teacher_phi": mx.tolist(), "student_phi": my.tolist()}}
 
 

@@ -176,19 +176,11 @@ def explorer_arrays(run, sets: dict[str, tuple[torch.Tensor, dict]], region: np.
             **{k: cols[k].astype(np.float32) for k in ("teacher_top_prob", "student_top_prob")}}
 
 
-def _line(stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Least squares of y on x from summed moments (n, x, y, xx, xy, yy rows); NaN where x is constant."""
-    n, sx, sy, sxx, sxy, _ = np.moveaxis(stats, -1, 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        slope = (sxy - sx * sy / n) / (sxx - sx * sx / n)
-        return slope, (sy - slope * sx) / n
-
-
 def sequence_fit(x: np.ndarray, y: np.ndarray, sequence: np.ndarray, resamples: int = 1000, seed: int = 0) -> dict:
     """Slope and intercept of y on x over all positions, with intervals resampling whole sequences."""
     per_seq = deviation.moments(x, y, sequence)
-    slope, intercept = _line(per_seq.sum(0))
-    boot_slope, boot_intercept = _line(deviation.resample_counts(len(per_seq), resamples, seed) @ per_seq)
+    slope, intercept = deviation.ols_from_moments(per_seq.sum(0))
+    boot_slope, boot_intercept = deviation.ols_from_moments(deviation.resample_counts(len(per_seq), resamples, seed) @ per_seq)
     return {"n": int(len(x)), "sequences": int(len(per_seq)), "slope": float(slope),
             "slope_ci": deviation.interval(boot_slope), "intercept": float(intercept),
             "intercept_ci": deviation.interval(boot_intercept), "frac_below_diagonal": float((y < x).mean())}

@@ -36,7 +36,8 @@ ROLES = {"self": "self-distillation at convergence over switch_at (sections 1-3)
          "tokens": "an LM study's sources and losses, each run token-probed (section 7)"}
 # the sections that stand alone: rendered from templates/NAME.md.j2 (macros verdicts() and body()) between the
 # page's markers, so `kdx findings --only NAME` re-renders them in place from their studies alone
-SPLICED = ("difficulty", "tokens")
+SPLICED = {"difficulty": sections.difficulty,  # name -> (studies of its role, figure folder) -> Section
+           "tokens": lambda studies, fig_dir: sections.tokens(studies)}
 MARK = "<!-- kdx findings: {} {} -->", "<!-- /kdx findings: {} {} -->"
 
 
@@ -107,7 +108,7 @@ def _spliced(name: str, role: dict, fig_dir: Path) -> dict[str, str]:
     """A standalone section's two parts, rendered: {"verdicts": ..., "body": ...} (empty without its studies)."""
     if not role[name]:
         return {"verdicts": "", "body": ""}
-    part = sections.difficulty(role[name], fig_dir) if name == "difficulty" else sections.tokens(role[name])
+    part = SPLICED[name](role[name], fig_dir)
     module = _environment().get_template(f"{name}.md.j2").make_module({**part.shows, "verdict_lines": part.verdicts,
                                                                                "figures": fig_dir.name})
     return {"verdicts": str(module.verdicts()).strip(), "body": str(module.body()).strip()}
