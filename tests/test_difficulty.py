@@ -39,6 +39,7 @@ def test_label_noise_flips_exactly_its_share_to_other_classes_and_test_stays_cle
     ("data.label_noise=1.5", "data.label_noise must be a share"),
     ("data.train_size=0", "data.train_size must be a whole number"),
     ("data.train_size=999999", "give at most"),
+    ("data.noise_seed=abc", "data.noise_seed must be an integer"),
 ])
 def test_bad_difficulty_values_are_named_before_any_training(override, named, tmp_path):
     res = CliRunner().invoke(app, ["run", *FAST, override, "--runs-dir", str(tmp_path), "--name", "r"])

@@ -916,3 +916,11 @@ def test_findings_token_section_reads_each_runs_slopes_and_pairs_them_with_the_o
     assert cols[8].startswith(f"{np.mean([a['slope'] - b['slope'] for a, b in zip(kd, oh)]):.2f} [")  # paired by seed
     verdict = next(line for line in text.splitlines() if line.startswith("| tiny LM, corpus, forward_kl |"))
     assert "slope" in verdict and "excess over one-hot" in verdict
+
+
+def test_label_noise_on_an_lm_corpus_is_refused_with_the_fix(lm_setting):
+    from kdx.data import load_dataset
+
+    _, cfg, _, _ = lm_setting
+    with pytest.raises(KdxError, match="language-model corpus: it has no class labels.*drop data.train_size and data.label_noise"):
+        load_dataset({**cfg.data, "label_noise": 0.2})
