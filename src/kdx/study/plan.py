@@ -45,8 +45,10 @@ class StudyConfig:
 # keys of a source spec that belong to the study, not to the source: `label` names the run;
 # `samples_scale` multiplies distill.samples for that source's runs (e.g. equal teacher forwards
 # for a source that scores 2 candidates per input trained on: samples_scale 0.5); `loss` sets
-# distill.loss for that source's runs (a subset of the source x loss grid, e.g. reverse KL for some sources)
-STUDY_KEYS = ("label", "samples_scale", "loss", "overrides")
+# distill.loss for that source's runs (a subset of the source x loss grid, e.g. reverse KL for some sources);
+# `switch_at` (a list) keeps only those values of the study's switch_at axis for that entry's runs (e.g. late
+# distillation only in the cells where a gain is expected); `overrides` are dotted key=value strings for its runs
+STUDY_KEYS = ("label", "samples_scale", "loss", "overrides", "switch_at")
 
 
 @dataclasses.dataclass
@@ -85,6 +87,11 @@ def _check_axes(study: StudyConfig, study_path: Path) -> None:
             if "overrides" in spec and not (isinstance(spec["overrides"], list)
                                             and all(isinstance(o, str) and "=" in o for o in spec["overrides"])):
                 fail(axis, f"`overrides` in an entry must be a list of dotted key=value strings, got {spec['overrides']!r}")
+            if "switch_at" in spec:
+                values = spec["switch_at"]
+                if not (isinstance(values, list) and values and all(v in study.switch_at for v in values)):
+                    fail(axis, f"`switch_at` in an entry must be a non-empty list of values of the study's switch_at "
+                               f"axis {list(study.switch_at)}, got {values!r}")
             if "loss" in spec and not (axis == "sources" and isinstance(spec["loss"], str)):
                 fail(axis, f"`loss` in an entry must be a loss name, and only sources take one, got {spec['loss']!r}")
     if study.loss and any("loss" in spec for spec in study.sources):
@@ -125,6 +132,8 @@ def plan(study_path: str | Path, overrides: list[str] = (), *, build_sources: bo
     strip = lambda spec: {k: v for k, v in spec.items() if k not in STUDY_KEYS}  # noqa: E731
     loss_labelled = bool(study.loss) or any("loss" in spec for spec in study.sources)  # the run names carry the loss
     for data, source, samples, loss, temp, switch, student, seed in itertools.product(*axes.values()):
+        if any(e and "switch_at" in e and switch not in e["switch_at"] for e in (data, source, student)):
+            continue  # the entry keeps a subset of the switch_at axis
         base_cfg = base_config(data, source, student)
         distill = dataclasses.replace(base_cfg.distill, **{k: v for k, v in {"samples": samples, "loss": loss,
                                                                             "temperature": temp}.items() if v is not None})
