@@ -215,6 +215,22 @@ def test_source_split_is_deterministic_and_keeps_sources_whole():
     assert test_sources and train_sources and not test_sources & train_sources
 
 
+def test_unlabeled_rows_keep_every_section_of_train_sources_only():
+    rows = [{"package": f"p{i}-{k}", "source": f"src{i}", "section": sec, "short": "s",
+             "long": f"text number {i} in {word} words, long enough to keep"} for i in range(80)
+            for k, (sec, word) in enumerate((("net", "alpha"), ("doc", "beta"), ("libs", "gamma")))]
+    rows.append({"package": "dup", "source": "src0", "section": "misc", "short": "s", "long": rows[0]["long"]})
+    unl = debian.unlabeled_rows(rows, 0.3)
+    sources = {r["source"] for r in unl}
+    assert sources == {f"src{i}" for i in range(80) if not debian.is_test_source(f"src{i}", 0.3)}
+    assert {"net", "doc", "libs"} <= {r["section"] for r in unl}
+    # src0's p0-0 and dup share a text: one of them is kept (dup, first in (source, package) order)
+    assert len({r["text"] for r in unl}) == len(unl) == 3 * len(sources)
+    # a text of the test split is never a pretraining text, even under a train source
+    test_text = unl[0]["text"]
+    assert test_text not in {r["text"] for r in debian.unlabeled_rows(rows, 0.3, [test_text])}
+
+
 def _lists_dir(tmp_path, suffix=""):
     d = tmp_path / "lists"
     d.mkdir()
@@ -254,7 +270,13 @@ def test_build_on_fixture_lists_gives_the_expected_datasetdict_reproducibly(tmp_
 
     lists = _lists_dir(tmp_path)
     dsd = debian.build_debian_descriptions(tmp_path / "out", lists, test_fraction=0.5)
-    assert set(dsd) == {"train", "test"}
+    assert set(dsd) == {"train", "test", "unlabeled"}
+    # the pretraining texts: every section (the doc section too), no test source, no test text
+    unl = dsd["unlabeled"]
+    assert unl.num_rows and not any(debian.is_test_source(src, 0.5) for src in unl["source"])
+    assert not set(unl["text"]) & set(dsd["test"]["text"])
+    train_rows = [r for r in dsd["train"]]
+    assert {r["text"] for r in train_rows} <= set(unl["text"])  # the labelled train texts are among them
     assert dsd["train"].features["label"].names == sorted(debian.DEFAULT_SECTIONS)
     rows = {r["package"]: r for s in ("train", "test") for r in dsd[s]}
     # doc section dropped, too-short text dropped, package without description dropped

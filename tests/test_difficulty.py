@@ -75,3 +75,21 @@ def test_a_study_data_axis_gives_each_cell_its_own_teacher_recipe(tmp_path):
     (tmp_path / "hard.yaml").write_text(yaml.safe_dump(study))
     with pytest.raises(KdxError, match="overrides"):
         plan(tmp_path / "hard.yaml", build_sources=False)
+
+
+def test_an_entry_switch_at_keeps_a_subset_of_the_axis_and_is_refused_outside_it(tmp_path):
+    study = {"name": "late", "base": str(tmp_path / "base.yaml"), "seeds": [0, 1], "switch_at": [0.0, 0.5, 1.0],
+             "data": [{"name": "digits", "label": "clean", "switch_at": [0.0, 1.0]},
+                      {"name": "digits", "label": "noisy", "label_noise": 0.2}]}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"data": {"name": "digits"}, "distill": {"samples": 1000}}))
+    (tmp_path / "late.yaml").write_text(yaml.safe_dump(study))
+    _, runs = plan(tmp_path / "late.yaml", build_sources=False)
+    cells = sorted((r.axes["data"], r.axes["switch_at"]) for r in runs if r.axes["seed"] == 0)
+    assert cells == [("clean", 0.0), ("clean", 1.0), ("noisy", 0.0), ("noisy", 0.5), ("noisy", 1.0)]
+    assert all("switch_at" not in r.cfg.data for r in runs)  # the study's key, not the dataset's
+    assert {r.cfg.distill.switch_at for r in runs if r.axes["data"] == "clean"} == {0.0, 1.0}
+    for bad in ([0.25], [], 0.5):
+        study["data"][0]["switch_at"] = bad
+        (tmp_path / "late.yaml").write_text(yaml.safe_dump(study))
+        with pytest.raises(KdxError, match="switch_at` in an entry"):
+            plan(tmp_path / "late.yaml", build_sources=False)

@@ -80,7 +80,7 @@ switch_at: [0.0, 0.5, 1.0]
 probe_source_n: 200
 report_distributions: [test, train_subset]
 data:
-  - {name: digits, label: all-noise0}
+  - {name: digits, label: all-noise0, switch_at: [0.0, 1.0]}
   - {name: digits, label: n600-noise30, train_size: 600, label_noise: 0.3, overrides: [teacher.train.epochs=30]}
 """
 
@@ -177,6 +177,8 @@ def test_the_difficulty_map_agrees_with_the_run_folders_and_re_renders_in_place(
         cols = [c.strip() for c in slope_row.split("|")]
         assert cols[4].startswith(f"{np.mean(slopes):.2f} [") and cols[5].startswith(f"{np.mean(base):.2f} [")
         assert cols[6].startswith(f"{np.mean(np.subtract(slopes, base)):.2f} [")  # the excess over one-hot
+    # the clean cell's entry keeps switch_at 0 and 1 only: no late-distilled runs there
+    assert not list(folder.glob("all-noise0-train-sw0.5-*")) and len(list(folder.glob("n600-noise30-train-sw0.5-*"))) == 2
     noisy = np.load(folder / "n600-noise30-train-sw1.0-s0" / "train_labels.npz")
     assert (noisy["noisy"] != noisy["clean"]).sum() == 180  # 30% of 600, stored with the run
     # --only re-renders the section in place from its study alone; the rest of the page is left as it is

@@ -47,7 +47,8 @@ def test_mlm_views_are_valid_ids_with_unchanged_masks(mlm_source):
 
 def test_replacement_rate_and_candidates_are_the_mlms_top_k(mlm_source):
     from kdx.sampling.base import step_generator
-    from kdx.sampling.mlm import build_mlm, mask_id, mlm_path, mlm_replace, mlm_settings
+    from kdx.models.mlm import build_mlm, mask_id, mlm_path, mlm_settings
+    from kdx.sampling.mlm import mlm_replace
 
     data, src = mlm_source
     x = data.x_train[:400]
@@ -102,7 +103,7 @@ def test_mlm_views_are_a_function_of_seed_and_step(text_teacher, mlm_source):
 
 
 def test_the_mlm_is_cached_and_reused(mlm_source, monkeypatch):
-    import kdx.sampling.mlm as m
+    import kdx.models.mlm as m
 
     data, src = mlm_source
     path = m.mlm_path(data, MLM)
@@ -153,7 +154,7 @@ def test_the_mlm_is_cached_under_the_configured_cache_dir(text_teacher, corpus_d
     """`cache_dir` in the config holds the MLM as it holds the teacher, through every source that builds a pool."""
     from kdx import config as kconfig
     from kdx.run import build_source
-    from kdx.sampling.mlm import mlm_path
+    from kdx.models.mlm import mlm_path
 
     cfg0, data, teacher = text_teacher
     mlm = {**MLM, "epochs": 1, "seed": 7}  # settings no other test trains

@@ -186,11 +186,30 @@ def _class_table(names: list[str], counts: dict[str, Counter]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def unlabeled_rows(rows: Iterable[dict], test_fraction: float, test_texts: Iterable[str] = (),
+                   min_chars: int = MIN_CHARS) -> list[dict]:
+    """collect_packages' rows -> the unlabeled pretraining corpus: the descriptions of every section (the
+    dropped ones too: libs, doc, misc, ...), of sources outside the test split only, names stripped as for the
+    labelled rows, at least min_chars, exact duplicates dropped, and never a text of the test split (one text
+    can sit under two sources). Columns text, section, package, source; sorted by (source, package)."""
+    out, seen = [], set(test_texts)
+    for r in sorted(rows, key=lambda r: (r["source"], r["package"])):
+        if is_test_source(r["source"], test_fraction):
+            continue
+        text = strip_names(r["long"], r["package"], r["source"])
+        if len(text) < min_chars or text in seen:
+            continue
+        seen.add(text)
+        out.append({"text": text, "section": r["section"], "package": r["package"], "source": r["source"]})
+    return out
+
+
 def build_debian_descriptions(out: Path | str, lists_dir: Path | str = APT_LISTS, test_fraction: float = 0.2,
                               sections: Mapping[str, str] | Sequence[str] = DEFAULT_SECTIONS,
                               min_chars: int = MIN_CHARS, decompress: str = "auto"):
     """Build the corpus from apt's lists folder and save it: `out` gets a DatasetDict (train, test;
-    columns text, label (ClassLabel), short, package, source) by save_to_disk, `class_counts.md` and
+    columns text, label (ClassLabel), short, package, source; and `unlabeled`, the masked-LM pretraining texts
+    of unlabeled_rows: columns text, section, package, source) by save_to_disk, `class_counts.md` and
     `build_info.json` (input files, parameters). Same input files -> the same rows in the same order.
     Returns the DatasetDict."""
     import datasets
@@ -222,11 +241,14 @@ def build_debian_descriptions(out: Path | str, lists_dir: Path | str = APT_LISTS
         cols = {k: [e[k] for e in exs] for k in features}
         cols["label"] = [names.index(lbl) for lbl in cols["label"]]
         dsd[split] = datasets.Dataset.from_dict(cols, features=features, split=split)
+    unlabeled = unlabeled_rows(rows, test_fraction, (e["text"] for e in splits["test"]), min_chars)
+    dsd["unlabeled"] = datasets.Dataset.from_dict({k: [e[k] for e in unlabeled] for k in ("text", "section", "package", "source")},
+                                                  split="unlabeled")
     translations, packages = find_list_files(lists_dir)
     info = {"lists_dir": str(lists_dir), "test_fraction": test_fraction, "min_chars": min_chars,
             "sections": _class_map(sections), "packages_with_description": len(rows),
             "files": [{"name": p.name, "bytes": p.stat().st_size} for p in translations + packages],
-            "counts": {s: dict(sorted(c.items())) for s, c in counts.items()}}
+            "counts": {s: dict(sorted(c.items())) for s, c in counts.items()}, "unlabeled": len(unlabeled)}
     # built beside `out`, then renamed over it: a failure or a kill leaves the earlier build or nothing
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

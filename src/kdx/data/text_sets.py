@@ -78,6 +78,8 @@ def debian_descriptions(path: str = "", max_length: int = 64, tokenizer: str = "
     te_short = [(s, y) for s, y in zip(short["test"], cols["test", "label"]) if s.strip()]
     extra = {"domain": ([s for s, _ in te_short], [y for _, y in te_short]),
              "short_train": ([s for s in short["train"] if s.strip()], None)}
+    if "unlabeled" in dd:  # the masked-LM pretraining texts (model bert's pretrain), also a downstream pool
+        extra["unlabeled"] = (_texts(_column(dd["unlabeled"], "unlabeled", "text", where), f"{where}: split 'unlabeled'"), None)
     names = train.features["label"].names
     for s in ("train", "test"):
         _check_class_indices(cols[s, "label"], len(names), f"{where}: split '{s}'")
@@ -114,7 +116,7 @@ def _quiet_datasets():
             datasets.enable_progress_bars()
 
 
-def _open_text(path: str, train_split: str, test_split: str):
+def _open_text(path: str, train_split: str, test_split: str, *more_splits: str):
     import datasets
 
     p = Path(path).expanduser()
@@ -126,7 +128,7 @@ def _open_text(path: str, train_split: str, test_split: str):
     if not p.is_dir():
         raise KdxError(f"hf_text: {p} is not a folder; pass a DatasetDict folder or a folder with train/test files")
     files = {}
-    for split in (train_split, test_split):
+    for split in (train_split, test_split, *more_splits):
         found = [f for ext in TEXT_FORMATS for f in sorted(p.glob(f"{split}*.{ext}"))]
         if not found:
             raise KdxError(f"hf_text: {p} has no dataset_dict.json and no {split}.jsonl/.json/.csv/.parquet file; "
@@ -150,11 +152,13 @@ def _open_text(path: str, train_split: str, test_split: str):
 @DATASETS.register()
 def hf_text(path: str = "", text_column: str = "text", label_column: str = "label", train_split: str = "train",
             test_split: str = "test", domain_column: str = "", max_length: int = 64, tokenizer: str = "",
-            vocab_size: int = 8000, lowercase: bool = True) -> Dataset:
-    """Any text-classification set: a save_to_disk DatasetDict or train/test json/csv/parquet files in data.path."""
+            vocab_size: int = 8000, lowercase: bool = True, unlabeled_split: str = "") -> Dataset:
+    """Any text-classification set: a save_to_disk DatasetDict or train/test json/csv/parquet files in data.path.
+    `unlabeled_split` names a split of texts without labels (its text_column only): extra["unlabeled"], the
+    corpus a `bert` model's `pretrain` learns from, and a downstream pool (source downstream split=unlabeled)."""
     import datasets
 
-    dd = _open_text(path, train_split, test_split)
+    dd = _open_text(path, train_split, test_split, *([unlabeled_split] if unlabeled_split else []))
     columns = {"text_column": text_column, "label_column": label_column,
                **({"domain_column": domain_column} if domain_column else {})}
     train, test = splits(dd, "hf_text", path, train_split, test_split, columns)
@@ -177,5 +181,13 @@ def hf_text(path: str = "", text_column: str = "text", label_column: str = "labe
         te = [(s, y) for s, y in zip(_texts(dom[1], where), ys[1]) if s.strip()]
         extra = {"domain": ([s for s, _ in te], [y for _, y in te]),
                  f"{domain_column}_train": ([s for s in _texts(dom[0], where) if s.strip()], None)}
+    if unlabeled_split:
+        if unlabeled_split not in dd:
+            raise KdxError(f"{where}: no split '{unlabeled_split}' (data.unlabeled_split); it has {', '.join(dd)}")
+        if text_column not in dd[unlabeled_split].column_names:
+            raise KdxError(f"{where}: split '{unlabeled_split}' has no column '{text_column}' (data.text_column); "
+                           f"it has {', '.join(dd[unlabeled_split].column_names)}")
+        extra["unlabeled"] = (_texts(col(dd[unlabeled_split], unlabeled_split, text_column),
+                                     f"{where}: split '{unlabeled_split}', column '{text_column}'"), None)
     return text_dataset("hf_text", texts[0], ys[0], texts[1], ys[1], classes, tokenizer=tokenizer,
                         vocab_size=vocab_size, max_length=max_length, lowercase=lowercase, extra_texts=extra)

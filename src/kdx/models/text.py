@@ -13,6 +13,8 @@ from torch import nn
 
 from kdx.data.base import Dataset
 from kdx.errors import KdxError, first_line
+from kdx.device import resolve_device
+from kdx.models.mlm import MLM_SIZES, get_mlm, mlm_settings
 from kdx.registry import MODELS
 
 NOT_TEXT = "a text model: bert, bag_of_embeddings or text_cnn"
@@ -56,8 +58,11 @@ class _BertBody(nn.Module):
 
 @MODELS.register(context=("data",))
 def bert(data: Dataset, layers: int = 2, hidden: int = 128, heads: int = 2, intermediate: int = 512,
-         dropout: float = 0.1, path: str = "") -> TokenClassifier:
-    """transformers BertForSequenceClassification from a BertConfig (random init), or a local save_pretrained dir (path)."""
+         dropout: float = 0.1, path: str = "", pretrain: dict | None = None) -> TokenClassifier:
+    """transformers BertForSequenceClassification from a BertConfig (random init), or a local save_pretrained dir (path).
+    `pretrain` ({epochs, corpus, ...}: kdx.models.mlm.MLM_DEFAULTS less the sizes, which are this model's): the
+    encoder starts from a masked LM of this size trained once on that corpus (default: the dataset's unlabeled
+    texts) and cached, BERT's pretrain-then-fine-tune at a small scale; the classifier head starts at random."""
     from transformers import BertConfig, BertForSequenceClassification
 
     _need_text(data, "bert")
@@ -86,7 +91,33 @@ def bert(data: Dataset, layers: int = 2, hidden: int = 128, heads: int = 2, inte
                      num_labels=data.num_classes)
     cfg._attn_implementation = "sdpa"
     m = BertForSequenceClassification(cfg)
+    if pretrain is not None:
+        sizes = sorted(set(pretrain) & set(MLM_SIZES)) if isinstance(pretrain, dict) else None
+        if sizes is None or sizes:
+            raise KdxError(f"model 'bert': pretrain must be a mapping of masked-LM settings without sizes (the model's "
+                           f"own layers, hidden, heads, intermediate are used), got {pretrain!r}")
+        load_pretrained_encoder(m.bert, data, {"layers": layers, "hidden": hidden, "heads": heads,
+                                               "intermediate": intermediate, "corpus": "unlabeled", **pretrain})
     return TokenClassifier(_BertBody(m.bert), hidden, data.num_classes, data.pad_id, nn.Sequential(m.dropout, m.classifier))
+
+
+def load_pretrained_encoder(encoder: nn.Module, data: Dataset, settings: dict) -> None:
+    """Copy the cached masked LM's encoder (trained now if missing) into a classifier's BertModel. The MLM's
+    position and token-type tables may be longer than the classifier's (kdx.models.mlm.build_mlm's sizes):
+    their first rows are the ones the classifier uses. The classifier's pooler is not in an MLM: it starts at random."""
+    mlm = get_mlm(data, mlm_settings(settings), resolve_device("auto"))
+    source = mlm.bert.state_dict()
+    target = encoder.state_dict()
+    for key, value in target.items():
+        if key.startswith("pooler."):
+            continue
+        if key not in source:
+            raise KdxError(f"model 'bert' pretrain: the masked LM has no {key}; its settings must match the model's sizes")
+        w = source[key]
+        if w.dim() == 2 and w.shape[0] > value.shape[0] and w.shape[1:] == value.shape[1:]:
+            w = w[: value.shape[0]]
+        target[key] = w.to(value.dtype)
+    encoder.load_state_dict(target)
 
 
 class _BagBody(nn.Module):
