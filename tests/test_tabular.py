@@ -22,9 +22,12 @@ from kdx.data.tabular import one_hot
 from kdx.distill.teacher import get_teacher
 from kdx.errors import KdxError
 from kdx.eval import heldout
+from kdx.models import predict
 from kdx.models.ensemble import combine_logits
+from kdx.probes import deviation
 from kdx.registry import SOURCES
 from kdx.run import build_source, run
+from kdx.rundir import load_run
 from kdx.sampling.munge import munge_rows
 
 SMALL = ["data.name=sklearn_table", "data.which=breast_cancer", "student.model.name=mlp", "student.model.hidden=[32]",
@@ -305,6 +308,20 @@ def test_tfidf_teacher_matches_the_anchor_on_a_small_text_set(tmp_path):
     out = run(str(tmp_path / "t.yaml"), [], runs_dir=str(tmp_path / "runs"))
     m = json.loads((out / "metrics.json").read_text())
     assert m["teacher"]["arch"] == "tfidf_logreg" and m["eval"]["test"]["agreement"] > 0.6  # chance: 1/3
+    # its probe is the deviation slopes alone (a black box has no features): `kdx probe RUN`
+    res = subprocess.run([sys.executable, "-m", "kdx", "probe", str(out)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    dev = json.loads((out / "probes" / "deviation.json").read_text())["distributions"]
+    summary = json.loads((out / "probes" / "summary.json").read_text())
+    assert "black box" in summary["deviation_only"] and not (out / "probes" / "regions.csv").exists()
+    # the slope agrees with a least-squares fit of the two models' phi on the same test inputs
+    done = load_run(out)
+    ho = heldout.load("test", done.data, done.cfg.eval.n, done.cfg.eval.seed)
+    t, s = predict(done.teacher.model, ho.x), predict(done.student, ho.x)
+    cls = t.argmax(1)
+    x, y = deviation.phi(t, cls), deviation.phi(s, cls)
+    want = np.polyfit(x, y, 1)[0]
+    assert abs(dev["test"]["teacher_top1"]["slope"] - want) < 1e-3, (dev["test"]["teacher_top1"], want)  # not bit for bit: batch shapes differ
 
 
 def dataclass_replace_source(cfg, spec):
@@ -422,8 +439,8 @@ def test_a_tabular_study_with_probes_is_refused_when_planned(tmp_path):
     base = Path(__file__).parent.parent / "configs" / "tabular.yaml"
     study = tmp_path / "s.yaml"
     study.write_text(f"name: s\nbase: {base}\nseeds: [0]\nsources: [{{name: train}}]\n")  # probe: true by default
-    with pytest.raises(KdxError, match="probe is on, but teacher 'sklearn' has no penultimate features; set probe: false"):
-        plan(study, build_sources=False)
+    with pytest.raises(KdxError, match="tables have no probes yet; set probe: false"):
+        plan(study, build_sources=True)
     with pytest.raises(KdxError, match="tables have no probes yet; set probe: false"):
         plan(_torch_teacher_study(tmp_path, base), build_sources=True)
 

@@ -73,6 +73,9 @@ def report(probes_dir: Path) -> str:
             d = f["deciles"][0]
             lines.append(f"{name:16s} {choice:13s} {f['n']:6d} {f['slope']:7.3f} [{f['slope_ci'][0]:.3f}, "
                          f"{f['slope_ci'][1]:.3f}] {d['mean_deviation']:+8.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]")
+    if not (probes_dir / REGIONS).exists():  # a black-box teacher: the deviation slopes alone
+        summary = json.loads((probes_dir / SUMMARY).read_text())
+        return "\n".join([*lines, f"deviation only: {summary.get('deviation_only', 'no regions were written')}"])
     table = pd.read_csv(probes_dir / REGIONS)
     tokens = "mean_kl_teacher_student" in table  # an LM run's context regions, ranked by mean KL(t||s)
     lines.append("regions with the largest mean KL(t||s):" if tokens else "most underfit regions:")

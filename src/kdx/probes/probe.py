@@ -68,11 +68,16 @@ def check_features(model: torch.nn.Module, x: torch.Tensor, where: str) -> None:
                        "or wrap yours in kdx.models.base.Classifier (a body giving features, a linear head)")
 
 
-def model_outputs(run, x: torch.Tensor, labels: torch.Tensor | None, student: bool = True) -> ModelOutputs:
+def model_outputs(run, x: torch.Tensor, labels: torch.Tensor | None, student: bool = True,
+                  features: bool = True) -> ModelOutputs:
     bs = run.cfg.eval.batch_size
-    t_logits, feats = predict(run.teacher.model, x, bs, features=True)
+    if features:
+        t_logits, feats = predict(run.teacher.model, x, bs, features=True)
+        feats = feats.cpu().numpy()
+    else:  # a black-box teacher: its outputs only
+        t_logits, feats = predict(run.teacher.model, x, bs), np.empty((len(x), 0), dtype=np.float32)
     s_logits = predict(run.student, x, bs).cpu() if student else None
-    return ModelOutputs(feats.cpu().numpy(), t_logits.cpu(), s_logits, labels)
+    return ModelOutputs(feats, t_logits.cpu(), s_logits, labels)
 
 
 def source_outputs(run, n: int, project, student_n: int) -> ModelOutputs:
@@ -130,7 +135,11 @@ def probe(run, opts: ProbeOptions | None = None, log=print) -> dict:
     data.require(("image", "signal", "text"), "kdx probe (per-class deviation slopes, regions, the map)",
                  "metrics.json's eval per held-out shift (probes of tables are not built yet; a study sets probe: false)")
     names = opts.on or DEFAULT_ON
-    check_features(run.teacher.model, data.x_test, "teacher model")
+    # a black box (TF-IDF + LR, a fitted scikit-learn model) has outputs but no features: its probe is the
+    # deviation slopes alone, which need only the two models' probabilities; regions, coverage and the map need features
+    black_box = bool(getattr(run.teacher.model, "black_box", False))
+    if not black_box:
+        check_features(run.teacher.model, data.x_test, "teacher model")
     clock = time.perf_counter()
 
     def lap(what):
@@ -141,7 +150,7 @@ def probe(run, opts: ProbeOptions | None = None, log=print) -> dict:
     evals = {}
     for name in names:
         ho = heldout.load(name, data, run.cfg.eval.n, run.cfg.eval.seed)
-        evals[name] = model_outputs(run, ho.x, ho.y)
+        evals[name] = model_outputs(run, ho.x, ho.y, features=not black_box)
     lap("eval_outputs")
 
     report = {"phi": {"definition": "log(p / (1 - p)), computed from logits as z_c - logsumexp_{j != c} z_j",
@@ -153,6 +162,12 @@ def probe(run, opts: ProbeOptions | None = None, log=print) -> dict:
         deviation.plot(out_dir / DEVIATION_PLOT.format(name), name, points, fits)
     write_json(out_dir / DEVIATION, report)
     lap("deviation")
+    if black_box:
+        summary = {"run": str(run.dir), "on": names, "options": dataclasses.asdict(opts), "seconds": seconds,
+                   "deviation_only": f"the teacher ({type(run.teacher.model.estimator).__name__}) is a black box: no "
+                                     "features, so no regions, coverage or map"}
+        write_json(out_dir / SUMMARY, summary)
+        return summary
 
     project = Projection(np.concatenate([o.features for o in evals.values()]), opts.pca_dim)
     eval_feats = np.concatenate([project(o.features) for o in evals.values()])

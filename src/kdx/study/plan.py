@@ -15,7 +15,6 @@ from omegaconf import MISSING
 from kdx import config as kconfig
 from kdx.data import load_dataset
 from kdx.errors import KdxError
-from kdx.models.blackbox import is_black_box
 from kdx.run import build_source, validate
 
 
@@ -183,16 +182,16 @@ def plan(study_path: str | Path, overrides: list[str] = (), *, build_sources: bo
 
 
 def check_probes(study_path: str | Path, runs: list[PlannedRun], *, load_data: bool) -> None:
-    """`probe: true` needs teachers with penultimate features (no black box, no ensemble) on images, signals or
-    text: refused now, not after the first run."""
+    """`probe: true` needs images, signals or text, and a teacher that is not an ensemble: refused now, not after
+    the first run (a black box is probed for its deviation slopes alone: kdx.probes.probe)."""
     modality = {}  # per distinct data config: each is loaded once
     for r in runs:
         teacher = r.cfg.teacher.model
         key = json.dumps(r.cfg.data, sort_keys=True, default=str)
         if load_data and key not in modality:
             modality[key] = load_dataset(r.cfg.data).modality
-        what = (f"teacher '{teacher['name']}' has no penultimate features" if is_black_box(teacher) or teacher["name"] == "ensemble"
-                else "tables have no probes yet" if modality.get(key) == "tabular" else "")
+        what = ("tables have no probes yet" if modality.get(key) == "tabular"
+                else f"teacher '{teacher['name']}' has no penultimate features" if teacher["name"] == "ensemble" else "")
         if what:
             raise KdxError(f"{study_path}: run {r.name}: probe is on, but {what}; set probe: false in the study file")
 
