@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 RUNS   ?= runs
 
-.PHONY: install demo demo-text findings test test-random fashion-mnist chromium clean
+.PHONY: install demo demo-text debian-descriptions debian-lm findings test test-random fashion-mnist chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,22 +36,32 @@ demo: install
 # Text: Debian package descriptions -> Section, built offline from apt's lists (fetching the English
 # Translation files first when they are absent), then the sources_text study (7 sources x 3 seeds, BERT
 # teacher). One thread a process: on the shared 2-core CPU two-thread torch ran BERT training 15x slower.
-# configs/text_debian.yaml's data.path
+# configs/text_debian.yaml's data.path; a build without the `unlabeled` split (before 2026-12-02) is rebuilt.
+# debian-lm: every English description as a language-model corpus (configs/lm_debian.yaml's data.path).
 DEBIAN = data/debian-descriptions
-demo-text: install
-	@if [ ! -f $(DEBIAN)/dataset_dict.json ]; then \
-	  if ! ls /var/lib/apt/lists/*_i18n_Translation-en* >/dev/null 2>&1; then \
+DEBIAN_LM = data/debian-lm
+APT_EN = if ! ls /var/lib/apt/lists/*_i18n_Translation-en* >/dev/null 2>&1; then \
 	    if [ "$$(id -u)" = 0 ]; then apt-get -o Acquire::Languages=en update -q; \
 	    else sudo apt-get -o Acquire::Languages=en update -q; fi; \
-	  fi; \
+	  fi
+debian-descriptions: install
+	@if [ ! -d $(DEBIAN)/unlabeled ]; then \
+	  $(APT_EN); \
 	  $(BIN)/kdx data build debian-descriptions --out $(DEBIAN); \
 	fi
+debian-lm: install
+	@if [ ! -f $(DEBIAN_LM)/dataset_info.json ] && [ ! -f $(DEBIAN_LM)/state.json ]; then \
+	  $(APT_EN); \
+	  $(BIN)/kdx data build debian-lm --out $(DEBIAN_LM); \
+	fi
+demo-text: debian-descriptions
 	OMP_NUM_THREADS=1 $(BIN)/kdx study configs/studies/sources_text.yaml --runs-dir $(RUNS) --workers 2
 
-# docs/findings.md (issue 16): five studies (self-distillation at convergence, budgets, the noise-share
-# puzzle) and the eigen simulation, each resumed where it stopped, then the page and docs/findings/*.png.
-# About 2 h on the 2-core CPU, one thread a process.
-findings: install fashion-mnist
+# docs/findings.md: the studies of configs/findings.yaml (self-distillation at convergence, budgets, the
+# noise-share puzzle, the difficulty map on MNIST-1D, Fashion-MNIST and text, the LM token slopes) and the
+# eigen simulation, each resumed where it stopped, then the page and docs/findings/*.png. Many hours on
+# the 2-core CPU (each study's wall time is on the page), one thread a process.
+findings: install fashion-mnist debian-descriptions debian-lm
 	OMP_NUM_THREADS=1 $(BIN)/kdx findings --run --workers 2 --runs-dir $(RUNS)
 
 # Chromium for the explorer's browser tests (playwright drives /usr/bin/chromium; its own browser

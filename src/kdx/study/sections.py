@@ -338,6 +338,12 @@ def _slopes(runs: list[Run], dist: str, cls: str, key: str | None = None) -> lis
     return [f["slope"] if key is None else f["robust"][key]["slope"] for f in fits]
 
 
+def model_label(spec: dict) -> str:
+    """A model spec in one line: its name and its scalar settings (`bert layers=2 hidden=128 pretrain`)."""
+    args = [f"{k}={v}" if not isinstance(v, (dict, list)) else k for k, v in spec.items() if k != "name"]
+    return " ".join([spec["name"], *args])
+
+
 def _cell(dataset: str, s: Study, label: str) -> dict:
     """One cell of the map: the teacher, the gain, late distillation and the slopes of distilled and one-hot."""
     kd, oh, late = (s.select(data=label, switch_at=sw) for sw in (KD, ONEHOT, 0.5))
@@ -384,8 +390,13 @@ def difficulty(studies: dict[str, Study], fig_dir: Path) -> Section:
                          [[f"{100 * q:.0f}%", *(value(at[(n, q)]) if (n, q) in at else "-" for n in sizes)] for q in noises])
 
         top1 = ("test", "teacher_top1")
+        cfg = s.runs[0].planned.cfg
+        teacher, student = cfg.teacher.model, cfg.student.model
         shows["datasets"].append({
             "dataset": dataset, "name": s.name, "timing": s.timing(), "seeds": len(s.config.seeds),
+            "models": ("self-distillation: teacher and student are the same model, `" + model_label(student) + "`"
+                       if teacher == student else f"distillation into another model: teacher `{model_label(teacher)}`, "
+                       f"student `{model_label(student)}`"),
             "teacher_grid": grid(lambda c: f"{100 * c['teacher_acc']:.1f}% (conf. {c['teacher_confidence']:.2f})"),
             "gain_grid": grid(lambda c: fmt_interval(c["gain"], 2)),
             "slope_grid": grid(lambda c: fmt_interval(c["slopes"][top1]["distilled"], 2, percent=False)),
