@@ -18,7 +18,8 @@ from kdx.study.folders import load_study
 from kdx.study.sections import fraction_recovered as _fraction
 
 MANIFEST = load_manifest("configs/findings.yaml")
-STUDIES = [s.name for s in MANIFEST.studies if s.role != "tokens"]  # the findings studies the fixture builds
+# the findings studies the fixture builds: all but the LM one, and of the difficulty map its MNIST-1D study only
+STUDIES = [s.name for s in MANIFEST.studies if s.role != "tokens" and (s.role != "difficulty" or s.name == "difficulty_mnist1d")]
 
 SELF_RUN = """data: {name: digits}
 teacher:
@@ -91,9 +92,12 @@ def findings(tmp_path_factory):
     root = tmp_path_factory.mktemp("findings")
     configs, runs = root / "configs", root / "runs"
     (configs / "studies").mkdir(parents=True)
-    # the page's list of studies, less the LM one (tests/test_lm.py renders its section from a tiny LM study)
+    # the page's list of studies, less the LM one (tests/test_lm.py renders its section from a tiny LM study) and
+    # the difficulty map's other datasets (the tiny difficulty_mnist1d below stands for them all)
     shipped = open("configs/findings.yaml").read().splitlines()
-    (configs / "findings.yaml").write_text("\n".join(line for line in shipped if "role: tokens" not in line) + "\n")
+    (configs / "findings.yaml").write_text("\n".join(
+        line for line in shipped if "role: tokens" not in line
+        and ("role: difficulty" not in line or "difficulty_mnist1d" in line)) + "\n")
     (configs / "studies" / "difficulty_mnist1d.yaml").write_text(DIFFICULTY_STUDY)
     (configs / "self.yaml").write_text(SELF_RUN)
     # the puzzle's base: the FAST setting (the digits_teacher fixture's teacher) as a YAML file
