@@ -415,7 +415,7 @@ def test_debian_build_fuzzed(which, data):
         assert sorted(p.name for p in out.iterdir()) == before  # complete, old or new
         assert not leftovers(d), leftovers(d)
         if dsd is not None:
-            assert set(dsd) == {"train", "test"}
+            assert set(dsd) == {"train", "test", "unlabeled"}
 
 
 # ---------------------------------------------------------------------------------------- weights files
