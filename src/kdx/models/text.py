@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from kdx.data.base import Dataset
-from kdx.errors import KdxError, first_line
 from kdx.device import resolve_device
-from kdx.models.mlm import MLM_SIZES, get_mlm, mlm_settings
+from kdx.errors import KdxError, first_line
+from kdx.models.mlm import MLM_SIZES, get_mlm
 from kdx.registry import MODELS
 
 NOT_TEXT = "a text model: bert, bag_of_embeddings or text_cnn"
@@ -105,7 +105,7 @@ def load_pretrained_encoder(encoder: nn.Module, data: Dataset, settings: dict) -
     """Copy the cached masked LM's encoder (trained now if missing) into a classifier's BertModel. The MLM's
     position and token-type tables may be longer than the classifier's (kdx.models.mlm.build_mlm's sizes):
     their first rows are the ones the classifier uses. The classifier's pooler is not in an MLM: it starts at random."""
-    mlm = get_mlm(data, mlm_settings(settings), resolve_device("auto"))
+    mlm = get_mlm(data, settings, resolve_device("auto"))  # get_mlm checks the settings (mlm_settings)
     source = mlm.bert.state_dict()
     target = encoder.state_dict()
     for key, value in target.items():
