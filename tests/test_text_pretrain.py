@@ -111,3 +111,18 @@ def test_pretrain_refusals_name_the_cause(corpus):
         build_model({"name": "bert", **SIZES, "pretrain": PRETRAIN}, bare, "teacher.model", 0)
     with pytest.raises(KdxError, match="no split 'extra'"):
         load_dataset(spec(corpus, unlabeled_split="extra"))
+
+
+
+def test_an_unlabeled_split_without_the_text_column_is_refused_naming_it(tmp_path):
+    import datasets
+
+    from kdx.data import load_dataset
+
+    feats = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(TOPICS)),
+                               "short": datasets.Value("string")})
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(_corpus(40, 0), features=feats),
+                          "test": datasets.Dataset.from_list(_corpus(20, 1), features=feats),
+                          "unlabeled": datasets.Dataset.from_list([{"body": "a text"}])}).save_to_disk(str(tmp_path / "c"))
+    with pytest.raises(KdxError, match="split 'unlabeled' has no column 'text' \\(data.text_column\\); it has body"):
+        load_dataset(spec(tmp_path / "c"))
