@@ -211,3 +211,49 @@ def test_the_tfidf_anchor_is_computed_once_and_printed_beside_the_teacher(text_t
     assert f"anchor (text), same split: test {100 * acc:.1f}%" in text_blocks
     # image data has no anchor
     assert text.anchor_accuracy(types.SimpleNamespace(is_text=False)) is None
+
+
+def test_trimming_pad_columns_changes_no_bert_output(text_teacher):
+    """_BertBody drops the columns that are pad in every row: each text's features alone (trimmed to its own
+    length) and inside a batch (trimmed to the batch's longest) match the untrimmed max_length forward."""
+    from kdx.models.mlm import trim_padding, used_length
+
+    cfg, data, teacher = text_teacher
+    model = teacher.model.eval()
+    x = data.x_test[:64]
+    lengths = (x != data.pad_id).sum(1)
+    assert int(lengths.min()) < data.max_length  # some rows are padded, so trimming does something
+    short = x[lengths < data.max_length][:16]
+    assert used_length(short != data.pad_id) == int((short != data.pad_id).sum(1).max()) < data.max_length
+    assert trim_padding(short, data.pad_id).shape[1] == used_length(short != data.pad_id)
+    with torch.no_grad():
+        bert = model.body.bert
+        full = bert(input_ids=short, attention_mask=(short != data.pad_id).long()).pooler_output
+        batched = model.features(short)
+        alone = torch.cat([model.features(row[None]) for row in short])
+    assert torch.allclose(batched, full, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(alone, full, atol=1e-5, rtol=1e-4)
+
+
+def test_length_grouped_batches_cover_the_corpus_each_epoch_with_similar_lengths(text_teacher):
+    from kdx.models.mlm import length_grouped_batches
+
+    cfg, data, teacher = text_teacher
+    mask = data.x_train != data.pad_id
+    n, bs = len(mask), 32
+    per_epoch = -(-n // bs)
+    batches = length_grouped_batches(mask, bs, 2 * per_epoch, torch.Generator().manual_seed(0))
+    assert len(batches) == 2 * per_epoch and all(1 <= len(b) <= bs for b in batches)
+    counts = torch.bincount(torch.cat(batches), minlength=n)
+    assert torch.equal(counts, torch.full((n,), 2))  # every text exactly once per epoch
+    lengths = mask.sum(1).float()
+    spread = torch.stack([lengths[b].max() - lengths[b].min() for b in batches]).mean()
+    g = torch.Generator().manual_seed(0)
+    random_spread = torch.stack([lengths[i].max() - lengths[i].min()
+                                 for i in torch.randperm(n, generator=g).split(bs)]).mean()
+    assert spread < 0.25 * random_spread, (spread, random_spread)
+    # a seed is a fixed order; another seed is another
+    again = length_grouped_batches(mask, bs, per_epoch, torch.Generator().manual_seed(0))
+    other = length_grouped_batches(mask, bs, per_epoch, torch.Generator().manual_seed(1))
+    assert all(torch.equal(a, b) for a, b in zip(again, batches))
+    assert not all(torch.equal(a, b) for a, b in zip(other, batches))

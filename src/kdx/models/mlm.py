@@ -25,7 +25,7 @@ from kdx.data.text import cache_dir as cache_folder
 from kdx.errors import KdxError
 from kdx.io import save_torch, write_json
 
-MLM_FORMAT = 1  # bump when the MLM's training recipe changes meaning
+MLM_FORMAT = 2  # bump when the MLM's training recipe changes meaning (2: length-grouped batches, pads trimmed)
 MLM_DEFAULTS = {"layers": 2, "hidden": 128, "heads": 2, "intermediate": 512, "epochs": 2.0, "batch_size": 64,
                 "lr": 0.001, "weight_decay": 0.01, "mask_prob": 0.15, "seed": 0, "max_samples": 0, "corpus": "train"}
 MLM_SIZES = ("layers", "hidden", "heads", "intermediate")
@@ -86,6 +86,36 @@ def build_mlm(data: Dataset, s: dict):
     return BertForMaskedLM(cfg)
 
 
+def used_length(mask: torch.Tensor) -> int:
+    """How many leading columns of a right-padded batch hold a token in some row (its attention `mask`):
+    dropping the rest changes no BERT output (pads are masked and come last) and costs the batch's longest
+    text instead of max_length."""
+    used = mask.any(0).nonzero()
+    return int(used[-1]) + 1 if len(used) else 1
+
+
+def trim_padding(x: torch.Tensor, pad_id: int) -> torch.Tensor:
+    return x[:, : used_length(x != pad_id)]
+
+
+def length_grouped_batches(mask: torch.Tensor, batch_size: int, steps: int, g: torch.Generator) -> list[torch.Tensor]:
+    """`steps` batches of row indices, each of texts of similar length (so trimming pads pays: the corpus's
+    median description is far below max_length), in random order: per epoch, a random permutation is cut into
+    chunks of 50 batches, each chunk sorted by length and cut into batches, and all batches shuffled (the
+    group-by-length sampler of transformers' Trainer)."""
+    lengths, n, out = mask.sum(1), len(mask), []
+    while len(out) < steps:
+        perm = torch.randperm(n, generator=g, device=mask.device)
+        chunk = 50 * batch_size
+        epoch = []
+        for c in perm.split(chunk):
+            c = c[torch.argsort(lengths[c], descending=True, stable=True)]
+            epoch += list(c.split(batch_size))
+        order = torch.randperm(len(epoch), generator=g, device=mask.device)
+        out += [epoch[i] for i in order.tolist()]
+    return out[:steps]
+
+
 def masked_logits(mlm, inp: torch.Tensor, attn: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
     """The MLM's vocabulary logits at the selected positions only (M, V): the head runs on those alone."""
     h = mlm.bert(input_ids=inp, attention_mask=attn.long()).last_hidden_state
@@ -115,14 +145,14 @@ def train_mlm(data: Dataset, s: dict, device) -> tuple[object, dict]:
     g = torch.Generator(device=device).manual_seed(int(s["seed"]))
     bs = int(s["batch_size"])
     steps = max(1, math.ceil(len(x_all) * float(s["epochs"]) / bs))
+    batches = length_grouped_batches(x_all != data.pad_id, bs, steps, g)
     opt = torch.optim.AdamW(mlm.parameters(), lr=s["lr"], weight_decay=s["weight_decay"])
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: (i + 1) / warm if i < warm else 0.5 * (1 + math.cos(math.pi * (i - warm) / max(1, steps - warm))))
     t0, losses = time.time(), []
-    for step in range(steps):
-        idx = torch.randint(len(x_all), (bs,), generator=g, device=device)
-        x = x_all[idx]
+    for idx in batches:
+        x = trim_padding(x_all[idx], data.pad_id)
         content = ~torch.isin(x, specials)
         sel = (torch.rand(x.shape, generator=g, device=device) < s["mask_prob"]) & content
         if not sel.any():

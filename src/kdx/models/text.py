@@ -14,7 +14,7 @@ from torch import nn
 from kdx.data.base import Dataset
 from kdx.device import resolve_device
 from kdx.errors import KdxError, first_line
-from kdx.models.mlm import MLM_SIZES, get_mlm
+from kdx.models.mlm import MLM_SIZES, get_mlm, used_length
 from kdx.registry import MODELS
 
 NOT_TEXT = "a text model: bert, bag_of_embeddings or text_cnn"
@@ -50,7 +50,10 @@ class _BertBody(nn.Module):
         self.bert = bert
 
     def forward(self, ids, mask):
-        return self.bert(input_ids=ids, attention_mask=mask.long()).pooler_output
+        # pads come last and are masked: dropping the columns that are pad in every row changes no output
+        # and costs the batch's longest text instead of max_length (most descriptions are far shorter)
+        keep = used_length(mask)
+        return self.bert(input_ids=ids[:, :keep], attention_mask=mask[:, :keep].long()).pooler_output
 
     def input_embeddings(self):
         return self.bert.embeddings.word_embeddings
