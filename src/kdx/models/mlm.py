@@ -15,10 +15,12 @@ import fcntl
 import hashlib
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from kdx.data.base import Dataset
 from kdx.data.text import cache_dir as cache_folder
@@ -151,7 +153,7 @@ def train_mlm(data: Dataset, s: dict, device) -> tuple[object, dict]:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: (i + 1) / warm if i < warm else 0.5 * (1 + math.cos(math.pi * (i - warm) / max(1, steps - warm))))
     t0, losses = time.time(), []
-    for idx in batches:
+    for idx in tqdm(batches, desc=f"masked LM ({steps} steps)", disable=not sys.stderr.isatty(), leave=False):
         x = trim_padding(x_all[idx], data.pad_id)
         content = ~torch.isin(x, specials)
         sel = (torch.rand(x.shape, generator=g, device=device) < s["mask_prob"]) & content
