@@ -105,10 +105,9 @@ def length_grouped_batches(mask: torch.Tensor, batch_size: int, steps: int, g: t
     median description is far below max_length), in random order: per epoch, a random permutation is cut into
     chunks of 50 batches, each chunk sorted by length and cut into batches, and all batches shuffled (the
     group-by-length sampler of transformers' Trainer)."""
-    lengths, n, out = mask.sum(1), len(mask), []
+    lengths, n, out, chunk = mask.sum(1), len(mask), [], 50 * batch_size
     while len(out) < steps:
         perm = torch.randperm(n, generator=g, device=mask.device)
-        chunk = 50 * batch_size
         epoch = []
         for c in perm.split(chunk):
             c = c[torch.argsort(lengths[c], descending=True, stable=True)]
