@@ -51,8 +51,11 @@ class _BertBody(nn.Module):
 
     def forward(self, ids, mask):
         # pads come last and are masked: dropping the columns that are pad in every row changes no output
-        # and costs the batch's longest text instead of max_length (most descriptions are far shorter)
-        keep = used_length(mask)
+        # and costs the batch's longest text instead of max_length (most descriptions are far shorter).
+        # Eager only: the trimmed length depends on the data, which torch.export (ONNX), jit tracing and
+        # torch.compile cannot put in a graph, so a traced student keeps every column
+        traced = torch.compiler.is_compiling() or torch.jit.is_tracing()
+        keep = ids.shape[1] if traced else used_length(mask)
         return self.bert(input_ids=ids[:, :keep], attention_mask=mask[:, :keep].long()).pooler_output
 
     def input_embeddings(self):
