@@ -177,6 +177,13 @@ def test_the_difficulty_map_agrees_with_the_run_folders_and_re_renders_in_place(
                 for s in (0, 1)]
         row = next(line for line in page.splitlines() if line.startswith(f"| {cell} | {100 * teacher:.1f} ("))
         assert f"| {100 * np.mean(np.subtract(kd, oh)):.2f} [" in row  # the gain, paired by seed
+        if cell == "n600-noise30":  # late distillation's own gain over one-hot, paired by seed, in its column
+            late = [read(f"{cell}-train-sw0.5-s{s}")["eval"]["test"]["student_acc"] for s in (0, 1)]
+            assert f"vs one-hot {100 * np.mean(np.subtract(late, oh)):.2f} [" in row.split("|")[6]
+            verdict = next(line for line in page.splitlines() if line.startswith("| MNIST-1D, 600 train inputs, 30%"))
+            assert f"({100 * np.mean(np.subtract(late, oh)):.2f} [" in verdict.split("|")[4]
+        else:
+            assert row.split("|")[6].strip() == "-"  # no late runs in the clean cell
         slope_row = next(line for line in page.splitlines() if line.startswith(f"| {cell} | test | teacher_top1 |"))
         cols = [c.strip() for c in slope_row.split("|")]
         assert cols[4].startswith(f"{np.mean(slopes):.2f} [") and cols[5].startswith(f"{np.mean(base):.2f} [")

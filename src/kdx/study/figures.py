@@ -69,9 +69,10 @@ def copy_figure(src: Path, dst: Path) -> bool:
 
 
 def difficulty_figure(cells: list[dict], path: Path) -> None:
-    """One row per dataset: the distillation gain (pp) and the deviation slope on test (teacher top-1; filled:
-    distilled, hollow: the one-hot baseline) against the teacher's test accuracy, one point per cell of label
-    noise (marker) x train size (colour), 95% t-intervals over seeds."""
+    """One row per dataset: the distillation gain (pp; hollow: late distillation's, where it ran) and the
+    deviation slope on test (teacher top-1; filled: distilled, hollow: the one-hot baseline) against the
+    teacher's test accuracy, one point per cell of label noise (marker) x train size (colour), 95%
+    t-intervals over seeds."""
     plt = pyplot()
     datasets = list(dict.fromkeys(c["dataset"] for c in cells))
     fig, axes = plt.subplots(len(datasets), 2, figsize=(11, 4.2 * len(datasets)), squeeze=False)
@@ -90,6 +91,8 @@ def difficulty_figure(cells: list[dict], path: Path) -> None:
         for c in mine:
             x = 100 * c["teacher_acc"]
             point(row[0], x, 100 * np.asarray(c["gain"]), c)
+            if "late" in c:
+                point(row[0], x, 100 * np.asarray(c["late"]["gain"]), c, filled=False, offset=0.3)
             v = c["slopes"][("test", "teacher_top1")]
             point(row[1], x, v["distilled"], c)
             point(row[1], x, v["onehot"], c, filled=False, offset=0.3)
@@ -103,7 +106,8 @@ def difficulty_figure(cells: list[dict], path: Path) -> None:
         handles = [plt.Line2D([], [], color=colors[n], marker="o", ls="", label=f"{n:,} train inputs") for n in sizes]
         handles += [plt.Line2D([], [], color="grey", marker=m, ls="", label=f"{100 * q:.0f}% label noise")
                     for q, m in markers.items()]
-        handles.append(plt.Line2D([], [], color="grey", marker="o", mfc="white", ls="", label="one-hot student (baseline)"))
-        row[1].legend(handles=handles, fontsize=7)
+        hollow = lambda label: plt.Line2D([], [], color="grey", marker="o", mfc="white", ls="", label=label)  # noqa: E731
+        row[0].legend(handles=[*handles, hollow("late distillation (switch_at 0.5) − one-hot")], fontsize=7)
+        row[1].legend(handles=[*handles, hollow("one-hot student (baseline)")], fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
