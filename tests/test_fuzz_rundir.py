@@ -119,6 +119,24 @@ def test_config_yaml_fuzzed(tiny, data):
     unchanged(run_dir, before)
 
 
+@pytest.mark.parametrize("dropped", ["", "teacher", "data"])
+def test_config_yaml_without_a_section_is_refused_before_any_teacher(tiny, dropped, monkeypatch):
+    """An emptied config.yaml, or one missing a section kdx always writes, would otherwise fall back to that
+    section's defaults and train a default teacher before the student failed to load: refused by name first."""
+    import yaml
+
+    run_dir, _ = tiny
+    path = run_dir / CONFIG
+    kept = {k: v for k, v in yaml.safe_load(path.read_text()).items() if k != dropped} if dropped else {}
+    trained = []
+    monkeypatch.setattr("kdx.rundir.get_teacher", lambda *a, **k: trained.append(a))
+    with damaged(path, yaml.safe_dump(kept).encode() if kept else b""):
+        with pytest.raises(KdxError) as e:
+            load_run(run_dir)
+    assert f"lacks {dropped or 'data'}" in assert_named(e.value, path)
+    assert not trained
+
+
 @fuzz(15)
 @given(broken=st.one_of(corrupted(b"seed: 0\n"), st.none()))
 def test_config_yaml_on_resume_fuzzed(tiny, tmp_path_factory, broken):

@@ -37,6 +37,7 @@ from kdx.models import build_model, read_state_dict
 from kdx.registry import SOURCES
 
 CONFIG = "config.yaml"
+WRITTEN_SECTIONS = ("data", "teacher", "student", "distill", "seed")  # what every config.yaml kdx writes holds
 STUDENT = "student.pt"
 METRICS = "metrics.json"
 ERROR = "error.json"
@@ -150,6 +151,11 @@ def read_config(run_dir: str | Path) -> dict:
         raw = OmegaConf.to_container(OmegaConf.create(path.read_bytes().decode("utf-8")))
         if not isinstance(raw, dict):
             raise TypeError(f"a {type(raw).__name__}, not a mapping")
+        # kdx writes every section; one that is missing would otherwise fall back to its default and
+        # rebuild (train) a teacher the run never had before the student failed to load
+        missing = [k for k in WRITTEN_SECTIONS if k not in raw]
+        if missing:
+            raise ValueError(f"it lacks {', '.join(missing)}")
         return raw
 
 
