@@ -8,7 +8,9 @@ they belong to the other entry.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 from dataclasses import field
 from pathlib import Path
 from typing import Any, Optional
@@ -174,9 +176,12 @@ def _drop_stale_spec_args(lower: dict, upper: dict) -> None:
             parent[last] = {"name": new["name"]}
 
 
+@functools.lru_cache(maxsize=None)
 def _typed_without_spec_args(schema):
     """The typed schema with its registry sections emptied: OmegaConf merges dicts key by key, so the
-    default entry's args (e.g. cnn's `channels`) would otherwise come back under a renamed entry."""
+    default entry's args (e.g. cnn's `channels`) would otherwise come back under a renamed entry.
+    Built once a schema (OmegaConf.structured is most of a load_config's time); OmegaConf.merge copies
+    its first argument, so the cached node is never changed."""
     typed = OmegaConf.structured(schema)
     for sec in SPEC_SECTIONS:
         node = typed
@@ -187,6 +192,12 @@ def _typed_without_spec_args(schema):
     return typed
 
 
+@functools.lru_cache(maxsize=None)
+def _defaults(schema) -> dict:
+    """The schema's defaults as a plain dict, built once (callers get a copy: the merge below edits it)."""
+    return _layer_dict(OmegaConf.structured(schema))
+
+
 def _layer_dict(cfg) -> dict:
     return OmegaConf.to_container(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
 
@@ -195,7 +206,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), schema=RunCo
                 layers: list[tuple[str, dict]] | None = None):
     """Defaults <- YAML file <- given (name, dict) layers <- `a.b=value` overrides, validated."""
     where = str(path) if path else "defaults"
-    base = _layer_dict(OmegaConf.structured(schema))
+    base = copy.deepcopy(_defaults(schema))
     given, layers = list(layers or []), []
     try:
         if path is not None:
@@ -227,7 +238,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), schema=RunCo
             layers.append(("command line", _layer_dict(OmegaConf.from_dotlist(list(overrides)))))
     except OmegaConfBaseException as e:
         raise KdxError(f"{where}: cannot parse: {e}") from None
-    merged = OmegaConf.structured(schema)
+    merged = None
     acc = base
     for name, layer in layers:
         _drop_stale_spec_args(acc, layer)
