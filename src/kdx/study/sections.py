@@ -387,7 +387,8 @@ def _late_cell(c: dict) -> str:
 
 def difficulty(studies: dict[str, Study], fig_dir: Path) -> Section:
     """Self-distillation over label noise x train size: per cell the teacher's accuracy and confidence, the
-    gain over one-hot, late distillation where a gain is resolved, and the slope by every estimator with the
+    gain over one-hot, late distillation's gain over one-hot (and the share of the full gain it recovers where
+    that gain is resolved), and the slope by every estimator with the
     one-hot student's slope as the baseline; the map as grids and a figure; a verdict per cell."""
     cells, shows = [], {"datasets": []}
     for dataset, s in studies.items():
