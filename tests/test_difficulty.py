@@ -1,6 +1,7 @@
 """A harder teacher's setting: a train subset and symmetric label noise (kdx.data.difficulty), reached as a user
 reaches them: data.train_size / data.label_noise overrides on `kdx run`, and a study's `data` axis."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from conftest import FAST
 from kdx.cli import app
 from kdx.data import load_dataset
 from kdx.errors import KdxError
+from kdx.study import execute
 from kdx.study.plan import plan
 
 
@@ -93,3 +95,37 @@ def test_an_entry_switch_at_keeps_a_subset_of_the_axis_and_is_refused_outside_it
         (tmp_path / "late.yaml").write_text(yaml.safe_dump(study))
         with pytest.raises(KdxError, match="switch_at` in an entry"):
             plan(tmp_path / "late.yaml", build_sources=False)
+
+
+def test_a_study_trains_its_distinct_teachers_side_by_side_before_its_runs(tmp_path, monkeypatch):
+    """`kdx study --workers 2` over two cells: each cell's teacher is trained once, the two in two worker
+    processes (not one after the other here), on its own cell's data, and every run then distils from it."""
+    base = {"data": {"name": "digits"}, "teacher": {"seed": 7}}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    fast = [o for o in FAST if not o.startswith(("data.", "eval.distributions"))] + ["eval.distributions=[test]"]
+    study = {"name": "two_teachers", "base": str(tmp_path / "base.yaml"), "seeds": [0], "probe": False,
+             "overrides": fast + ["distill.samples=3000"], "sources": [{"name": "train"}],
+             "data": [{"name": "digits", "label": "clean"}, {"name": "digits", "label": "noise30", "label_noise": 0.3}]}
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(study))
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("KDX_CACHE", str(cache))
+    pids = tmp_path / "pids"
+    real = execute.get_teacher
+
+    def recording(cfg, data):  # the worker processes are forked: they run this too
+        with open(pids, "a") as f:
+            f.write(f"{os.getpid()} {cfg.data.get('label_noise', 0)}\n")
+        return real(cfg, data)
+
+    monkeypatch.setattr(execute, "get_teacher", recording)
+    result = CliRunner().invoke(app, ["study", str(tmp_path / "two.yaml"), "--workers", "2", "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    calls = [line.split() for line in pids.read_text().splitlines()]
+    assert sorted(noise for _, noise in calls) == ["0", "0.3"]  # each teacher once
+    assert len({pid for pid, _ in calls}) == 2 and str(os.getpid()) not in {pid for pid, _ in calls}
+    recipes = {json.loads((d / "recipe.json").read_text())["data"].get("label_noise", 0): d
+               for d in (cache / "teachers").iterdir()}
+    assert sorted(recipes) == [0, 0.3] and all((d / "teacher.pt").exists() for d in recipes.values())
+    for label in ("clean", "noise30"):
+        metrics = json.loads((tmp_path / "runs/studies/two_teachers/runs" / f"{label}-train-s0" / "metrics.json").read_text())
+        assert metrics["teacher"]["test_acc"] > 0.5  # 10 classes: a trained teacher, not chance

@@ -18,8 +18,8 @@ from kdx.study.folders import load_study
 from kdx.study.sections import fraction_recovered as _fraction
 
 MANIFEST = load_manifest("configs/findings.yaml")
-# the findings studies the fixture builds: all but the LM one, and of the difficulty map its MNIST-1D study only
-STUDIES = [s.name for s in MANIFEST.studies if s.role != "tokens" and (s.role != "difficulty" or s.name == "difficulty_mnist1d")]
+# the findings studies the fixture builds: all but the LM one, and for the difficulty map two tiny studies of one dataset
+STUDIES = [s.name for s in MANIFEST.studies if s.role not in ("tokens", "difficulty")] + ["difficulty_mnist1d", "difficulty_mnist1d_n600"]
 
 SELF_RUN = """data: {name: digits}
 teacher:
@@ -73,7 +73,7 @@ sources:
 probe: false
 report_distributions: [test, gaussian_noise-2, uniform_noise]
 """
-DIFFICULTY_STUDY = """name: difficulty_mnist1d
+DIFFICULTY_STUDY = """name: {name}
 base: ../self.yaml
 overrides: [distill.curve_every=0]
 seeds: [0, 1]
@@ -81,9 +81,12 @@ switch_at: [0.0, 0.5, 1.0]
 probe_source_n: 200
 report_distributions: [test, train_subset]
 data:
-  - {name: digits, label: all-noise0, switch_at: [0.0, 1.0]}
-  - {name: digits, label: n600-noise30, train_size: 600, label_noise: 0.3, overrides: [teacher.train.epochs=30]}
+  - {cell}
 """
+# one dataset's map in two studies (as Fashion-MNIST's is, so that each fits the hour): one grid, both studies named
+DIFFICULTY_CELLS = {"difficulty_mnist1d": "{name: digits, label: all-noise0, switch_at: [0.0, 1.0]}",
+                    "difficulty_mnist1d_n600": "{name: digits, label: n600-noise30, train_size: 600, label_noise: 0.3, "
+                                               "overrides: [teacher.train.epochs=30]}"}
 
 
 @pytest.fixture(scope="module")
@@ -93,12 +96,14 @@ def findings(tmp_path_factory):
     configs, runs = root / "configs", root / "runs"
     (configs / "studies").mkdir(parents=True)
     # the page's list of studies, less the LM one (tests/test_lm.py renders its section from a tiny LM study) and
-    # the difficulty map's other datasets (the tiny difficulty_mnist1d below stands for them all)
+    # the difficulty map's (the two tiny MNIST-1D studies below stand for them all)
     shipped = open("configs/findings.yaml").read().splitlines()
-    (configs / "findings.yaml").write_text("\n".join(
-        line for line in shipped if "role: tokens" not in line
-        and ("role: difficulty" not in line or "difficulty_mnist1d" in line)) + "\n")
-    (configs / "studies" / "difficulty_mnist1d.yaml").write_text(DIFFICULTY_STUDY)
+    kept = [line for line in shipped if "role: tokens" not in line and "role: difficulty" not in line]
+    at = max(i for i, line in enumerate(kept) if line.startswith("  - {name: ")) + 1  # the end of `studies:`
+    kept[at:at] = [f"  - {{name: {name}, role: difficulty, dataset: MNIST-1D}}" for name in DIFFICULTY_CELLS]
+    (configs / "findings.yaml").write_text("\n".join(kept) + "\n")
+    for name, cell in DIFFICULTY_CELLS.items():
+        (configs / "studies" / f"{name}.yaml").write_text(DIFFICULTY_STUDY.format(name=name, cell=cell))
     (configs / "self.yaml").write_text(SELF_RUN)
     # the puzzle's base: the FAST setting (the digits_teacher fixture's teacher) as a YAML file
     puzzle = kconfig.load_config(None, FAST)
@@ -162,23 +167,30 @@ def test_the_difficulty_map_agrees_with_the_run_folders_and_re_renders_in_place(
     configs, runs, out, _ = findings
     page = out.read_text()
     assert "## 6. Where the teacher is unsure" in page and (out.parent / "findings" / "difficulty.png").stat().st_size > 5000
-    folder = runs / "studies" / "difficulty_mnist1d" / "runs"
+    folders = {"all-noise0": runs / "studies" / "difficulty_mnist1d" / "runs",
+               "n600-noise30": runs / "studies" / "difficulty_mnist1d_n600" / "runs"}
+    # one dataset, two studies: one heading naming both, one grid holding both train sizes
+    heading = next(line for line in page.splitlines() if line.startswith("### MNIST-1D ("))
+    assert "`difficulty_mnist1d`, 2 seeds a cell" in heading and "`difficulty_mnist1d_n600`, 2 seeds a cell" in heading
+    assert sum(line.startswith("### MNIST-1D (") for line in page.splitlines()) == 1
+    grid = next(line for line in page.splitlines() if line.startswith("| label noise \\ train size |"))
+    assert "| 600 |" in grid and "| 1,438 |" in grid
 
-    def read(run, name="metrics.json"):
-        return json.loads((folder / run / name).read_text())
+    def read(cell, run, name="metrics.json"):
+        return json.loads((folders[cell] / run / name).read_text())
 
-    for cell in ("all-noise0", "n600-noise30"):
-        kd = [read(f"{cell}-train-sw0.0-s{s}")["eval"]["test"]["student_acc"] for s in (0, 1)]
-        oh = [read(f"{cell}-train-sw1.0-s{s}")["eval"]["test"]["student_acc"] for s in (0, 1)]
-        teacher = read(f"{cell}-train-sw0.0-s0")["eval"]["test"]["teacher_acc"]
-        slopes = [read(f"{cell}-train-sw0.0-s{s}", "probes/deviation.json")["distributions"]["test"]["teacher_top1"]["slope"]
+    for cell in folders:
+        kd = [read(cell, f"{cell}-train-sw0.0-s{s}")["eval"]["test"]["student_acc"] for s in (0, 1)]
+        oh = [read(cell, f"{cell}-train-sw1.0-s{s}")["eval"]["test"]["student_acc"] for s in (0, 1)]
+        teacher = read(cell, f"{cell}-train-sw0.0-s0")["eval"]["test"]["teacher_acc"]
+        slopes = [read(cell, f"{cell}-train-sw0.0-s{s}", "probes/deviation.json")["distributions"]["test"]["teacher_top1"]["slope"]
                   for s in (0, 1)]
-        base = [read(f"{cell}-train-sw1.0-s{s}", "probes/deviation.json")["distributions"]["test"]["teacher_top1"]["slope"]
+        base = [read(cell, f"{cell}-train-sw1.0-s{s}", "probes/deviation.json")["distributions"]["test"]["teacher_top1"]["slope"]
                 for s in (0, 1)]
         row = next(line for line in page.splitlines() if line.startswith(f"| {cell} | {100 * teacher:.1f} ("))
         assert f"| {100 * np.mean(np.subtract(kd, oh)):.2f} [" in row  # the gain, paired by seed
         if cell == "n600-noise30":  # late distillation's own gain over one-hot, paired by seed, in its column
-            late = [read(f"{cell}-train-sw0.5-s{s}")["eval"]["test"]["student_acc"] for s in (0, 1)]
+            late = [read(cell, f"{cell}-train-sw0.5-s{s}")["eval"]["test"]["student_acc"] for s in (0, 1)]
             assert f"vs one-hot {100 * np.mean(np.subtract(late, oh)):.2f} [" in row.split("|")[6]
             verdict = next(line for line in page.splitlines() if line.startswith("| MNIST-1D, 600 train inputs, 30%"))
             assert f"({100 * np.mean(np.subtract(late, oh)):.2f} [" in verdict.split("|")[4]
@@ -189,8 +201,9 @@ def test_the_difficulty_map_agrees_with_the_run_folders_and_re_renders_in_place(
         assert cols[4].startswith(f"{np.mean(slopes):.2f} [") and cols[5].startswith(f"{np.mean(base):.2f} [")
         assert cols[6].startswith(f"{np.mean(np.subtract(slopes, base)):.2f} [")  # the excess over one-hot
     # the clean cell's entry keeps switch_at 0 and 1 only: no late-distilled runs there
-    assert not list(folder.glob("all-noise0-train-sw0.5-*")) and len(list(folder.glob("n600-noise30-train-sw0.5-*"))) == 2
-    noisy = np.load(folder / "n600-noise30-train-sw1.0-s0" / "train_labels.npz")
+    assert not list(folders["all-noise0"].glob("all-noise0-train-sw0.5-*"))
+    assert len(list(folders["n600-noise30"].glob("n600-noise30-train-sw0.5-*"))) == 2
+    noisy = np.load(folders["n600-noise30"] / "n600-noise30-train-sw1.0-s0" / "train_labels.npz")
     assert (noisy["noisy"] != noisy["clean"]).sum() == 180  # 30% of 600, stored with the run
     # --only re-renders the section in place from its study alone; the rest of the page is left as it is
     edited = page.replace("## 5. Eigenspace theory", "## 5. Eigenspace theory (edited by hand)")
@@ -285,5 +298,26 @@ def test_a_bad_findings_manifest_names_the_fix(tmp_path):
                    "  - {name: t, role: temperature, dataset: Y}\n")
     with pytest.raises(KdxError, match=r"study t \(temperature\) is read beside the self study of Y.*role: self, dataset: Y"):
         load_manifest(bad)
+    # one self study a dataset (only the difficulty map may span several studies of one dataset)
+    bad.write_text("studies:\n  - {name: a, role: self, dataset: X}\n  - {name: p, role: puzzle, dataset: X}\n"
+                   "  - {name: a2, role: self, dataset: X}\n  - {name: d, role: difficulty, dataset: X}\n"
+                   "  - {name: d2, role: difficulty, dataset: X}\n")
+    with pytest.raises(KdxError, match=r"studies a and a2 both have role: self, dataset: X.*name their datasets apart"):
+        load_manifest(bad)
+    bad.write_text(bad.read_text().replace("  - {name: a2, role: self, dataset: X}\n", ""))
+    assert load_manifest(bad).by_role("difficulty") == {"X": ["d", "d2"]}
     res = CliRunner().invoke(app, ["findings", "--configs", str(tmp_path), "--out", str(tmp_path / "f.md")])
     assert isinstance(res.exception, KdxError) and "findings.yaml is missing" in str(res.exception)
+
+
+def test_a_study_wall_time_says_for_how_many_of_its_runs_it_was_recorded(findings, tmp_path):
+    """Runs copied in from another folder (or finished by a killed invocation) are not in the recorded wall
+    time; the page says for how many of the study's runs it is."""
+    configs, runs, _, _ = findings
+    name = "difficulty_mnist1d_n600"
+    shutil.copytree(runs / "studies" / name, tmp_path / "studies" / name)
+    timing = json.loads((runs / "studies" / name / "timing.json").read_text())
+    assert load_study(name, tmp_path, configs).timing() == load_study(name, runs, configs).timing()
+    assert " of its " not in load_study(name, runs, configs).timing()
+    (tmp_path / "studies" / name / "timing.json").write_text(json.dumps([{**timing[0], "runs_done": 2}]))
+    assert f"{timing[0]['seconds'] / 60:.1f} min wall for 2 of its 6 runs, --workers 1" in load_study(name, tmp_path, configs).timing()

@@ -81,6 +81,29 @@ def _run_on_ray(todo: list[PlannedRun], out: Path, cpus: int, probe_options: Pro
         _done(i, len(todo), refs[ref].name, error)
 
 
+def _train_teacher(cfg: kconfig.RunConfig, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    get_teacher(cfg, load_dataset(cfg.data))
+
+
+def _train_teachers(runs: list[PlannedRun], workers: int) -> None:
+    """Train (or find) each distinct teacher once, before the runs' workers could race to train it: side by
+    side in `workers` processes where there are several (each has its own cache folder; not ensembles, whose
+    members two teachers may share), else here on every CPU (the serial pre-pass left all but one idle)."""
+    distinct = list({repr((r.cfg.data, r.cfg.teacher)): r.cfg for r in runs}.values())
+    procs = min(workers, len(distinct))
+    if procs <= 1 or any(cfg.teacher.model["name"] == "ensemble" for cfg in distinct):
+        for cfg in distinct:
+            _train_teacher(cfg, max(1, os.cpu_count() or 1))
+        return
+    with ProcessPoolExecutor(procs) as pool:
+        for f in as_completed([pool.submit(_train_teacher, cfg, max(1, (os.cpu_count() or 1) // procs))
+                               for cfg in distinct]):
+            f.result()
+
+
 def _run_todo(todo: list[PlannedRun], out: Path, workers: int, executor: str, cpus_per_run: int,
               probe_options: ProbeOptions | None, fail_fast: bool) -> None:
     if executor == "ray":
@@ -121,13 +144,7 @@ def run_study(study_path: str | Path, runs_dir: str | Path = "runs", workers: in
 def _run_locked(study, runs: list[PlannedRun], out: Path, t0: float, workers: int, executor: str,
                 cpus_per_run: int, fail_fast: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    # Train (or find) each distinct teacher once, before workers could race to train it.
-    seen = set()
-    for r in runs:
-        key = repr((r.cfg.data, r.cfg.teacher))
-        if key not in seen:
-            seen.add(key)
-            get_teacher(r.cfg, load_dataset(r.cfg.data))
+    _train_teachers(runs, workers if executor == "local" else 1)
     todo = [r for r in runs if not (out / "runs" / r.name / METRICS).exists()
             or (study.probe and not (out / "runs" / r.name / PROBES / DEVIATION).exists())]
     print(f"study {study.name}: {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to do")

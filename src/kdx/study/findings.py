@@ -36,6 +36,9 @@ ROLES = {"self": "self-distillation at convergence over switch_at (sections 1-3)
          "tokens": "an LM study's sources and losses, each run token-probed (section 7)"}
 # the sections that stand alone: rendered from templates/NAME.md.j2 (macros verdicts() and body()) between the
 # page's markers, so `kdx findings --only NAME` re-renders them in place from their studies alone
+# the roles whose dataset may span several studies (the map of one dataset split so that each study fits the
+# hour); every other role reads one study a dataset
+SEVERAL = {"difficulty"}
 SPLICED = {"difficulty": sections.difficulty,  # name -> (studies of its role, figure folder) -> Section
            "tokens": lambda studies, fig_dir: sections.tokens(studies)}
 MARK = "<!-- kdx findings: {} {} -->", "<!-- /kdx findings: {} {} -->"
@@ -63,9 +66,13 @@ class FindingsConfig:
     def names(self) -> list[str]:
         return [s.name for s in self.studies]
 
-    def by_role(self, role: str) -> dict[str, str]:
-        """{dataset: study name} of the studies in this role."""
-        return {s.dataset: s.name for s in self.studies if s.role == role}
+    def by_role(self, role: str) -> dict[str, list[str]]:
+        """{dataset: its study names, in the manifest's order} of the studies in this role."""
+        named: dict[str, list[str]] = {}
+        for s in self.studies:
+            if s.role == role:
+                named.setdefault(s.dataset, []).append(s.name)
+        return named
 
 
 def load_manifest(path: str | Path) -> FindingsConfig:
@@ -84,6 +91,11 @@ def load_manifest(path: str | Path) -> FindingsConfig:
     for role in ("self", "puzzle"):
         if not manifest.by_role(role):
             raise KdxError(f"{path}: no study has role: {role}; the page needs at least one ({ROLES[role]})")
+    for role in set(ROLES) - SEVERAL:
+        for dataset, names in manifest.by_role(role).items():
+            if len(names) > 1:
+                raise KdxError(f"{path}: studies {' and '.join(names)} both have role: {role}, dataset: {dataset}, and "
+                               f"the page reads one {role} study a dataset; name their datasets apart or drop one")
     return manifest
 
 
@@ -148,7 +160,8 @@ def write_findings(runs_dir: str | Path = "runs", out: str | Path = "docs/findin
     if run:
         run_all(runs_dir, configs, manifest, workers=workers, eigen_too=not only)
     studies = {name: load_study(name, runs_dir, configs) for name in manifest.names}
-    role = {r: {dataset: studies[n] for dataset, n in manifest.by_role(r).items()} for r in ROLES}
+    role = {r: {dataset: [studies[n] for n in names] if r in SEVERAL else studies[names[0]]
+                for dataset, names in manifest.by_role(r).items()} for r in ROLES}
     fig_dir = out.parent / out.stem
     fig_dir.mkdir(parents=True, exist_ok=True)
     if only:

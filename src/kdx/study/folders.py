@@ -111,14 +111,17 @@ class Study:
         return f"`kdx run {self.base} {' '.join(shlex.quote(o) for o in ov)}{seed}`".replace("  ", " ")
 
     def timing(self) -> str:
-        """The study's wall time, from timing.json (kdx study adds one record per invocation)."""
+        """The study's wall time, from timing.json (kdx study adds one record per invocation); for how many of
+        its runs, where its invocations ran fewer than it holds (runs copied in, a killed invocation)."""
         path = self.dir / TIMING
         if not path.exists():
             return "wall time not recorded"
         t = [x for x in json.loads(path.read_text()) if x["runs_done"]]  # not the re-runs that found all done
         if not t:
             return "wall time not recorded"
+        done = sum(x["runs_done"] for x in t)
         return (f"{sum(x['seconds'] for x in t) / 60:.1f} min wall" + (f" over {len(t)} invocations" if len(t) > 1 else "")
+                + (f" for {done} of its {len(self.runs)} runs" if done < len(self.runs) else "")
                 + f", --workers {t[-1]['workers']} on {t[-1]['cpus']} CPUs")
 
 

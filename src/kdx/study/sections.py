@@ -385,15 +385,14 @@ def _late_cell(c: dict) -> str:
     return shown + (f"; {c['late']['verdict']}" if c["gain_word"] == "above" else "")
 
 
-def difficulty(studies: dict[str, Study], fig_dir: Path) -> Section:
-    """Self-distillation over label noise x train size: per cell the teacher's accuracy and confidence, the
-    gain over one-hot, late distillation's gain over one-hot (and the share of the full gain it recovers where
-    that gain is resolved), and the slope by every estimator with the
-    one-hot student's slope as the baseline; the map as grids and a figure; a verdict per cell."""
+def difficulty(studies: dict[str, list[Study]], fig_dir: Path) -> Section:
+    """Self-distillation over label noise x train size, a dataset's cells from one study or several: per cell
+    the teacher's accuracy and confidence, the gain over one-hot, late distillation's gain over one-hot (and
+    the share of the full gain it recovers where that gain is resolved), and the slope by every estimator with
+    the one-hot student's slope as the baseline; the map as grids and a figure; a verdict per cell."""
     cells, shows = [], {"datasets": []}
-    for dataset, s in studies.items():
-        labels = list(dict.fromkeys(r.axes["data"] for r in s.runs))
-        mine = [_cell(dataset, s, label) for label in labels]
+    for dataset, several in studies.items():
+        mine = [_cell(dataset, s, label) for s in several for label in dict.fromkeys(r.axes["data"] for r in s.runs)]
         cells += mine
         sizes = sorted({c["train_size"] for c in mine})
         noises = sorted({c["label_noise"] for c in mine})
@@ -404,10 +403,11 @@ def difficulty(studies: dict[str, Study], fig_dir: Path) -> Section:
                          [[f"{100 * q:.0f}%", *(value(at[(n, q)]) if (n, q) in at else "-" for n in sizes)] for q in noises])
 
         top1 = ("test", "teacher_top1")
-        cfg = s.runs[0].planned.cfg
+        cfg = several[0].runs[0].planned.cfg
         teacher, student = cfg.teacher.model, cfg.student.model
         shows["datasets"].append({
-            "dataset": dataset, "name": s.name, "timing": s.timing(), "seeds": len(s.config.seeds),
+            "dataset": dataset, "studies": [{"name": s.name, "timing": s.timing(), "seeds": len(s.config.seeds)}
+                                            for s in several],
             "models": ("self-distillation: teacher and student are the same model, `" + model_label(student) + "`"
                        if teacher == student else f"distillation into another model: teacher `{model_label(teacher)}`, "
                        f"student `{model_label(student)}`"),
