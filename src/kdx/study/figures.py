@@ -100,12 +100,17 @@ def difficulty_figure(cells: list[dict], path: Path) -> None:
         row[1].axhline(1, color="k", ls="--", lw=1)
         row[0].set_ylabel("gain: distilled − one-hot test accuracy (pp)")
         row[1].set_ylabel("deviation slope on test, teacher top-1")
+        xs = [100 * c["teacher_acc"] for c in mine]
         for ax in row:
             ax.set_xlabel("teacher test accuracy %")
             ax.set_title(f"{dataset}: {mine[0]['seeds']} seeds a cell", fontsize=10)
-        handles = [plt.Line2D([], [], color=colors[n], marker="o", ls="", label=f"{n:,} train inputs") for n in sizes]
-        handles += [plt.Line2D([], [], color="grey", marker=m, ls="", label=f"{100 * q:.0f}% label noise")
-                    for q, m in markers.items()]
+            if max(xs) - min(xs) < 4:  # one teacher (or near): a few points either side, not a 0.3-point-wide axis
+                ax.set_xlim(min(xs) - 2, max(xs) + 2.3)
+        # the legend names this dataset's train sizes and noise levels only
+        handles = [plt.Line2D([], [], color=colors[n], marker="o", ls="", label=f"{n:,} train inputs")
+                   for n in sorted({c["train_size"] for c in mine})]
+        handles += [plt.Line2D([], [], color="grey", marker=markers[q], ls="", label=f"{100 * q:.0f}% label noise")
+                    for q in sorted({c["label_noise"] for c in mine})]
         hollow = lambda label: plt.Line2D([], [], color="grey", marker="o", mfc="white", ls="", label=label)  # noqa: E731
         row[0].legend(handles=[*handles, hollow("late distillation (switch_at 0.5) − one-hot")], fontsize=7)
         row[1].legend(handles=[*handles, hollow("one-hot student (baseline)")], fontsize=7)
