@@ -18,8 +18,6 @@ from kdx.study.folders import load_study
 from kdx.study.sections import fraction_recovered as _fraction
 
 MANIFEST = load_manifest("configs/findings.yaml")
-# the findings studies the fixture builds: all but the LM one, and for the difficulty map two tiny studies of one dataset
-STUDIES = [s.name for s in MANIFEST.studies if s.role not in ("tokens", "difficulty")] + ["difficulty_mnist1d", "difficulty_mnist1d_n600"]
 
 SELF_RUN = """data: {name: digits}
 teacher:
@@ -87,6 +85,8 @@ data:
 DIFFICULTY_CELLS = {"difficulty_mnist1d": "{name: digits, label: all-noise0, switch_at: [0.0, 1.0]}",
                     "difficulty_mnist1d_n600": "{name: digits, label: n600-noise30, train_size: 600, label_noise: 0.3, "
                                                "overrides: [teacher.train.epochs=30]}"}
+# the findings studies the fixture builds: all but the LM one, and for the difficulty map the two tiny studies above
+STUDIES = [s.name for s in MANIFEST.studies if s.role not in ("tokens", "difficulty")] + list(DIFFICULTY_CELLS)
 
 
 @pytest.fixture(scope="module")

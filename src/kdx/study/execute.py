@@ -81,6 +81,11 @@ def _run_on_ray(todo: list[PlannedRun], out: Path, cpus: int, probe_options: Pro
         _done(i, len(todo), refs[ref].name, error)
 
 
+def _threads_each(procs: int) -> int:
+    """Torch threads for each of `procs` processes sharing this machine's CPUs."""
+    return max(1, (os.cpu_count() or 1) // procs)
+
+
 def _train_teacher(cfg: kconfig.RunConfig, threads: int) -> None:
     import torch
 
@@ -96,10 +101,10 @@ def _train_teachers(runs: list[PlannedRun], workers: int) -> None:
     procs = min(workers, len(distinct))
     if procs <= 1 or any(cfg.teacher.model["name"] == "ensemble" for cfg in distinct):
         for cfg in distinct:
-            _train_teacher(cfg, max(1, os.cpu_count() or 1))
+            _train_teacher(cfg, _threads_each(1))
         return
     with ProcessPoolExecutor(procs) as pool:
-        for f in as_completed([pool.submit(_train_teacher, cfg, max(1, (os.cpu_count() or 1) // procs))
+        for f in as_completed([pool.submit(_train_teacher, cfg, _threads_each(procs))
                                for cfg in distinct]):
             f.result()
 
@@ -111,11 +116,11 @@ def _run_todo(todo: list[PlannedRun], out: Path, workers: int, executor: str, cp
     elif workers <= 1:
         for i, r in enumerate(todo):
             print(f"[{i + 1}/{len(todo)}] {r.name}", flush=True)
-            error = _run_one(r.cfg, out / "runs" / r.name, max(1, os.cpu_count() or 1), probe_options, fail_fast)
+            error = _run_one(r.cfg, out / "runs" / r.name, _threads_each(1), probe_options, fail_fast)
             if error:
                 _done(i, len(todo), r.name, error)
     else:
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = _threads_each(workers)
         with ProcessPoolExecutor(workers) as pool:
             futures = {pool.submit(_run_one, r.cfg, out / "runs" / r.name, threads, probe_options, fail_fast): r
                        for r in todo}
